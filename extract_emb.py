@@ -1,0 +1,21 @@
+"""Write a trained SASRec's item-embedding table as the pipeline's pickle:
+{"item_embedding": FloatTensor[num_items + 1, d]}, row 0 = padding.
+
+    python extract_emb.py --checkpoint out/sasrec --output out/sasrec/item_embedding.pkl
+"""
+
+import fire
+
+from slmrec.embeddings import save_item_embedding
+from slmrec.seqrec import load_sasrec
+
+
+def main(checkpoint: str, output: str):
+    model = load_sasrec(checkpoint)
+    table = model.item_table()
+    save_item_embedding(table, output)
+    print(f"wrote {output}: item_embedding {tuple(table.shape)} (dataset {model.cfg.data_fingerprint})")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

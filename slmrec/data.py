@@ -1,0 +1,465 @@
+"""Raw interaction files -> prepared leave-one-out datasets (SPEC §4), and loading them back.
+
+A prepared dataset is a directory:
+
+    sequences.npz        items (int32, all users' histories concatenated), offsets (int64, users + 1)
+    users.tsv            user index -> original user id
+    items.tsv            item id (1..|I|) -> original item id, title
+    candidates.npz       valid, test: int32 [users, 1 + negatives]; column 0 is the positive,
+                         0 marks "no candidate" for users with fewer negatives available
+    prepare_config.json  the options used
+    stats.json           users, items, interactions, density, ... and the content fingerprint
+"""
+
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("amazon-csv", "amazon-json", "ml-100k", "ml-1m", "recbole")
+RECBOLE_VERSION = "1.2.1"
+CHUNK_LINES = 1_000_000
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with a message naming the file and the problem."""
+
+
+@dataclass
+class PrepareConfig:
+    source: str
+    format: str | None = None  # detected from the file name / first line when None
+    metadata: str | None = None  # Amazon metadata JSON lines or RecBole .item file, for titles
+    rating_threshold: float = 3.0  # keep ratings strictly above this
+    k_core: int = 5
+    num_negatives: int = 999
+    seed: int = 42
+
+
+# ---------------------------------------------------------------- reading raw files
+
+
+def _open_text(path: Path):
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".inter"):
+        return "recbole"
+    if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
+        return "amazon-json"
+    if name.startswith("u.data"):
+        return "ml-100k"
+    if name.startswith("ratings.dat"):
+        return "ml-1m"
+    with _open_text(path) as fh:
+        first = fh.readline()
+    if first.lstrip().startswith("{"):
+        return "amazon-json"
+    if "::" in first:
+        return "ml-1m"
+    if "\t" in first:
+        return "ml-100k"
+    if "," in first:
+        return "amazon-csv"
+    raise DataError(f"{path}: cannot tell the format from the name or the first line; pass --format (one of {FORMATS})")
+
+
+def _split_parser(sep, order):
+    """Parser for delimiter-separated lines; `order` gives the field index of user, item, rating, time."""
+    u, i, r, t = order
+    width = max(order) + 1
+
+    def parse(line):
+        f = line.rstrip("\r\n").split(sep)
+        if len(f) < width:
+            raise ValueError(f"{len(f)} fields, expected {width}")
+        return f[u], f[i], f[r], f[t]
+
+    return parse
+
+
+def _amazon_json(line):
+    d = json.loads(line)
+    return d["reviewerID"], d["asin"], d["overall"], d["unixReviewTime"]
+
+
+def _recbole_parser(header: str, path: Path):
+    cols = [c.split(":")[0] for c in header.rstrip("\r\n").split("\t")]
+    missing = [c for c in ("user_id", "item_id", "rating", "timestamp") if c not in cols]
+    if missing:
+        raise DataError(f"{path}: the header has no {', '.join(missing)} column (found: {', '.join(cols)})")
+    return _split_parser("\t", [cols.index(c) for c in ("user_id", "item_id", "rating", "timestamp")])
+
+
+EXPECTED = {
+    "amazon-csv": "4 comma-separated fields: item,user,rating,timestamp",
+    "amazon-json": "JSON objects with reviewerID, asin, overall, unixReviewTime",
+    "ml-100k": "4 tab-separated fields: user item rating timestamp",
+    "ml-1m": "4 '::'-separated fields: user::item::rating::timestamp",
+    "recbole": "a tab-separated header with user_id, item_id, rating, timestamp",
+}
+
+
+class _Codes:
+    """Maps original string ids to dense int codes in order of first appearance."""
+
+    def __init__(self):
+        self.index = {}
+
+    def encode(self, keys):
+        idx = self.index
+        return np.fromiter((idx.setdefault(k, len(idx)) for k in keys), dtype=np.int64, count=len(keys))
+
+    def names(self):
+        return list(self.index)
+
+
+@dataclass
+class Interactions:
+    user: np.ndarray  # int64 codes
+    item: np.ndarray  # int64 codes
+    time: np.ndarray  # int64
+    line: np.ndarray  # int64, file order
+    user_names: list
+    item_names: list
+    lines_read: int
+    malformed: int
+    malformed_examples: list  # line numbers
+    rating_filtered: int
+
+
+def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
+    """Stream a raw file, keeping ratings > rating_threshold; malformed lines are counted and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    users, items = _Codes(), _Codes()
+    out = {k: [] for k in ("user", "item", "time", "line")}
+    malformed, examples, filtered, n = 0, [], 0, 0
+    with _open_text(path) as fh:
+        if fmt == "recbole":
+            parse = _recbole_parser(fh.readline(), path)
+            n = 1
+        else:
+            parse = {
+                "amazon-csv": _split_parser(",", (1, 0, 2, 3)),
+                "amazon-json": _amazon_json,
+                "ml-100k": _split_parser("\t", (0, 1, 2, 3)),
+                "ml-1m": _split_parser("::", (0, 1, 2, 3)),
+            }[fmt]
+        first_line = n + 1
+        buf = {k: [] for k in out}
+        for line in fh:
+            n += 1
+            if not line.strip():
+                continue
+            try:
+                u, i, r, t = parse(line)
+                if not u or not i:
+                    raise ValueError("empty user or item")
+                r, t = float(r), int(float(t))
+            except (ValueError, KeyError, TypeError) as e:
+                malformed += 1
+                if len(examples) < 5:
+                    examples.append(n)
+                # A file whose first hundred lines all fail is the wrong file or the wrong format: stop early.
+                if malformed >= 100 and malformed == n - first_line + 1:
+                    raise DataError(f"{path}: the first {malformed} lines do not parse as {fmt} ({EXPECTED[fmt]}); "
+                                    f"line {first_line}: {e}") from e
+                continue
+            if not r > rating_threshold:
+                filtered += 1
+                continue
+            buf["user"].append(u)
+            buf["item"].append(i)
+            buf["time"].append(t)
+            buf["line"].append(n)
+            if len(buf["line"]) >= CHUNK_LINES:
+                _flush(buf, out, users, items)
+        _flush(buf, out, users, items)
+    parsed = n - first_line + 1 - malformed
+    if parsed <= 0:
+        raise DataError(f"{path}: no line parses as {fmt} ({EXPECTED[fmt]})"
+                        + (f"; first bad lines: {examples}" if examples else "; the file is empty"))
+    if malformed:
+        log.warning("%s: skipped %d malformed lines (first: %s)", path, malformed, examples)
+    cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+    return Interactions(cat["user"], cat["item"], cat["time"], cat["line"], users.names(), items.names(),
+                        n, malformed, examples, filtered)
+
+
+def _flush(buf, out, users, items):
+    if not buf["line"]:
+        return
+    out["user"].append(users.encode(buf["user"]))
+    out["item"].append(items.encode(buf["item"]))
+    out["time"].append(np.asarray(buf["time"], dtype=np.int64))
+    out["line"].append(np.asarray(buf["line"], dtype=np.int64))
+    for v in buf.values():
+        v.clear()
+
+
+def read_titles(path) -> dict:
+    """Item titles from Amazon metadata JSON lines (asin, title) or a RecBole .item file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such metadata file")
+    titles, bad = {}, 0
+    with _open_text(path) as fh:
+        if path.name.endswith(".item"):
+            cols = [c.split(":")[0] for c in fh.readline().rstrip("\r\n").split("\t")]
+            tcol = next((c for c in ("title", "movie_title") if c in cols), None)
+            if "item_id" not in cols or tcol is None:
+                raise DataError(f"{path}: expected item_id and title (or movie_title) columns, found {cols}")
+            i, t = cols.index("item_id"), cols.index(tcol)
+            for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) > max(i, t):
+                    titles[row[i]] = row[t]
+                else:
+                    bad += 1
+        else:
+            for line in fh:
+                try:
+                    d = json.loads(line)
+                    titles[d["asin"]] = str(d.get("title", ""))
+                except (ValueError, KeyError, TypeError):
+                    bad += 1
+    if bad:
+        log.warning("%s: skipped %d malformed metadata lines", path, bad)
+    return titles
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def dedupe_earliest(user, item, time, line):
+    """Index of each (user, item) pair's earliest interaction (file order breaks time ties)."""
+    order = np.lexsort((line, time, item, user))
+    u, i = user[order], item[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+    return np.sort(order[first])
+
+
+def k_core(user, item, k):
+    """Boolean mask of interactions kept after removing users and items with < k interactions, repeated until stable."""
+    keep = np.ones(len(user), bool)
+    while True:
+        uc = np.bincount(user[keep], minlength=user.max(initial=-1) + 1)
+        ic = np.bincount(item[keep], minlength=item.max(initial=-1) + 1)
+        new = keep & (uc[user] >= k) & (ic[item] >= k)
+        if new.sum() == keep.sum():
+            return keep
+        keep = new
+
+
+def sample_candidates(sequences, num_items, positives, num_negatives, rng):
+    """[users, 1 + num_negatives] int32: the positive, then negatives drawn uniformly from items
+    outside the user's whole prepared history; 0-padded where fewer exist. Returns (table, short_users)."""
+    table = np.zeros((len(sequences), 1 + num_negatives), np.int32)
+    short = 0
+    for u, (seq, pos) in enumerate(zip(sequences, positives)):
+        table[u, 0] = pos
+        available = num_items - len(seq)
+        if available <= num_negatives:
+            neg = np.setdiff1d(np.arange(1, num_items + 1), seq)
+            short += 1
+        else:
+            # A random ordered sample, minus the history, keeps a uniform subset of the complement.
+            draw = rng.choice(num_items, size=num_negatives + len(seq), replace=False) + 1
+            neg = draw[~np.isin(draw, seq)][:num_negatives]
+        table[u, 1:1 + len(neg)] = neg
+    return table, short
+
+
+def prepare(cfg: PrepareConfig, output_dir) -> dict:
+    """Run the SPEC §4 protocol on cfg.source and write a prepared dataset to output_dir."""
+    if cfg.k_core < 1 or cfg.num_negatives < 1:
+        raise DataError("k_core and num_negatives must be at least 1")
+    source, metadata = Path(cfg.source), cfg.metadata
+    if cfg.source == "ml-100k":
+        source, item_file = fetch_ml100k()
+        metadata = metadata or str(item_file)
+    log.info("reading %s", source)
+    raw = read_interactions(source, cfg.format, cfg.rating_threshold)
+    kept = dedupe_earliest(raw.user, raw.item, raw.time, raw.line)
+    duplicates = len(raw.user) - len(kept)
+    user, item, time, line = raw.user[kept], raw.item[kept], raw.time[kept], raw.line[kept]
+    mask = k_core(user, item, cfg.k_core)
+    # Leave-one-out needs a training item, a validation item and a test item.
+    if cfg.k_core < 3:
+        counts = np.bincount(user[mask])
+        mask &= counts[user] >= 3
+    user, item, time, line = user[mask], item[mask], time[mask], line[mask]
+    if len(user) == 0:
+        raise DataError(f"{source}: no user is left after keeping ratings > {cfg.rating_threshold} "
+                        f"and the {cfg.k_core}-core ({len(raw.user)} interactions passed the rating filter)")
+    order = np.lexsort((line, time, user))  # each user's history by time, ties in file order
+    user, item = user[order], item[order]
+    user_codes, user_idx = np.unique(user, return_inverse=True)
+    item_codes, item_idx = np.unique(item, return_inverse=True)
+    items = (item_idx + 1).astype(np.int32)  # 0 is padding
+    offsets = np.zeros(len(user_codes) + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(user_idx))
+    sequences = np.split(items, offsets[1:-1])
+    num_items = len(item_codes)
+
+    rng = np.random.default_rng(cfg.seed)
+    valid, short_v = sample_candidates(sequences, num_items, [s[-2] for s in sequences], cfg.num_negatives, rng)
+    test, short_t = sample_candidates(sequences, num_items, [s[-1] for s in sequences], cfg.num_negatives, rng)
+
+    titles = read_titles(metadata) if metadata else {}
+    item_names = [raw.item_names[c] for c in item_codes]
+    lengths = np.diff(offsets)
+    stats = {
+        "source": str(source),
+        "users": int(len(user_codes)),
+        "items": int(num_items),
+        "interactions": int(len(items)),
+        "density": float(len(items) / (len(user_codes) * num_items)),
+        "avg_sequence_length": float(lengths.mean()),
+        "min_sequence_length": int(lengths.min()),
+        "max_sequence_length": int(lengths.max()),
+        "lines_read": raw.lines_read,
+        "malformed_lines": raw.malformed,
+        "malformed_examples": raw.malformed_examples,
+        "ratings_not_above_threshold": raw.rating_filtered,
+        "duplicate_pairs_removed": int(duplicates),
+        "num_negatives": cfg.num_negatives,
+        "users_with_fewer_negatives": {"valid": int(short_v), "test": int(short_t)},
+        "items_with_title": int(sum(n in titles for n in item_names)),
+        "fingerprint": fingerprint(items, offsets, valid, test),
+    }
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename at the end: an interrupted run leaves no half dataset.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        np.savez(tmp / "sequences.npz", items=items, offsets=offsets)
+        np.savez(tmp / "candidates.npz", valid=valid, test=test)
+        with open(tmp / "users.tsv", "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["user_index", "original_id"])
+            w.writerows((u, raw.user_names[c]) for u, c in enumerate(user_codes))
+        with open(tmp / "items.tsv", "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["item_id", "original_id", "title"])
+            w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(item_names))
+        (tmp / "prepare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def fingerprint(items, offsets, valid, test) -> str:
+    h = hashlib.sha256()
+    for a in (items, offsets, valid, test):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLMREC_CACHE", Path.home() / ".cache" / "slmrec"))
+
+
+def fetch_ml100k():
+    """MovieLens-100K from the recbole wheel on PyPI (SPEC §6); cached. Returns (.inter, .item) paths."""
+    dest = cache_dir() / "ml-100k"
+    inter, item = dest / "ml-100k.inter", dest / "ml-100k.item"
+    if inter.is_file() and item.is_file():
+        return inter, item
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+               f"recbole=={RECBOLE_VERSION}", "-d", tmp]
+        log.info("fetching ml-100k: %s", " ".join(cmd))
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if res.returncode != 0 or not wheels:
+            raise DataError(f"could not download the recbole wheel that ships ml-100k:\n{res.stderr.strip()}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            for f in (inter, item):
+                f.write_bytes(z.read(f"recbole/dataset_example/ml-100k/{f.name}"))
+    return inter, item
+
+
+# ---------------------------------------------------------------- prepared datasets
+
+
+class PreparedData:
+    """A prepared dataset: user histories plus the fixed evaluation candidates."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        files = ("sequences.npz", "candidates.npz", "stats.json", "items.tsv")
+        missing = [f for f in files if not (self.path / f).is_file()]
+        if missing:
+            raise DataError(f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); "
+                            f"run datasets/process.py first")
+        with np.load(self.path / "sequences.npz") as z:
+            items, offsets = z["items"], z["offsets"]
+        with np.load(self.path / "candidates.npz") as z:
+            self.candidates = {"valid": z["valid"], "test": z["test"]}
+        self.stats = json.loads((self.path / "stats.json").read_text())
+        self.sequences = np.split(items, offsets[1:-1])
+        self.num_users = len(self.sequences)
+        self.num_items = int(self.stats["items"])
+        self.fingerprint = self.stats["fingerprint"]
+        if fingerprint(items, offsets, self.candidates["valid"], self.candidates["test"]) != self.fingerprint:
+            raise DataError(f"{self.path}: the files do not match the fingerprint in stats.json (edited or corrupt)")
+
+    def train_part(self, u):
+        return self.sequences[u][:-2]
+
+    def history(self, u, split):
+        """What the model sees before predicting the split's target."""
+        return self.sequences[u][:-2] if split == "valid" else self.sequences[u][:-1]
+
+    def target(self, u, split):
+        return int(self.sequences[u][-2] if split == "valid" else self.sequences[u][-1])
+
+    def titles(self):
+        with open(self.path / "items.tsv", newline="") as fh:
+            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        return {int(r[0]): r[2] for r in rows}
+
+
+def left_pad(seqs, length):
+    """LongTensor-ready int64 array [len(seqs), length]: the last `length` items, 0-padded on the left."""
+    out = np.zeros((len(seqs), length), np.int64)
+    for r, s in enumerate(seqs):
+        s = s[-length:]
+        if len(s):
+            out[r, length - len(s):] = s
+    return out

@@ -1,0 +1,161 @@
+"""transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+from .metrics import evaluate, flatten
+from .utils import load_json, save_json
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "slmrec_config.json"  # not config.json: the Trainer reads that one as a transformers config
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = -1  # overrides epochs when > 0
+    epochs: float = 200
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    eval_steps: int = 50  # evaluate on validation and save every this many steps
+    patience: int = 0  # stop after this many evaluations without a better validation MRR; 0 = never
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    seed: int = 42
+    precision: str = "auto"  # auto (bf16 where supported on GPU, else fp32), fp32, bf16, fp16
+
+
+def training_arguments(cfg: TrainConfig, output_dir) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="MRR",
+        greater_is_better=True,
+        logging_steps=cfg.logging_steps,
+        report_to=["tensorboard"],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def trainable_state_dict(model):
+    """Only what training changes: frozen weights (the LM, the item table) are rebuilt from their sources."""
+    return {k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def save_model(model, output_dir):
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(trainable_state_dict(model), output_dir / WEIGHTS, metadata={"format": "pt"})
+    save_json(model.checkpoint_config(), output_dir / MODEL_CONFIG)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def load_checkpoint_files(checkpoint_dir, model_type):
+    """(config dict, state dict) of a checkpoint written by save_model, checked for its model type."""
+    d = Path(checkpoint_dir)
+    if not (d / WEIGHTS).is_file() or not (d / MODEL_CONFIG).is_file():
+        raise CheckpointError(f"{d}: not a checkpoint of this project (needs {WEIGHTS} and {MODEL_CONFIG})")
+    cfg = load_json(d / MODEL_CONFIG)
+    found = cfg.pop("model_type", None)
+    if found != model_type:
+        raise CheckpointError(f"{d}: holds a {found!r} model, expected {model_type!r}")
+    return cfg, safetensors.torch.load_file(d / WEIGHTS, device="cpu")
+
+
+class RecTrainer(Trainer):
+    """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
+
+    def __init__(self, *args, data, max_len, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data, self.max_len = data, max_len
+        # Frozen weights are never saved: tell the Trainer not to warn that loading skips them.
+        self.model._keys_to_ignore_on_save = [k for k, p in self.model.named_parameters() if not p.requires_grad]
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        model = self.model
+        was_training = model.training
+        model.eval()
+        result = evaluate(model.score, self.data, "valid", self.max_len, self.args.per_device_eval_batch_size,
+                          self.args.device)
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _save(self, output_dir=None, state_dict=None):
+        if self.args.should_save:
+            save_model(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+
+def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume=False,
+                 collator=None, trainer_cls=RecTrainer, **trainer_kwargs) -> dict:
+    """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
+    output_dir/test_metrics.json (candidates at top level, full ranking under "full")."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_json(run_config, output_dir / "run_config.json")
+    args = training_arguments(cfg, output_dir)
+    callbacks = [EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else []
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
+                          data_collator=collator, data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
+    if resume and not any(output_dir.glob("checkpoint-*")):
+        log.info("no checkpoint in %s to resume from: starting fresh", output_dir)
+        resume = False
+    trainer.train(resume_from_checkpoint=resume or None)
+    # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
+    trainer.save_model(str(output_dir))
+    model.eval()
+    test = evaluate(model.score, data, "test", max_len, cfg.eval_batch_size, args.device)
+    test["best_step"] = _best_step(trainer)
+    if trainer.is_world_process_zero():
+        save_json(test, output_dir / "test_metrics.json")
+        trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
+    return test
+
+
+def _best_step(trainer):
+    ckpt = trainer.state.best_model_checkpoint
+    return int(os.path.basename(ckpt).split("-")[-1]) if ckpt else trainer.state.global_step
+

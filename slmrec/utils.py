@@ -1,0 +1,33 @@
+"""Small helpers shared by the command-line scripts."""
+
+import dataclasses
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def setup_logging(level=logging.INFO):
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _jsonable(o):
+    return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
+
+
+def save_json(obj, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def load_json(path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,36 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_amazon_csv(path, rows):
+    """rows: (item, user, rating, timestamp) tuples."""
+    path.write_text("".join(f"{i},{u},{r},{t}\n" for i, u, r, t in rows))
+    return path
+
+
+def synthetic_rows(num_users=30, num_items=25, per_user=12, seed=0):
+    """Amazon-CSV rows where every user rates `per_user` distinct items highly, in time order."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(num_users):
+        items = rng.choice(num_items, per_user, replace=False)
+        for t, i in enumerate(items):
+            rows.append((f"I{i}", f"U{u}", 5.0, 1000 + 10 * t + u))
+    return rows
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A prepared dataset from synthetic Amazon CSV: 30 users, 25 items, 12 interactions each."""
+    from slmrec.data import PrepareConfig, PreparedData, prepare
+
+    src = write_amazon_csv(tmp_path / "ratings.csv", synthetic_rows())
+    prepare(PrepareConfig(str(src), num_negatives=15), tmp_path / "prepared")
+    return PreparedData(tmp_path / "prepared")

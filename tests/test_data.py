@@ -1,0 +1,182 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_rows, write_amazon_csv
+from slmrec import data as D
+from slmrec.data import DataError, PrepareConfig, PreparedData, k_core, prepare, read_interactions
+from slmrec.seqrec import WindowDataset
+
+
+def brute_force_core(pairs, k):
+    pairs = set(pairs)
+    while True:
+        uc, ic = {}, {}
+        for u, i in pairs:
+            uc[u] = uc.get(u, 0) + 1
+            ic[i] = ic.get(i, 0) + 1
+        kept = {(u, i) for u, i in pairs if uc[u] >= k and ic[i] >= k}
+        if kept == pairs:
+            return kept
+        pairs = kept
+
+
+def test_k_core_reaches_fixed_point():
+    rng = np.random.default_rng(3)
+    user = rng.integers(0, 60, 900)
+    item = rng.zipf(1.6, 900) % 80
+    pairs = sorted(set(zip(user.tolist(), item.tolist())))
+    u = np.array([p[0] for p in pairs])
+    i = np.array([p[1] for p in pairs])
+    keep = k_core(u, i, 5)
+    got = set(zip(u[keep].tolist(), i[keep].tolist()))
+    assert got == brute_force_core(pairs, 5)
+    # One pass would not have been enough on this data.
+    one_pass = (np.bincount(u)[u] >= 5) & (np.bincount(i)[i] >= 5)
+    assert one_pass.sum() > keep.sum() > 0
+
+
+def test_rating_filter_dedupe_and_stable_time_order(tmp_path):
+    rows = []
+    for u in range(6):
+        for i in range(6):
+            rows.append((f"I{i}", f"U{u}", 5, 100))  # all at the same time: file order decides
+    rows.append(("I0", "U0", 5, 50))  # a repeat of (U0, I0), earlier in time: it wins
+    rows.append(("I9", "U0", 3, 10))  # rating 3 is not > 3: dropped
+    src = write_amazon_csv(tmp_path / "r.csv", rows)
+    stats = prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
+    d = PreparedData(tmp_path / "p")
+    assert stats["ratings_not_above_threshold"] == 1 and stats["duplicate_pairs_removed"] == 1
+    assert (stats["users"], stats["items"], stats["interactions"]) == (6, 6, 36)
+    names = {int(r.split("\t")[0]): r.split("\t")[1] for r in (tmp_path / "p/items.tsv").read_text().splitlines()[1:]}
+    assert [names[i] for i in d.sequences[0]] == ["I0", "I1", "I2", "I3", "I4", "I5"]
+    assert [names[i] for i in d.sequences[1]] == ["I0", "I1", "I2", "I3", "I4", "I5"]
+    assert sorted(names) == list(range(1, 7))  # ids 1..|I|, 0 is padding
+
+
+def test_leave_one_out_and_candidates(tiny_dataset):
+    d = tiny_dataset
+    for u in range(d.num_users):
+        s = d.sequences[u]
+        assert list(d.train_part(u)) == list(s[:-2])
+        assert list(d.history(u, "valid")) == list(s[:-2]) and d.target(u, "valid") == s[-2]
+        assert list(d.history(u, "test")) == list(s[:-1]) and d.target(u, "test") == s[-1]
+        for split in ("valid", "test"):
+            c = d.candidates[split][u]
+            assert c[0] == d.target(u, split)
+            neg = c[1:][c[1:] > 0]
+            assert len(neg) == len(set(neg.tolist())) == 13  # 25 items - 12 in the history
+            assert not set(neg.tolist()) & set(s.tolist())
+    assert d.stats["users_with_fewer_negatives"] == {"valid": 30, "test": 30}
+
+
+def test_candidates_identical_across_runs_and_full_sized_when_possible(tmp_path):
+    src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows(num_users=40, num_items=200, per_user=10))
+    for name in ("a", "b"):
+        prepare(PrepareConfig(str(src), k_core=1, num_negatives=50), tmp_path / name)
+    a, b = PreparedData(tmp_path / "a"), PreparedData(tmp_path / "b")
+    assert a.fingerprint == b.fingerprint
+    for split in ("valid", "test"):
+        assert np.array_equal(a.candidates[split], b.candidates[split])
+        assert (a.candidates[split] > 0).all()  # enough items: always 50 negatives
+    assert a.stats["users_with_fewer_negatives"] == {"valid": 0, "test": 0}
+    for u in range(a.num_users):
+        assert not set(a.candidates["test"][u, 1:].tolist()) & set(a.sequences[u].tolist())
+    prepare(PrepareConfig(str(src), k_core=1, num_negatives=50, seed=7), tmp_path / "c")
+    assert not np.array_equal(PreparedData(tmp_path / "c").candidates["test"], a.candidates["test"])
+
+
+def test_no_validation_or_test_item_reaches_training(tiny_dataset):
+    d = tiny_dataset
+    ds = WindowDataset(d, max_len=4)  # short windows: long histories are cut into several
+    labels = np.concatenate([ds[i]["labels"].numpy() for i in range(len(ds))])
+    inputs = np.concatenate([ds[i]["input_ids"].numpy() for i in range(len(ds))])
+    expected = np.concatenate([d.train_part(u)[1:] for u in range(d.num_users)])
+    assert sorted(labels[labels > 0].tolist()) == sorted(expected.tolist())  # each target once
+    train_items = np.concatenate([d.train_part(u) for u in range(d.num_users)])
+    assert np.isin(inputs[inputs > 0], train_items).all()
+
+
+def test_same_data_in_every_format(tmp_path):
+    rows = synthetic_rows(num_users=12, num_items=10, per_user=6)
+    csv_path = write_amazon_csv(tmp_path / "a.csv", rows)
+    with gzip.open(tmp_path / "a.json.gz", "wt") as fh:
+        for i, u, r, t in rows:
+            fh.write(json.dumps({"reviewerID": u, "asin": i, "overall": r, "unixReviewTime": t, "text": "x"}) + "\n")
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for i, u, r, t in rows))
+    (tmp_path / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for i, u, r, t in rows))
+    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                      + "".join(f"{u}\t{i}\t{r}\t{t}\n" for i, u, r, t in rows))
+    meta = tmp_path / "meta.json"
+    meta.write_text("".join(json.dumps({"asin": f"I{i}", "title": f"Item {i}"}) + "\n" for i in range(10)) + "{bad\n")
+    fps = set()
+    for src in (csv_path, tmp_path / "a.json.gz", tmp_path / "u.data", tmp_path / "ratings.dat", tmp_path / "x.inter"):
+        out = tmp_path / ("p_" + src.name)
+        stats = prepare(PrepareConfig(str(src), metadata=str(meta), num_negatives=5), out)
+        fps.add(stats["fingerprint"])
+        assert stats["items_with_title"] == stats["items"]
+    assert len(fps) == 1
+
+
+def test_malformed_lines_are_counted_with_line_numbers(tmp_path, caplog):
+    rows = synthetic_rows(num_users=10, num_items=6, per_user=6)
+    lines = [f"{i},{u},{r},{t}\n" for i, u, r, t in rows]
+    lines.insert(2, "garbage\n")
+    lines.insert(5, "I1,U1,five,100\n")
+    lines.insert(7, "I1,,5,100\n")
+    (tmp_path / "r.csv").write_text("".join(lines))
+    raw = read_interactions(tmp_path / "r.csv")
+    assert raw.malformed == 3 and raw.malformed_examples == [3, 6, 8]
+    stats = prepare(PrepareConfig(str(tmp_path / "r.csv"), num_negatives=3), tmp_path / "p")
+    assert stats["malformed_lines"] == 3 and stats["interactions"] == 60
+    assert "skipped 3 malformed lines" in caplog.text
+
+
+@pytest.mark.parametrize("content,fmt,message", ids=["wrong-width", "missing-column", "empty", "json-keys"], argvalues=[
+    ("a\tb\n" * 150, "ml-100k", "the first 100 lines do not parse"),
+    ("user_id:token\titem_id:token\trating:float\n1\t2\t5\n", "recbole", "no timestamp column"),
+    ("", "amazon-csv", "the file is empty"),
+    ('{"asin": "x"}\n' * 3, "amazon-json", "no line parses"),
+])
+def test_wrong_columns_fail_naming_the_file(tmp_path, content, fmt, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as e:
+        read_interactions(path, fmt)
+    assert str(path) in str(e.value)
+
+
+def test_missing_file_and_nothing_left(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        prepare(PrepareConfig(str(tmp_path / "nope.csv")), tmp_path / "p")
+    src = write_amazon_csv(tmp_path / "r.csv", [("I1", "U1", 5, 1), ("I2", "U1", 5, 2)])
+    with pytest.raises(DataError, match="no user is left"):
+        prepare(PrepareConfig(str(src)), tmp_path / "p")
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        PreparedData(tmp_path)
+
+
+def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
+    src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows())
+    calls = []
+
+    def failing_savez(path, **arrays):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        np.savez(path, **arrays)
+
+    monkeypatch.setattr(D.np, "savez", failing_savez)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(PrepareConfig(str(src)), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
+def test_edited_dataset_is_refused(tiny_dataset):
+    stats = json.loads((tiny_dataset.path / "stats.json").read_text())
+    stats["fingerprint"] = "0" * 16
+    (tiny_dataset.path / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(DataError, match="fingerprint"):
+        PreparedData(tiny_dataset.path)

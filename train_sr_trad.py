@@ -1,0 +1,37 @@
+"""Train SASRec on a prepared dataset; keep the best checkpoint by validation MRR; write test metrics.
+
+    python train_sr_trad.py --data data/ml-100k --output_dir out/sasrec
+"""
+
+import json
+import math
+
+import fire
+
+from slmrec.data import PreparedData
+from slmrec.seqrec import SASRec, SASRecConfig, WindowDataset
+from slmrec.training import TrainConfig, fit_and_test
+from slmrec.utils import seed_everything, setup_logging
+
+
+def main(data: str, output_dir: str, max_len: int = 50, hidden_size: int = 64, num_layers: int = 2,
+         num_heads: int = 2, dropout: float = 0.2, resume: bool = False, **train):
+    """Extra flags are TrainConfig fields (slmrec/training.py): --epochs, --batch_size, --learning_rate,
+    --eval_steps (default: one epoch), --patience, --seed, ..."""
+    setup_logging()
+    train = {"epochs": 200, "patience": 20, **train}
+    dataset = PreparedData(data)
+    windows = WindowDataset(dataset, max_len)
+    train.setdefault("eval_steps", math.ceil(len(windows) / train.get("batch_size", TrainConfig.batch_size)))
+    cfg = TrainConfig(**train)
+    seed_everything(cfg.seed)
+    model_cfg = SASRecConfig(dataset.num_items, max_len, hidden_size, num_layers, num_heads, dropout,
+                             data_fingerprint=dataset.fingerprint)
+    model = SASRec(model_cfg)
+    run_config = {"script": "train_sr_trad.py", "data": data, "model": model_cfg, "train": cfg}
+    metrics = fit_and_test(model, dataset, windows, cfg, output_dir, max_len, run_config, resume=resume)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
