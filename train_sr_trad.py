@@ -11,7 +11,7 @@ import fire
 from slmrec.data import PreparedData
 from slmrec.seqrec import SASRec, SASRecConfig, WindowDataset
 from slmrec.training import TrainConfig, fit_and_test
-from slmrec.utils import seed_everything, setup_logging
+from slmrec.utils import is_main_process, seed_everything, setup_logging
 
 
 def main(data: str, output_dir: str, max_len: int = 50, hidden_size: int = 64, num_layers: int = 2,
@@ -30,7 +30,8 @@ def main(data: str, output_dir: str, max_len: int = 50, hidden_size: int = 64, n
     model = SASRec(model_cfg)
     run_config = {"script": "train_sr_trad.py", "data": data, "model": model_cfg, "train": cfg}
     metrics = fit_and_test(model, dataset, windows, cfg, output_dir, max_len, run_config, resume=resume)
-    print(json.dumps(metrics, indent=2))
+    if is_main_process():
+        print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -72,12 +72,19 @@ def training_arguments(cfg: TrainConfig, output_dir) -> TrainingArguments:
         remove_unused_columns=False,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
+        # Without a GPU: CPU, and gloo when launched with torchrun (DDP on CPU).
+        use_cpu=not cuda,
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
 
 
 def trainable_state_dict(model):
-    """Only what training changes: frozen weights (the LM, the item table) are rebuilt from their sources."""
-    return {k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+    """What training changes, plus persistent buffers (the frozen item table): the frozen LM is not saved,
+    it is rebuilt from its source named in the checkpoint config."""
+    state = model.state_dict()
+    keep = {k for k, p in model.named_parameters() if p.requires_grad}
+    keep |= {k for k, _ in model.named_buffers()} & state.keys()
+    return {k: state[k].detach().contiguous() for k in state if k in keep}
 
 
 def save_model(model, output_dir):
@@ -109,8 +116,6 @@ class RecTrainer(Trainer):
     def __init__(self, *args, data, max_len, **kwargs):
         super().__init__(*args, **kwargs)
         self.data, self.max_len = data, max_len
-        # Frozen weights are never saved: tell the Trainer not to warn that loading skips them.
-        self.model._keys_to_ignore_on_save = [k for k, p in self.model.named_parameters() if not p.requires_grad]
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         model = self.model
@@ -123,6 +128,14 @@ class RecTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _issue_warnings_after_load(self, load_result):
+        # Checkpoints hold only trained weights: missing frozen ones are expected, anything else is an error.
+        trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
+        missing = trainable & set(load_result.missing_keys)
+        if missing or load_result.unexpected_keys:
+            raise CheckpointError(f"checkpoint does not fit the model: missing {sorted(missing)[:3]}, "
+                                  f"unexpected {load_result.unexpected_keys[:3]}")
 
     def _save(self, output_dir=None, state_dict=None):
         if self.args.should_save:
@@ -143,6 +156,7 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     if resume and not any(output_dir.glob("checkpoint-*")):
         log.info("no checkpoint in %s to resume from: starting fresh", output_dir)
         resume = False
+    log.info("training on %s, %d process(es), %d examples", args.device, args.world_size, len(train_dataset))
     trainer.train(resume_from_checkpoint=resume or None)
     # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
     trainer.save_model(str(output_dir))

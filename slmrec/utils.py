@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 
 def setup_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
 
 
 def seed_everything(seed: int):
@@ -31,3 +32,8 @@ def save_json(obj, path):
 
 def load_json(path):
     return json.loads(Path(path).read_text())
+
+
+def is_main_process():
+    """Rank 0 under torchrun/accelerate, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0

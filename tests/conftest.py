@@ -34,3 +34,28 @@ def tiny_dataset(tmp_path):
     src = write_amazon_csv(tmp_path / "ratings.csv", synthetic_rows())
     prepare(PrepareConfig(str(src), num_negatives=15), tmp_path / "prepared")
     return PreparedData(tmp_path / "prepared")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A local Hugging Face directory holding a random 8-layer tiny LLaMA and a byte-level tokenizer."""
+    from slmrec.backbone import load_backbone
+
+    lm, tok = load_backbone("random:tiny", 8)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    lm.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_embedding(tiny_dataset, tmp_path):
+    import torch
+
+    from slmrec.embeddings import save_item_embedding
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(tiny_dataset.num_items + 1, 8, generator=g)
+    table[0] = 0
+    save_item_embedding(table, tmp_path / "emb.pkl")
+    return tmp_path / "emb.pkl"

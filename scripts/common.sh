@@ -1,0 +1,27 @@
+# Sourced by the run_*.sh scripts: the embedded defaults, and a launcher that uses every local GPU.
+PY=${PYTHON:-python3}
+DATA=${DATA:-data/ml-100k}                       # a prepared dataset
+EMB_DIR=${EMB_DIR:-out/main/sasrec}              # the SASRec run whose embeddings the LLM models use
+EMB=${EMB:-$EMB_DIR/item_embedding.pkl}
+
+# Prepare ml-100k, train SASRec and export its embeddings, unless they are there already.
+ensure_embeddings() {
+  if [ ! -f "$DATA/stats.json" ]; then
+    [ "$DATA" = data/ml-100k ] || { echo "no prepared dataset at $DATA (run datasets/process.py)" >&2; exit 2; }
+    "$PY" datasets/process.py --source ml-100k --output_dir "$DATA"
+  fi
+  [ -f "$EMB" ] && return
+  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR"
+  "$PY" extract_emb.py --checkpoint "$EMB_DIR" --output "$EMB"
+}
+
+# Run a training script on one process, or one process per GPU (DDP through the Trainer) when several.
+launch() {
+  local gpus
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [ "$gpus" -gt 1 ]; then
+    "$PY" -m torch.distributed.run --nproc_per_node="$gpus" "$@"
+  else
+    "$PY" "$@"
+  fi
+}

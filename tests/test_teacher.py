@@ -1,0 +1,154 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate as evaluate_cli
+import finetune
+from conftest import ROOT
+from slmrec.backbone import BackboneError, decoder_layers, load_backbone
+from slmrec.data import PrepareConfig, PreparedData, prepare
+from slmrec.embeddings import EmbeddingFileError
+from slmrec.metrics import METRICS, evaluate
+from slmrec.model import ELLMRec, ELLMRecConfig, NextItemDataset, load_ellmrec
+from slmrec.training import CheckpointError
+
+SHORT_PROMPT = dict(instruction="History:", response="Next:")
+TINY_TRAIN = dict(num_layers=4, max_len=6, batch_size=8, eval_batch_size=16, max_steps=4, eval_steps=2,
+                  logging_steps=2, warmup_steps=0, **SHORT_PROMPT)
+
+
+def tiny_model(lm_dir, num_items=20, num_layers=4, **kw):
+    table = torch.randn(num_items + 1, 8, generator=torch.Generator().manual_seed(1))
+    cfg = ELLMRecConfig(base_model=str(lm_dir), num_layers=num_layers, max_len=6, **SHORT_PROMPT, **kw)
+    return ELLMRec(cfg, table)
+
+
+def test_truncation_keeps_the_first_m_layers(tiny_lm_dir):
+    full, _ = load_backbone(str(tiny_lm_dir), 8)
+    cut, _ = load_backbone(str(tiny_lm_dir), 3)
+    assert len(decoder_layers(cut)) == cut.config.num_hidden_layers == 3
+    for a, b in zip(decoder_layers(full)[:3], decoder_layers(cut)):
+        for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            assert torch.equal(p, q), n
+    with pytest.raises(BackboneError, match="has 8 layers; cannot keep 9"):
+        load_backbone(str(tiny_lm_dir), 9)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match="not a local Hugging Face model directory"):
+        load_backbone(str(tmp_path / "llama-7b"), 8)
+    with pytest.raises(BackboneError, match="no such GGUF file"):
+        load_backbone(str(tmp_path / "x.gguf"), 8)
+    with pytest.raises(BackboneError, match="unknown random preset"):
+        load_backbone("random:huge", 8)
+
+
+def test_only_lora_and_heads_train(tiny_lm_dir):
+    model = tiny_model(tiny_lm_dir)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.split(".")[0] in ("w_in", "w_out") for n in trainable)
+    assert {"w_in.weight", "w_in.bias", "w_out.weight"} <= set(trainable)
+    assert any("mlp.down_proj.lora_A" in n for n in trainable)
+    assert not any("self_attn" in n or "embed_tokens" in n for n in trainable)
+    assert not model.item_embedding.requires_grad
+    # A zero head gives uniform scores: the first loss is ln|I|.
+    loss = model(torch.tensor([[0, 0, 0, 1, 2, 3]]), torch.tensor([4]))["loss"]
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(20.0)).item(), abs=1e-5)
+
+
+def test_padding_keeps_scores(tiny_lm_dir):
+    model = tiny_model(tiny_lm_dir).eval()
+    torch.nn.init.normal_(model.w_out.weight)
+    short = torch.tensor([[0, 0, 0, 5, 9, 2]])
+    others = torch.tensor([[1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    with torch.no_grad():
+        alone = model.score(short)
+        batched = model.score(torch.cat([others[:1], short, others[1:]]))
+    assert torch.allclose(alone, batched[1:2], atol=1e-5)
+
+
+def test_layer_states_and_intermediate_scoring(tiny_lm_dir):
+    model = tiny_model(tiny_lm_dir).eval()
+    torch.nn.init.normal_(model.w_out.weight)
+    hist = torch.tensor([[0, 0, 1, 2, 3, 4]])
+    with torch.no_grad():
+        h, states = model.encode(hist, layer_states=True)
+        assert len(states) == 4 and states[0].shape == h.shape
+        norm = model.lm.get_base_model().norm
+        assert torch.allclose(norm(states[-1]), h, atol=1e-5)  # the last layer's state, normed, is h
+        assert torch.allclose(model.score_from_layer(hist, 4), model.score(hist), atol=1e-5)
+        assert not torch.allclose(model.score_from_layer(hist, 2), model.score(hist))
+
+
+def test_training_examples_are_every_next_item_target(tiny_dataset):
+    ds = NextItemDataset(tiny_dataset, max_len=4)
+    assert len(ds) == sum(len(tiny_dataset.train_part(u)) - 1 for u in range(tiny_dataset.num_users))
+    ex = ds[0]
+    seq = tiny_dataset.train_part(0)
+    assert ex["labels"].item() == seq[1] and ex["input_ids"].tolist() == [0, 0, 0, seq[0]]
+    capped = NextItemDataset(tiny_dataset, max_len=4, max_per_user=2)
+    assert len(capped) == 2 * tiny_dataset.num_users
+    assert capped[1]["labels"].item() == seq[-1]  # the most recent targets are kept
+
+
+def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / "teacher"
+    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir), **TINY_TRAIN)
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert all(0 <= metrics[k] <= 1 for k in METRICS) and all(0 <= metrics["full"][k] <= 1 for k in METRICS)
+    # The checkpoint is small (no LM weights) and rebuilds the model alone: identical test metrics.
+    assert (out / "model.safetensors").stat().st_size < 200_000
+    model = load_ellmrec(out, tiny_dataset)
+    again = evaluate(model.score, tiny_dataset, "test", model.cfg.max_len, 16)
+    assert {k: again[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
+    layers = evaluate_cli.main(str(out), str(tiny_dataset.path), layers="2,4")
+    assert {k: layers["layer_4"][k] for k in METRICS} == {k: metrics[k] for k in METRICS}
+
+    # Resume: continue from checkpoint-4 to step 6.
+    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
+                  resume=True, **{**TINY_TRAIN, "max_steps": 6})
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and any(e.get("step") == 2 for e in state["log_history"])
+
+
+def test_checkpoint_from_other_data_is_refused(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / "teacher"
+    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
+                  **{**TINY_TRAIN, "max_steps": 2})
+    from conftest import synthetic_rows, write_amazon_csv
+
+    other = write_amazon_csv(tmp_path / "other.csv", synthetic_rows(seed=5))
+    prepare(PrepareConfig(str(other), num_negatives=15), tmp_path / "other")
+    with pytest.raises(CheckpointError, match="was trained on dataset"):
+        load_ellmrec(out, PreparedData(tmp_path / "other"))
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_ellmrec(tmp_path / "nowhere")
+    with open(tmp_path / "small.pkl", "wb") as fh:
+        pickle.dump({"item_embedding": torch.zeros(3, 8)}, fh)
+    with pytest.raises(EmbeddingFileError, match="another dataset"):
+        finetune.build(tiny_dataset, tmp_path / "small.pkl", str(tiny_lm_dir), 2, 6, 4, 4, 0.0, "gate_proj",
+                       "fp32", None)
+
+
+def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "finetune.py"), "--data", str(tiny_dataset.path), "--item_embedding", str(tiny_embedding),
+           "--output_dir", str(out), "--base_model", str(tiny_lm_dir)]
+    for k, v in TINY_TRAIN.items():
+        cmd += [f"--{k}", str(v)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert all(0 <= metrics[k] <= 1 for k in METRICS)
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert "2 process(es)" in res.stderr
+    # Each process saw half of an epoch's batches: 2 steps of a global batch of 16 over 270 examples.
+    assert state["log_history"][0]["epoch"] == pytest.approx(2 / 17, abs=1e-3)
