@@ -20,14 +20,13 @@ TEACHER_TRAIN = dict(max_steps=600, batch_size=16, eval_batch_size=64, learning_
 
 
 def build(data, item_embedding, base_model, num_layers, max_len, lora_r, lora_alpha, lora_dropout, lora_targets,
-          dtype, quantization, instruction=INSTRUCTION, response=RESPONSE, num_adapters=0):
+          dtype, quantization, instruction=INSTRUCTION, response=RESPONSE):
     """(ELLMRec, its config) on a prepared dataset; the embeddings are checked against the dataset first."""
     table = load_item_embedding(item_embedding, data.num_items)
     targets = lora_targets.split(",") if isinstance(lora_targets, str) else list(lora_targets)
     cfg = ELLMRecConfig(base_model=base_model, num_layers=num_layers, max_len=max_len, lora_r=lora_r,
                         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=targets,
-                        instruction=instruction, response=response, num_adapters=num_adapters, dtype=dtype,
-                        quantization=quantization,
+                        instruction=instruction, response=response, dtype=dtype, quantization=quantization,
                         data_fingerprint=data.fingerprint, embedding_digest=file_digest(item_embedding))
     return ELLMRec(cfg, table), cfg
 

@@ -42,7 +42,7 @@ class ELLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    num_adapters: int = 0  # extra item heads on intermediate states (SLMRec's multi-supervision, W_a^(k))
+    adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
     quantization: str | None = None
     data_fingerprint: str = ""
@@ -67,7 +67,7 @@ class ELLMRec(nn.Module):
         # Zero heads: uniform scores, loss = ln|I| at the start. A random head on SASRec's large-scale
         # embeddings starts far above that and stalls for hundreds of steps (SPEC §2).
         self.w_out = nn.Linear(d1, d0, bias=False)
-        self.adapters = nn.ModuleList(nn.Linear(d1, d0, bias=False) for _ in range(cfg.num_adapters))
+        self.adapters = nn.ModuleList(nn.Linear(d1, d0, bias=False) for _ in cfg.adapter_layers)
         for head in [self.w_out, *self.adapters]:
             nn.init.zeros_(head.weight)
         ids = lambda text, special: torch.tensor(tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -133,8 +133,17 @@ class ELLMRec(nn.Module):
         norm = self.lm.get_base_model().norm
         return self.item_scores(norm(states[layer - 1].to(norm.weight.dtype)).float())
 
-    def forward(self, input_ids, labels):
-        return {"loss": item_loss(self.score(input_ids), labels)}
+    def forward(self, input_ids, labels, layer_states=False):
+        """{"loss"}; with layer_states also "scores", every layer's final-position "states", and the
+        "adapter_scores" of the adapter heads. Distillation goes through here, so DDP sees every use."""
+        if not layer_states:
+            return {"loss": item_loss(self.score(input_ids), labels)}
+        h, states = self.encode(input_ids, layer_states=True)
+        scores = self.item_scores(h)
+        adapter_scores = [self.item_scores(states[l - 1], head) for l, head in zip(self.cfg.adapter_layers,
+                                                                                    self.adapters)]
+        return {"loss": item_loss(scores, labels), "scores": scores, "states": states,
+                "adapter_scores": adapter_scores}
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}

@@ -1,0 +1,125 @@
+"""SLMRec distillation as a transformers.Trainer subclass: the student's item loss plus the block-wise
+feature terms of eq. 6, from a frozen teacher (offline) or one trained alongside (online)."""
+
+import dataclasses
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
+from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
+from .training import RecTrainer, load_checkpoint_files, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str  # the teacher's checkpoint directory
+    kd_mode: str = "offline"  # offline: frozen trained teacher; online: a fresh teacher trained alongside
+    blocks: int = 4
+    lambda_cos: float = 1.0
+    lambda_norm: float = 0.1
+    lambda_ms: float = 1.0
+    lambda_kl: float = 0.0  # logit KD, a comparison mode
+    temperature: float = 1.0
+    norm_variant: str = "squared"  # squared (paper eq. 4) or unsquared (the original code)
+
+    def check(self):
+        if self.kd_mode not in ("offline", "online"):
+            raise ValueError(f"--kd_mode must be offline or online, not {self.kd_mode!r}")
+        if self.norm_variant not in ("squared", "unsquared"):
+            raise ValueError(f"--norm_variant must be squared or unsquared, not {self.norm_variant!r}")
+        if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
+            raise ValueError("the lambdas must be >= 0 and the temperature > 0")
+
+
+def student_config(teacher_cfg: ELLMRecConfig, num_layers, dcfg: DistillConfig, **overrides) -> ELLMRecConfig:
+    """The student: the teacher's recipe on its base LM's first num_layers layers, with fresh LoRA and heads,
+    and an adapter head after each intermediate block when L_ms is on."""
+    pairs = block_pairs(teacher_cfg.num_layers, num_layers, dcfg.blocks)
+    adapters = [s for _, s in pairs[:-1]] if dcfg.lambda_ms > 0 else []
+    return dataclasses.replace(teacher_cfg, num_layers=num_layers, adapter_layers=adapters, **overrides)
+
+
+def load_teacher(dcfg: DistillConfig, data, student_layers):
+    """Checks that need no model first (B divides both depths, same data), then the teacher: trained and
+    frozen (offline), or fresh from the same config (online)."""
+    cfg, _ = load_checkpoint_files(dcfg.teacher, "ellmrec")
+    block_pairs(cfg["num_layers"], student_layers, dcfg.blocks)
+    teacher = load_ellmrec(dcfg.teacher, data)
+    if dcfg.kd_mode == "online":
+        teacher = ELLMRec(dataclasses.replace(teacher.cfg, adapter_layers=[]), teacher.item_embedding)
+        return teacher.train()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+class DistillTrainer(RecTrainer):
+    def __init__(self, *args, teacher, distill: DistillConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.dcfg = teacher.to(self.args.device), distill
+        student_cfg = self.model.cfg
+        self.pairs = block_pairs(teacher.cfg.num_layers, student_cfg.num_layers, distill.blocks)
+        if teacher.lm.config.hidden_size != self.model.lm.config.hidden_size:
+            raise ValueError(f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
+                             f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes")
+        if distill.kd_mode == "online" and self.args.world_size > 1:
+            raise ValueError("online KD trains the teacher outside DDP: run it on one process")
+        self._terms = defaultdict(list)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.dcfg.kd_mode == "online":  # the teacher learns with the student, same schedule
+            params = [p for p in self.teacher.parameters() if p.requires_grad]
+            optimizer.add_param_group({"params": params, "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        d = self.dcfg
+        x, y = inputs["input_ids"], inputs["labels"]
+        need_teacher = d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
+        out = model(input_ids=x, labels=y, layer_states=True)
+        terms = {"ce": out["loss"]}
+        if need_teacher:
+            with torch.set_grad_enabled(d.kd_mode == "online" and model.training):
+                h_t, t_states = self.teacher.encode(x, layer_states=True)
+                t_scores = self.teacher.item_scores(h_t)
+            if d.kd_mode == "online":
+                terms["teacher_ce"] = item_loss(t_scores, y)
+            else:
+                t_scores = t_scores.detach()
+            # Online, the feature terms train the student towards the teacher, not the teacher towards it.
+            t_feats = [t_states[t - 1].detach() for t, _ in self.pairs]
+            s_feats = [out["states"][s - 1] for _, s in self.pairs]
+            if d.lambda_cos > 0:
+                terms["cos"] = cosine_loss(t_feats, s_feats)
+            if d.lambda_norm > 0:
+                terms["norm"] = norm_loss(t_feats, s_feats, squared=d.norm_variant == "squared")
+            if d.lambda_kl > 0:
+                terms["kl"] = logit_kd_loss(t_scores.detach(), out["scores"], d.temperature)
+        if d.lambda_ms > 0 and out["adapter_scores"]:
+            terms["ms"] = multi_supervision_loss(out["adapter_scores"], y)
+        weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
+                   "kl": d.lambda_kl}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        if model.training:
+            for k, v in terms.items():
+                self._terms[k].append(v.detach().item())
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        # Each term's mean since the last log, beside the Trainer's total loss (TensorBoard and the log).
+        if "loss" in logs and self._terms:
+            logs.update({f"loss_{k}": sum(v) / len(v) for k, v in self._terms.items()})
+            self._terms.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.dcfg.kd_mode == "online" and self.args.should_save:
+            save_model(self.teacher, Path(output_dir or self.args.output_dir) / "teacher")

@@ -1,0 +1,156 @@
+import json
+import math
+
+import pytest
+import torch
+
+import distill
+import finetune
+from conftest import synthetic_rows, write_amazon_csv
+from slmrec.data import PrepareConfig, PreparedData, prepare
+from slmrec.distill import DistillConfig, DistillTrainer, student_config
+from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
+from slmrec.model import ELLMRec, load_ellmrec
+from slmrec.training import CheckpointError, TrainConfig, training_arguments
+from test_teacher import TINY_TRAIN
+
+
+# ---------------------------------------------------------------- the loss terms, by hand
+
+
+def fixed_states(blocks, batch=3, dim=5):
+    g = torch.Generator().manual_seed(blocks)
+    return ([torch.randn(batch, dim, generator=g) for _ in range(blocks)],
+            [torch.randn(batch, dim, generator=g) for _ in range(blocks)])
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_feature_losses_match_hand_written_sums(blocks):
+    t, s = fixed_states(blocks)
+    cos, sq, unsq = 0.0, 0.0, 0.0
+    for k in range(blocks):
+        for b in range(3):
+            a, c = t[k][b].tolist(), s[k][b].tolist()
+            dot = sum(x * y for x, y in zip(a, c))
+            na, nc = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in c))
+            dist2 = sum((x - y) ** 2 for x, y in zip(a, c))
+            cos += (1 - dot / (na * nc)) / (3 * blocks)
+            sq += dist2 / (3 * blocks)
+            unsq += math.sqrt(dist2) / (3 * blocks)
+    assert cosine_loss(t, s).item() == pytest.approx(cos, rel=1e-5)
+    assert norm_loss(t, s).item() == pytest.approx(sq, rel=1e-5)
+    assert norm_loss(t, s, squared=False).item() == pytest.approx(unsq, rel=1e-5)
+    assert cosine_loss(t, t).item() == pytest.approx(0, abs=1e-6) and norm_loss(t, t).item() == 0
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_multi_supervision_is_the_mean_item_loss_of_the_intermediate_heads(blocks):
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(3, 7, generator=g) for _ in range(blocks - 1)]
+    labels = torch.tensor([1, 4, 6])
+    expected = 0.0
+    for sc in scores:
+        for b, y in enumerate(labels.tolist()):
+            row = sc[b, 1:].tolist()  # column 0 (padding) never competes
+            expected += (math.log(sum(math.exp(v) for v in row)) - sc[b, y].item()) / (3 * (blocks - 1))
+    assert multi_supervision_loss(scores, labels).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_logit_kd_is_kl_of_item_distributions():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    T = 2.0
+    expected = 0.0
+    for b in range(2):
+        pt = torch.softmax(t[b, 1:] / T, 0).tolist()
+        ps = torch.softmax(s[b, 1:] / T, 0).tolist()
+        expected += sum(p * math.log(p / q) for p, q in zip(pt, ps)) / 2 * T * T
+    assert logit_kd_loss(t, s, T).item() == pytest.approx(expected, rel=1e-5)
+    assert logit_kd_loss(t, t, T).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_block_pairs():
+    assert block_pairs(8, 4, 4) == [(2, 1), (4, 2), (6, 3), (8, 4)]
+    assert block_pairs(8, 4, 2) == [(4, 2), (8, 4)]
+    assert block_pairs(8, 4, 1) == [(8, 4)]
+    for bad in [(8, 4, 3), (8, 6, 4), (8, 4, 0)]:
+        with pytest.raises(ValueError, match="must divide"):
+            block_pairs(*bad)
+
+
+# ---------------------------------------------------------------- on a tiny model
+
+
+@pytest.fixture
+def tiny_teacher(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / "teacher"
+    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
+                  **{**TINY_TRAIN, "num_layers": 8})
+    return out
+
+
+def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
+    teacher = load_ellmrec(tiny_teacher, tiny_dataset)
+    dcfg = DistillConfig(str(tiny_teacher), blocks=2, lambda_norm=0.0, lambda_ms=0.0)
+    student = ELLMRec(student_config(teacher.cfg, 4, dcfg), teacher.item_embedding)
+    seen = {}
+
+    def spy(t_feats, s_feats):
+        seen["t"], seen["s"] = t_feats, s_feats
+        return torch.zeros(())
+
+    monkeypatch.setattr("slmrec.distill.cosine_loss", spy)
+    args = training_arguments(TrainConfig(), tmp_path / "x")
+    trainer = DistillTrainer(model=student, args=args, train_dataset=[0], eval_dataset=[0], data=tiny_dataset,
+                             max_len=6, teacher=teacher, distill=dcfg)
+    x = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    trainer.compute_loss(student.eval(), {"input_ids": x, "labels": torch.tensor([5, 11])})
+    with torch.no_grad():
+        _, t_states = teacher.encode(x, layer_states=True)
+        _, s_states = student.encode(x, layer_states=True)
+    assert torch.equal(seen["t"][0], t_states[3]) and torch.equal(seen["t"][1], t_states[7])  # layers 4, 8
+    assert torch.equal(seen["s"][0], s_states[1]) and torch.equal(seen["s"][1], s_states[3])  # layers 2, 4
+
+
+def test_offline_distillation_trains_student_only(tiny_dataset, tiny_teacher, tmp_path):
+    before = {k: v.clone() for k, v in load_ellmrec(tiny_teacher).state_dict().items()}
+    out = tmp_path / "student"
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(out), num_layers=4, blocks=4,
+                 **{k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction",
+                                                                      "response")})
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert 0 <= metrics["NDCG@10"] <= 1
+    # the saved student scores alone and has 4 layers and 3 adapter heads (after layers 1, 2, 3)
+    student = load_ellmrec(out, tiny_dataset)
+    assert student.cfg.num_layers == 4 and student.cfg.adapter_layers == [1, 2, 3]
+    after = load_ellmrec(tiny_teacher).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    logs = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    train_logs = [e for e in logs if "loss" in e]
+    assert {"loss_ce", "loss_cos", "loss_norm", "loss_ms"} <= train_logs[0].keys()
+
+
+def test_online_and_logit_modes_run(tiny_dataset, tiny_teacher, tmp_path):
+    train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "on"), kd_mode="online", **train)
+    assert (tmp_path / "on" / "teacher" / "model.safetensors").is_file()
+    logs = json.loads((tmp_path / "on" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert "loss_teacher_ce" in next(e for e in logs if "loss" in e)
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "kl"), lambda_kl=1.0, temperature=2.0,
+                 **train)
+    logs = json.loads((tmp_path / "kl" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert "loss_kl" in next(e for e in logs if "loss" in e)
+
+
+def test_bad_setups_are_refused_before_training(tiny_dataset, tiny_teacher, tmp_path):
+    with pytest.raises(ValueError, match="must divide"):
+        distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "a"), num_layers=4, blocks=3)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        distill.main(str(tmp_path / "missing"), str(tiny_dataset.path), str(tmp_path / "b"))
+    other = write_amazon_csv(tmp_path / "other.csv", synthetic_rows(seed=9))
+    prepare(PrepareConfig(str(other), num_negatives=15), tmp_path / "other")
+    with pytest.raises(CheckpointError, match="was trained on dataset"):
+        distill.main(str(tiny_teacher), str(tmp_path / "other"), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="kd_mode"):
+        distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "d"), kd_mode="sideways")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
