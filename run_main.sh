@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: prepare ml-100k, train SASRec, export its item embeddings,
-# print the test metrics. Outputs go to ${OUT:-out/main}; finished steps are skipped on a re-run.
+# The main job on the embedded defaults (ml-100k, SmolLM2-135M): prepare the data, train SASRec, export its
+# item embeddings, train the 8-layer teacher, distill the 4-layer student, print one results table.
+# About 20 minutes on a 2-core CPU. Outputs in out/main; finished steps are skipped on a re-run.
+# STEPS sets the teacher's and student's training steps (default 300, batch 16).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
-PY=${PYTHON:-python3}
-OUT=${OUT:-out/main}
-DATA=${DATA:-data/ml-100k}
-[ -f "$DATA/stats.json" ] || "$PY" datasets/process.py --source ml-100k --output_dir "$DATA"
-[ -f "$OUT/sasrec/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$OUT/sasrec"
-[ -f "$OUT/item_embedding.pkl" ] || "$PY" extract_emb.py --checkpoint "$OUT/sasrec" --output "$OUT/item_embedding.pkl"
-"$PY" -m slmrec.report "$OUT"
+source scripts/common.sh
+STEPS=${STEPS:-300}
+ensure_embeddings
+[ -f out/main/teacher/test_metrics.json ] || \
+  bash run_finetune.sh out/main/teacher --max_steps "$STEPS" --eval_steps 100
+[ -f out/main/student/test_metrics.json ] || \
+  bash run_distill.sh out/main/teacher out/main/student --max_steps "$STEPS" --eval_steps 100
+"$PY" -m slmrec.report out/main

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
@@ -161,9 +162,13 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
     trainer.save_model(str(output_dir))
     model.eval()
-    test = evaluate(model.score, data, "test", max_len, cfg.eval_batch_size, args.device)
+    test = evaluate(model.score, data, "test", max_len, cfg.eval_batch_size, args.device, per_user=True)
+    ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     if trainer.is_world_process_zero():
+        # Per-user ranks allow paired comparisons between models on the same users.
+        np.savez(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),
+                 full=np.asarray(ranks["full"]))
         save_json(test, output_dir / "test_metrics.json")
         trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
     return test
