@@ -1,4 +1,4 @@
-"""Write a trained SASRec's item-embedding table as the pipeline's pickle:
+"""Write a trained SASRec's (or GRU4Rec's, BERT4Rec's) item-embedding table as the pipeline's pickle:
 {"item_embedding": FloatTensor[num_items + 1, d]}, row 0 = padding.
 
     python extract_emb.py --checkpoint out/sasrec --output out/sasrec/item_embedding.pkl
@@ -7,12 +7,12 @@
 import fire
 
 from slmrec.embeddings import save_item_embedding
-from slmrec.seqrec import load_sasrec
+from slmrec.seqrec import load_seqrec
 
 
 def main(checkpoint: str, output: str):
-    model = load_sasrec(checkpoint)
-    table = model.item_table()
+    model = load_seqrec(checkpoint)
+    table = model.item_table().detach()
     save_item_embedding(table, output)
     print(f"wrote {output}: item_embedding {tuple(table.shape)} (dataset {model.cfg.data_fingerprint})")
 

@@ -6,7 +6,7 @@
 Runs each model with each seed (a run whose test_metrics.json exists is skipped, so an interrupted
 reproduction resumes), then writes results/main_table.{csv,md} (mean and standard error over seeds),
 results/paired.md (per-user paired differences on the same test users) and results/table1.md.
-Rows: SASRec, E4SRec_M (the teacher), E4SRec_N (N layers, no distillation), SLMRec_N<-M.
+Rows: SASRec, GRU4Rec, BERT4Rec, E4SRec_M (the teacher), E4SRec_N (N layers, no distillation), SLMRec_N<-M.
 """
 
 import csv
@@ -54,14 +54,15 @@ def mean_se(values):
 
 def main(budget: str = "quick", seeds: int = 3, data: str = "data/ml-100k", source: str = "ml-100k",
          base_model: str = "smollm2-135m", teacher_layers: int = 8, student_layers: int = 4, blocks: int = 4,
-         runs: str = "out/repro", results: str = "results", skip_sasrec_seeds: bool = False):
+         runs: str = "out/repro", results: str = "results", single_seed_baselines: bool = False):
+    """single_seed_baselines: train SASRec, GRU4Rec and BERT4Rec with the first seed only (saves time)."""
     steps = BUDGETS[budget]
     runs, results = Path(runs), Path(results)
     if not (Path(data) / "stats.json").is_file():
         run_prepare = [str(Path(__file__).parent / "datasets/process.py"), "--source", source, "--output_dir", data]
         subprocess.run([sys.executable, *run_prepare], check=True)
     M, N = teacher_layers, student_layers
-    names = {"sasrec": "SASRec", "teacher": f"E4SRec_{M}", "e4srec_n": f"E4SRec_{N}", "slmrec": f"SLMRec_{N}<-{M}",
+    names = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "teacher": f"E4SRec_{M}", "e4srec_n": f"E4SRec_{N}", "slmrec": f"SLMRec_{N}<-{M}",
              "slmrec_no_norm": f"SLMRec_{N}<-{M} (D_cos+L_ms, lambda_norm=0)"}
     llm = ["--max_steps", str(steps["max_steps"]), "--eval_steps", str(steps["eval_steps"])]
     t0 = time.time()
@@ -70,8 +71,10 @@ def main(budget: str = "quick", seeds: int = 3, data: str = "data/ml-100k", sour
         d = runs / f"seed{s}"
         print(f"seed {s}", flush=True)
         # SASRec embeddings come from the first seed's run: every LLM model shares one item table.
-        if seed == 0 or not skip_sasrec_seeds:
-            run(["train_sr_trad.py", "--data", data, "--output_dir", str(d / "sasrec"), "--seed", s], d / "sasrec")
+        if seed == 0 or not single_seed_baselines:
+            for model, extra in [("sasrec", []), ("gru4rec", ["--num_layers", "1"]), ("bert4rec", [])]:
+                run(["train_sr_trad.py", "--data", data, "--output_dir", str(d / model), "--seed", s,
+                     "--model", model, *extra], d / model)
         emb = runs / "seed42" / "sasrec" / "item_embedding.pkl"
         if not emb.is_file():
             subprocess.run([sys.executable, "extract_emb.py", "--checkpoint", str(emb.parent), "--output", str(emb)],
@@ -105,7 +108,7 @@ def write_results(runs, results, names, seeds, data, base_model, budget, steps, 
     setting = (f"Data: {data} ({stats['users']} users, {stats['items']} items, test split, 1 positive + up to 999 "
                f"stored negatives). LM: {base_model}. Hardware: {platform.machine()} CPU, {os.cpu_count()} cores"
                f"{' (GPU: ' + _gpu() + ')' if _gpu() else ''}. Budget: '{budget}' — LLM models {steps['max_steps']} "
-               f"steps of batch 16, evaluated every {steps['eval_steps']}; SASRec early-stopped (at most 200 epochs). "
+               f"steps of batch 16, evaluated every {steps['eval_steps']}; SASRec, GRU4Rec and BERT4Rec early-stopped (at most 200 epochs). "
                f"Seeds: {seeds} (42..{41 + seeds}). Command: python reproduce.py --budget {budget} --seeds {seeds}.")
     rows, per_user = [], {}
     for key, name in names.items():

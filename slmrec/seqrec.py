@@ -1,4 +1,4 @@
-"""Conventional sequential recommenders trained with cross-entropy over all items: SASRec.
+"""Conventional sequential recommenders trained with cross-entropy over all items: SASRec, GRU4Rec, BERT4Rec.
 
 Every model in the project exposes the same interface:
     forward(input_ids, labels) -> {"loss": ...}   (what transformers.Trainer calls)
@@ -17,63 +17,148 @@ from torch.utils.data import Dataset
 
 
 @dataclass
-class SASRecConfig:
+class SeqRecConfig:
     num_items: int
+    model: str = "sasrec"  # sasrec, gru4rec or bert4rec
     max_len: int = 50
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
     dropout: float = 0.2
+    mask_prob: float = 0.2  # BERT4Rec: share of items masked in training
     data_fingerprint: str = ""
 
 
-class SASRec(nn.Module):
-    """Self-attentive sequential recommendation (Kang & McAuley 2018), pre-norm blocks, shared item table."""
+class SeqRec(nn.Module):
+    """What the three models share: an item table (row 0 = padding) that also scores, CE over all items."""
 
-    def __init__(self, cfg: SASRecConfig):
+    extra_tokens = 0  # BERT4Rec adds a mask token after the items
+
+    def __init__(self, cfg: SeqRecConfig):
         super().__init__()
         self.cfg = cfg
-        d = cfg.hidden_size
-        self.item_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
-        self.position_embedding = nn.Embedding(cfg.max_len, d)
+        self.item_embedding = nn.Embedding(cfg.num_items + 1 + self.extra_tokens, cfg.hidden_size, padding_idx=0)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def init_tables(self, *tables):
+        """Small normal item (and position) tables, padding row zero; called last by each model."""
+        for t in (self.item_embedding, *tables):
+            nn.init.normal_(t.weight, std=0.02)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def hidden(self, seq):
+        """[B, L] left-padded item ids -> [B, L, d]: position t summarises what the model may see at t."""
+        raise NotImplementedError
+
+    def logits(self, h):
+        """[..., d] -> [..., num_items + 1] (padding column -inf)."""
+        out = h @ self.item_table().T
+        out[..., 0] = float("-inf")
+        return out
+
+    def forward(self, input_ids, labels):
+        loss = F.cross_entropy(self.logits(self.hidden(input_ids)).flatten(0, 1), labels.flatten(), ignore_index=0)
+        return {"loss": loss}
+
+    def score(self, history):
+        return self.logits(self.hidden(history)[:, -1])
+
+    def item_table(self):
+        return self.item_embedding.weight[: self.cfg.num_items + 1]
+
+    def checkpoint_config(self):
+        return {"model_type": "seqrec", **dataclasses.asdict(self.cfg)}
+
+
+class SASRec(SeqRec):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018), pre-norm blocks, shared item table."""
+
+    causal = True
+
+    def __init__(self, cfg: SeqRecConfig):
+        super().__init__(cfg)
+        d = cfg.hidden_size
+        self.position_embedding = nn.Embedding(cfg.max_len, d)
         layer = nn.TransformerEncoderLayer(d, cfg.num_heads, 4 * d, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        nn.init.normal_(self.item_embedding.weight, std=0.02)
-        nn.init.normal_(self.position_embedding.weight, std=0.02)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.init_tables(self.position_embedding)
 
-    def encode(self, seq):
-        """[B, L] item ids (0 = padding, left) -> [B, L, d] causal representations."""
+    def hidden(self, seq):
         B, L = seq.shape
         pos = torch.arange(L, device=seq.device)
         x = self.item_embedding(seq) * math.sqrt(self.cfg.hidden_size) + self.position_embedding(pos)
         x = self.dropout(x)
-        # A position may attend to earlier real items and always to itself (so padded rows are not all-masked).
-        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
-        allowed = causal & (seq != 0)[:, None, :]
-        allowed |= torch.eye(L, dtype=torch.bool, device=seq.device)
+        # A position attends to real items (earlier ones only when causal) and always to itself, so padded
+        # rows are never all-masked.
+        allowed = (seq != 0)[:, None, :].expand(B, L, L)
+        if self.causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+        allowed = allowed | torch.eye(L, dtype=torch.bool, device=seq.device)
         mask = ~allowed.repeat_interleave(self.cfg.num_heads, dim=0)
         return self.norm(self.encoder(x, mask=mask))
 
-    def checkpoint_config(self):
-        return {"model_type": "sasrec", **dataclasses.asdict(self.cfg)}
+
+class BERT4Rec(SASRec):
+    """BERT4Rec (Sun et al. 2019): bidirectional blocks trained to fill in masked items (the cloze task);
+    to recommend, a mask token follows the history. It trains on the target side of each window
+    (`labels`: the window's last max_len items)."""
+
+    causal = False
+    extra_tokens = 1
+
+    @property
+    def mask_id(self):
+        return self.cfg.num_items + 1
 
     def forward(self, input_ids, labels):
-        h = self.encode(input_ids)
-        logits = h @ self.item_embedding.weight.T
-        logits[..., 0] = float("-inf")
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=0)
-        return {"loss": loss}
+        seq = labels
+        real = seq != 0
+        masked = (torch.rand(seq.shape, device=seq.device) < self.cfg.mask_prob) & real
+        # Every row predicts at least one item: its last.
+        masked[:, -1] |= ~masked.any(1) & real[:, -1]
+        inputs = torch.where(masked, torch.full_like(seq, self.mask_id), seq)
+        targets = torch.where(masked, seq, torch.zeros_like(seq))
+        return super().forward(inputs, targets)
 
     def score(self, history):
-        return self.encode(history)[:, -1] @ self.item_embedding.weight.T
+        shifted = torch.cat([history[:, 1:], torch.full_like(history[:, :1], self.mask_id)], dim=1)
+        return super().score(shifted)
 
-    def item_table(self):
-        return self.item_embedding.weight
+
+class GRU4Rec(SeqRec):
+    """GRU4Rec (Hidasi et al. 2016) with cross-entropy over all items; padding is skipped by packing."""
+
+    def __init__(self, cfg: SeqRecConfig):
+        super().__init__(cfg)
+        self.gru = nn.GRU(cfg.hidden_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.init_tables()
+
+    def hidden(self, seq):
+        B, L = seq.shape
+        lengths = (seq != 0).sum(1)
+        pads = (L - lengths)[:, None]
+        j = torch.arange(L, device=seq.device)[None]
+        # Left padding -> right padding for packing, and back afterwards.
+        right = seq.gather(1, (j + pads) % L)
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.item_embedding(right)),
+                                                   lengths.clamp(min=1).cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=L)
+        return out.gather(1, ((j - pads) % L)[..., None].expand(-1, -1, out.shape[-1]))
+
+
+MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
+
+
+def build_seqrec(cfg: SeqRecConfig) -> SeqRec:
+    if cfg.model not in MODELS:
+        raise ValueError(f"--model must be one of {sorted(MODELS)}, not {cfg.model!r}")
+    return MODELS[cfg.model](cfg)
 
 
 class WindowDataset(Dataset):
@@ -100,11 +185,11 @@ class WindowDataset(Dataset):
         return {"input_ids": torch.from_numpy(x), "labels": torch.from_numpy(y)}
 
 
-def load_sasrec(checkpoint_dir) -> SASRec:
-    """Rebuild a trained SASRec from its output directory (weights + slmrec_config.json)."""
+def load_seqrec(checkpoint_dir) -> SeqRec:
+    """Rebuild a trained SASRec/GRU4Rec/BERT4Rec from its output directory (weights + slmrec_config.json)."""
     from .training import load_checkpoint_files
 
-    cfg, state = load_checkpoint_files(checkpoint_dir, "sasrec")
-    model = SASRec(SASRecConfig(**cfg))
+    cfg, state = load_checkpoint_files(checkpoint_dir, "seqrec")
+    model = build_seqrec(SeqRecConfig(**cfg))
     model.load_state_dict(state)
     return model.eval()

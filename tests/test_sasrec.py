@@ -8,7 +8,7 @@ import extract_emb
 import train_sr_trad
 from slmrec.embeddings import EmbeddingFileError, load_item_embedding
 from slmrec.metrics import METRICS
-from slmrec.seqrec import SASRec, SASRecConfig, load_sasrec
+from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
 from slmrec.training import CheckpointError
 
 TINY = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, epochs=3, batch_size=8, eval_steps=4,
@@ -23,11 +23,11 @@ def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
     assert all(0 <= metrics[k] <= 1 for k in METRICS)
     assert json.loads((out / "run_config.json").read_text())["model"]["hidden_size"] == 16
 
-    model = load_sasrec(out)
+    model = load_seqrec(out)
     extract_emb.main(str(out), str(tmp_path / "emb.pkl"))
     table = load_item_embedding(tmp_path / "emb.pkl", tiny_dataset.num_items)
     assert table.shape == (tiny_dataset.num_items + 1, 16)
-    assert torch.equal(table, model.item_embedding.weight.detach())
+    assert torch.equal(table, model.item_table().detach())
     assert torch.all(table[0] == 0)
 
     # Deterministic on CPU for a seed.
@@ -35,13 +35,41 @@ def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
     assert json.loads((tmp_path / "again/test_metrics.json").read_text()) == metrics
 
 
-def test_padding_does_not_change_sasrec_scores():
-    model = SASRec(SASRecConfig(num_items=20, max_len=10, hidden_size=16, num_heads=2)).eval()
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_padding_does_not_change_scores(name):
+    torch.manual_seed(0)
+    model = build_seqrec(SeqRecConfig(num_items=20, model=name, max_len=10, hidden_size=16, num_heads=2)).eval()
     short = torch.tensor([[0, 0, 0, 0, 0, 0, 3, 5, 7, 9]])
     longer = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
     alone = model.score(short)
     batched = model.score(torch.cat([short, longer]))
-    assert torch.allclose(alone, batched[:1], atol=1e-5)
+    assert alone.shape == (1, 21)
+    assert torch.allclose(alone[:, 1:], batched[:1, 1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "bert4rec"])
+def test_other_baselines_train_and_export(name, tiny_dataset, tmp_path):
+    out = tmp_path / name
+    train_sr_trad.main(str(tiny_dataset.path), str(out), model=name, **TINY)
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert all(0 <= metrics[k] <= 1 for k in METRICS)
+    extract_emb.main(str(out), str(tmp_path / "emb.pkl"))
+    assert load_item_embedding(tmp_path / "emb.pkl", tiny_dataset.num_items).shape == (tiny_dataset.num_items + 1, 16)
+
+
+def test_bert4rec_masks_only_real_items_and_always_one_per_row():
+    torch.manual_seed(0)
+    model = build_seqrec(SeqRecConfig(num_items=20, model="bert4rec", max_len=6, hidden_size=8, mask_prob=0.0))
+    seen = {}
+
+    def fake_hidden(seq):
+        seen["inputs"] = seq.clone()
+        return torch.zeros(*seq.shape, 8)
+
+    model.hidden = fake_hidden
+    labels = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    model(labels, labels)
+    assert seen["inputs"].tolist() == [[0, 0, 3, 4, 5, 21], [1, 2, 3, 4, 5, 21]]
 
 
 def test_embedding_pickle_safety(tmp_path):
@@ -63,4 +91,4 @@ def test_embedding_pickle_safety(tmp_path):
 
 def test_missing_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        load_sasrec(tmp_path)
+        load_seqrec(tmp_path)
