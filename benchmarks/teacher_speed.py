@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from slmrec.backbone import load_backbone  # noqa: E402
+from slmrec.losses import cosine_loss  # noqa: E402
 from slmrec.model import ELLMRec, ELLMRecConfig  # noqa: E402
 
 
@@ -25,41 +26,40 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def measure(base_model, layers, dtype, batch_size, eval_batch_size, max_len, num_items, steps, device):
-    backbone = load_backbone(base_model, layers, dtype)
-    model = ELLMRec(ELLMRecConfig(base_model=base_model, num_layers=layers, max_len=max_len, dtype=dtype),
-                    torch.randn(num_items + 1, 64), backbone=backbone).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(1, num_items + 1, (batch_size, max_len), generator=g).to(device)
-    y = torch.randint(1, num_items + 1, (batch_size,), generator=g).to(device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16" and device == "cuda")
+def median_seconds(fn, steps):
     times = []
-    for i in range(steps + 2):  # two warm-up steps
+    for _ in range(steps + 2):  # two warm-up calls
         _sync()
         t = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t)
+    return sorted(times[2:])[steps // 2]
+
+
+def train_step(model, x, y, autocast, teacher=None):
+    """One optimiser step; with a teacher, a distillation step (teacher forward + feature loss) as distill.py."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
         with autocast:
-            loss = model(x, y)["loss"]
+            out = model(x, y, layer_states=teacher is not None)
+            loss = out["loss"]
+            if teacher is not None:
+                with torch.no_grad():
+                    _, t_states = teacher.encode(x, layer_states=True)
+                loss = loss + cosine_loss([t_states[-1]], [out["states"][-1]])
         loss.backward()
         opt.step()
         opt.zero_grad()
-        _sync()
-        times.append(time.perf_counter() - t)
-    step_s = sorted(times[2:])[len(times[2:]) // 2]
-    model.eval()
-    xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
-    with torch.no_grad(), autocast:
-        model.score(xe)
-        _sync()
-        t = time.perf_counter()
-        reps = max(1, steps // 2)
-        for _ in range(reps):
-            model.score(xe)
-        _sync()
-        eval_s = (time.perf_counter() - t) / reps
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return step_s, eval_batch_size / eval_s, trainable, total
+
+    return step
+
+
+def build(base_model, layers, dtype, max_len, table, device):
+    backbone = load_backbone(base_model, layers, dtype)
+    cfg = ELLMRecConfig(base_model=base_model, num_layers=layers, max_len=max_len, dtype=dtype)
+    return ELLMRec(cfg, table, backbone=backbone).to(device)
 
 
 def main(base_model="smollm2-135m", layers="8,4", dtype="auto", batch_size=16, eval_batch_size=64, max_len=50,
@@ -70,19 +70,42 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", batch_size=16, e
                                                                  f"{torch.get_num_threads()} threads"
     print(f"{base_model}, dtype {dtype}, batch {batch_size} (eval {eval_batch_size}), history {max_len}, "
           f"{num_items} items, median of {steps} steps, {hw}")
-    print("| layers | train step s | train steps/s | eval users/s | trainable params | params in model |")
+    print("| model | train step s | train steps/s | eval users/s | trainable params | params in model |")
     print("|---|---|---|---|---|---|")
-    rows = []
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(num_items + 1, 64, generator=g)
+    x = torch.randint(1, num_items + 1, (batch_size, max_len), generator=g).to(device)
+    y = torch.randint(1, num_items + 1, (batch_size,), generator=g).to(device)
+    xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16" and device == "cuda")
+    models, rows = {}, []  # rows: (name, train step s, eval users/s, eval batch s)
+
+    def row(name, model, step_s, eval_s=None):
+        if eval_s is None:
+            model.eval()
+            with torch.no_grad(), autocast:
+                eval_s = median_seconds(lambda: model.score(xe), max(1, steps // 2))
+            model.train()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        rows.append((name, step_s, eval_batch_size / eval_s, eval_s))
+        print(f"| {name} | {step_s:.3f} | {1 / step_s:.2f} | {eval_batch_size / eval_s:.1f} | {trainable:,} | "
+              f"{total:,} |", flush=True)
+
     for n in layers:
-        step_s, users_s, trainable, total = measure(base_model, n, dtype, batch_size, eval_batch_size, max_len,
-                                                    num_items, steps, device)
-        rows.append((n, step_s, users_s))
-        print(f"| {n} | {step_s:.3f} | {1 / step_s:.2f} | {users_s:.1f} | {trainable:,} | {total:,} |", flush=True)
-    if len(rows) > 1:
+        models[n] = build(base_model, n, dtype, max_len, table, device)
+        row(f"{n} layers", models[n], median_seconds(train_step(models[n], x, y, autocast), steps))
+    if len(layers) > 1:
+        teacher, student = models[layers[0]], models[layers[-1]]
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+        row(f"{layers[-1]} layers distilled from {layers[0]} (teacher forward included)", student,
+            median_seconds(train_step(student, x, y, autocast, teacher), steps), eval_s=rows[-1][3])
         base = rows[0]
-        for n, s, u in rows[1:]:
-            print(f"{n} vs {base[0]} layers: training {base[1] / s:.2f}x faster per step, "
-                  f"inference {u / base[2]:.2f}x more users/s")
+        for name, s, u, _ in rows[1:]:
+            print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "
+                  f"inference {u / base[2]:.2f}x the users/s")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ class RecTrainer(Trainer):
 
 
 def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume=False,
-                 collator=None, trainer_cls=RecTrainer, **trainer_kwargs) -> dict:
+                 trainer_cls=RecTrainer, **trainer_kwargs) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
     output_dir/test_metrics.json (candidates at top level, full ranking under "full")."""
     output_dir = Path(output_dir)
@@ -152,8 +152,9 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     save_json(run_config, output_dir / "run_config.json")
     args = training_arguments(cfg, output_dir)
     callbacks = [EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else []
+    # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
-                          data_collator=collator, data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
+                          data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
     if resume and not any(output_dir.glob("checkpoint-*")):
         log.info("no checkpoint in %s to resume from: starting fresh", output_dir)
         resume = False
