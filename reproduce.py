@@ -21,7 +21,7 @@ from pathlib import Path
 import fire
 import numpy as np
 
-from slmrec.metrics import METRICS, metrics_from_ranks
+from slmrec.metrics import METRICS
 from slmrec.utils import save_json
 
 BUDGETS = {
@@ -65,7 +65,6 @@ def main(budget: str = "quick", seeds: int = 3, data: str = "data/ml-100k", sour
     names = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "teacher": f"E4SRec_{M}", "e4srec_n": f"E4SRec_{N}", "slmrec": f"SLMRec_{N}<-{M}",
              "slmrec_no_norm": f"SLMRec_{N}<-{M} (D_cos+L_ms, lambda_norm=0)"}
     llm = ["--max_steps", str(steps["max_steps"]), "--eval_steps", str(steps["eval_steps"])]
-    t0 = time.time()
     for seed in range(seeds):
         s = str(42 + seed)
         d = runs / f"seed{s}"
@@ -89,7 +88,7 @@ def main(budget: str = "quick", seeds: int = 3, data: str = "data/ml-100k", sour
         # D_norm on raw hidden states dwarfs the item loss (see README): the same without it.
         run(["distill.py", *common, "--teacher", str(d / "teacher"), "--num_layers", str(N), "--blocks", str(blocks),
              "--lambda_norm", "0", "--output_dir", str(d / "slmrec_no_norm")], d / "slmrec_no_norm")
-    write_results(runs, results, names, seeds, data, base_model, budget, steps, time.time() - t0)
+    write_results(runs, results, names, seeds, data, base_model, budget, steps, "python " + " ".join(sys.argv))
 
 
 def _collect(runs, key, seeds):
@@ -102,14 +101,19 @@ def _collect(runs, key, seeds):
     return metrics, ranks
 
 
-def write_results(runs, results, names, seeds, data, base_model, budget, steps, seconds):
+def _num(x, digits, missing=""):
+    return missing if np.isnan(x) else f"{x:.{digits}f}"
+
+
+def write_results(runs, results, names, seeds, data, base_model, budget, steps, command):
     results.mkdir(parents=True, exist_ok=True)
     stats = json.loads((Path(data) / "stats.json").read_text())
     setting = (f"Data: {data} ({stats['users']} users, {stats['items']} items, test split, 1 positive + up to 999 "
                f"stored negatives). LM: {base_model}. Hardware: {platform.machine()} CPU, {os.cpu_count()} cores"
                f"{' (GPU: ' + _gpu() + ')' if _gpu() else ''}. Budget: '{budget}' — LLM models {steps['max_steps']} "
                f"steps of batch 16, evaluated every {steps['eval_steps']}; SASRec, GRU4Rec and BERT4Rec early-stopped (at most 200 epochs). "
-               f"Seeds: {seeds} (42..{41 + seeds}). Command: python reproduce.py --budget {budget} --seeds {seeds}.")
+               f"Seeds: {seeds} (42..{41 + seeds}); every LLM model uses the seed-42 SASRec item embeddings. "
+               f"Command: {command}")
     rows, per_user = [], {}
     for key, name in names.items():
         metrics, ranks = _collect(runs, key, seeds)
@@ -124,16 +128,15 @@ def write_results(runs, results, names, seeds, data, base_model, budget, steps, 
         w = csv.writer(fh)
         w.writerow(["model", *METRICS, *[f"{k}_se" for k in METRICS], "seeds"])
         for r in rows:
-            w.writerow([r["model"], *[f"{r[k]:.5f}" for k in METRICS], *[f"{r[k + '_se']:.5f}" for k in METRICS],
+            w.writerow([r["model"], *[f"{r[k]:.5f}" for k in METRICS], *[_num(r[k + "_se"], 5) for k in METRICS],
                         r["seeds"]])
     lines = [f"# Main comparison (ours)\n\n{setting}\n",
              "Mean ± standard error over seeds.\n",
              "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(f"{r[k]:.4f} ± {r[k + '_se']:.4f}"
-                                                                  for k in METRICS) + " |")
-    (results / "main_table.md").write_text("\n".join(lines) + f"\n\nWall time of this reproduction call: "
-                                           f"{seconds / 60:.1f} min.\n")
+        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(
+            f"{r[k]:.4f} ± {_num(r[k + '_se'], 4, '—')}" for k in METRICS) + " |")
+    (results / "main_table.md").write_text("\n".join(lines) + "\n\nOne seed: no standard error (—).\n")
     (results / "paired.md").write_text(paired_report(per_user, names, setting))
     save_json(stats, results / "table1.json")
     (results / "table1.md").write_text(

@@ -56,8 +56,8 @@ def main(rows: int = 10_000_000, workdir: str = None):
         res = json.loads(out.stdout.strip().splitlines()[-1])
         size_mb = os.path.getsize(src) / 2**20
     s = res["stats"]
-    print(f"| rows | file MB | generate s | prepare s | rows/s | peak RSS MB | users | items | interactions |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| rows | file MB | generate s | prepare s | rows/s | peak RSS MB | users | items | interactions |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {rows:,} | {size_mb:.0f} | {gen_s:.1f} | {res['seconds']:.1f} | {rows / res['seconds']:,.0f} | "
           f"{res['peak_rss_mb']:,.0f} | {s['users']:,} | {s['items']:,} | {s['interactions']:,} |")
     print(f"(cores: {os.cpu_count()}, python {sys.version.split()[0]})")

@@ -7,7 +7,7 @@ import torch
 import distill
 import finetune
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec.data import PrepareConfig, PreparedData, prepare
+from slmrec.data import PrepareConfig, prepare
 from slmrec.distill import DistillConfig, DistillTrainer, student_config
 from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from slmrec.model import ELLMRec, load_ellmrec

@@ -26,7 +26,7 @@ def test_results_tables_from_runs(tiny_dataset, tmp_path):
             np.savez(d / "test_ranks.npz", candidates=ranks, full=ranks)
             written.setdefault(key, []).append((m, ranks))
     reproduce.write_results(runs, results, names, 3, str(tiny_dataset.path), "random:tiny", "quick",
-                            reproduce.BUDGETS["quick"], 1.0)
+                            reproduce.BUDGETS["quick"], "python reproduce.py")
     rows = list(csv.DictReader(open(results / "main_table.csv")))
     assert [r["model"] for r in rows] == list(names.values())
     assert list(rows[0]) == ["model", *METRICS, *[f"{k}_se" for k in METRICS], "seeds"]

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 
@@ -137,7 +138,10 @@ def test_checkpoint_from_other_data_is_refused(tiny_dataset, tiny_embedding, tin
 
 def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(ROOT / "finetune.py"), "--data", str(tiny_dataset.path), "--item_embedding", str(tiny_embedding),
            "--output_dir", str(out), "--base_model", str(tiny_lm_dir)]
     for k, v in TINY_TRAIN.items():
