@@ -11,7 +11,7 @@ import fire
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
 from slmrec.model import ELLMRec, NextItemDataset
-from slmrec.training import TrainConfig, fit_and_test
+from slmrec.training import TrainConfig, fit_and_test, load_checkpoint_files
 from slmrec.utils import is_main_process, seed_everything, setup_logging
 
 from finetune import TEACHER_TRAIN
@@ -46,8 +46,7 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, blocks: 
 
 
 def _restore_online_teacher(teacher, output_dir):
-    from slmrec.training import load_checkpoint_files
-
+    """On resume, online KD's teacher continues from the newest checkpoint's copy."""
     ckpts = sorted(Path(output_dir).glob("checkpoint-*/teacher"), key=lambda p: int(p.parent.name.split("-")[1]))
     if ckpts:
         _, state = load_checkpoint_files(ckpts[-1], "ellmrec")
