@@ -11,7 +11,7 @@ import fire
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
 from slmrec.model import ELLMRec, NextItemDataset
-from slmrec.training import TrainConfig, fit_and_test, load_checkpoint_files
+from slmrec.training import TrainConfig, fit_and_test, load_checkpoint_files, load_trained_weights
 from slmrec.utils import is_main_process, seed_everything, setup_logging
 
 from finetune import TEACHER_TRAIN
@@ -50,7 +50,7 @@ def _restore_online_teacher(teacher, output_dir):
     ckpts = sorted(Path(output_dir).glob("checkpoint-*/teacher"), key=lambda p: int(p.parent.name.split("-")[1]))
     if ckpts:
         _, state = load_checkpoint_files(ckpts[-1], "ellmrec")
-        teacher.load_state_dict(state, strict=False)
+        load_trained_weights(teacher, state, ckpts[-1])
 
 
 if __name__ == "__main__":

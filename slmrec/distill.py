@@ -11,7 +11,7 @@ import torch
 
 from .losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
-from .training import RecTrainer, load_checkpoint_files, save_model
+from .training import RecTrainer, load_checkpoint_config, save_model
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def student_config(teacher_cfg: ELLMRecConfig, num_layers, dcfg: DistillConfig, 
 def load_teacher(dcfg: DistillConfig, data, student_layers):
     """Checks that need no model first (B divides both depths, same data), then the teacher: trained and
     frozen (offline), or fresh from the same config (online)."""
-    cfg, _ = load_checkpoint_files(dcfg.teacher, "ellmrec")
+    cfg = load_checkpoint_config(dcfg.teacher, "ellmrec")
     block_pairs(cfg["num_layers"], student_layers, dcfg.blocks)
     teacher = load_ellmrec(dcfg.teacher, data)
     if dcfg.kd_mode == "online":
@@ -91,8 +91,6 @@ class DistillTrainer(RecTrainer):
                 t_scores = self.teacher.item_scores(h_t)
             if d.kd_mode == "online":
                 terms["teacher_ce"] = item_loss(t_scores, y)
-            else:
-                t_scores = t_scores.detach()
             # Online, the feature terms train the student towards the teacher, not the teacher towards it.
             t_feats = [t_states[t - 1].detach() for t, _ in self.pairs]
             s_feats = [out["states"][s - 1] for _, s in self.pairs]

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .backbone import decoder_layers, load_backbone
-from .training import CheckpointError, load_checkpoint_files
+from .training import CheckpointError, load_checkpoint_files, load_trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,5 @@ def load_ellmrec(checkpoint_dir, data=None, backbone=None) -> ELLMRec:
     if data is not None:
         check_same_data(cfg, data, checkpoint_dir)
     model = ELLMRec(cfg, state["item_embedding"], backbone)
-    result = model.load_state_dict(state, strict=False)
-    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
-    if result.unexpected_keys or trainable & set(result.missing_keys):
-        raise CheckpointError(f"{checkpoint_dir}: weights do not fit the model its config describes "
-                              f"(unexpected: {result.unexpected_keys[:3]}, "
-                              f"missing: {sorted(trainable & set(result.missing_keys))[:3]})")
+    load_trained_weights(model, state, checkpoint_dir)
     return model.eval()

@@ -99,8 +99,8 @@ class CheckpointError(ValueError):
     pass
 
 
-def load_checkpoint_files(checkpoint_dir, model_type):
-    """(config dict, state dict) of a checkpoint written by save_model, checked for its model type."""
+def load_checkpoint_config(checkpoint_dir, model_type) -> dict:
+    """The config of a checkpoint written by save_model, checked for its files and model type."""
     d = Path(checkpoint_dir)
     if not (d / WEIGHTS).is_file() or not (d / MODEL_CONFIG).is_file():
         raise CheckpointError(f"{d}: not a checkpoint of this project (needs {WEIGHTS} and {MODEL_CONFIG})")
@@ -108,7 +108,24 @@ def load_checkpoint_files(checkpoint_dir, model_type):
     found = cfg.pop("model_type", None)
     if found != model_type:
         raise CheckpointError(f"{d}: holds a {found!r} model, expected {model_type!r}")
-    return cfg, safetensors.torch.load_file(d / WEIGHTS, device="cpu")
+    return cfg
+
+
+def load_checkpoint_files(checkpoint_dir, model_type):
+    """(config dict, state dict) of a checkpoint written by save_model."""
+    cfg = load_checkpoint_config(checkpoint_dir, model_type)
+    return cfg, safetensors.torch.load_file(Path(checkpoint_dir) / WEIGHTS, device="cpu")
+
+
+def load_trained_weights(model, state, where):
+    """Load a checkpoint's weights (trained ones only, frozen ones come from their source): anything
+    unexpected, or a trainable weight missing, means the checkpoint does not fit this model."""
+    result = model.load_state_dict(state, strict=False)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{where}: weights do not fit the model (unexpected: {result.unexpected_keys[:3]}, "
+                              f"missing: {missing[:3]})")
 
 
 class RecTrainer(Trainer):
@@ -130,13 +147,14 @@ class RecTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _issue_warnings_after_load(self, load_result):
-        # Checkpoints hold only trained weights: missing frozen ones are expected, anything else is an error.
-        trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
-        missing = trainable & set(load_result.missing_keys)
-        if missing or load_result.unexpected_keys:
-            raise CheckpointError(f"checkpoint does not fit the model: missing {sorted(missing)[:3]}, "
-                                  f"unexpected {load_result.unexpected_keys[:3]}")
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Checkpoints hold only trained weights (see save_model): the Trainer's own loader would warn about
+        # every frozen weight and accept a checkpoint of another model.
+        state = safetensors.torch.load_file(Path(resume_from_checkpoint) / WEIGHTS, device="cpu")
+        load_trained_weights(self.accelerator.unwrap_model(model or self.model), state, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _save(self, output_dir=None, state_dict=None):
         if self.args.should_save:
