@@ -22,7 +22,8 @@ def main(data: str, output_dir: str, model: str = "sasrec", max_len: int = 50, h
     """Extra flags are TrainConfig fields (slmrec/training.py): --epochs, --batch_size, --learning_rate,
     --eval_steps (default: one epoch), --patience, --seed, ..."""
     setup_logging()
-    train = {"epochs": 200, "patience": 20, **train}
+    # fp32 unless asked: these models are small, bf16 would save little and change their numbers.
+    train = {"epochs": 200, "patience": 20, "precision": "fp32", **train}
     dataset = PreparedData(data)
     windows = WindowDataset(dataset, max_len)
     train.setdefault("eval_steps", math.ceil(len(windows) / train.get("batch_size", TrainConfig.batch_size)))

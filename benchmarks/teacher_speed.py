@@ -9,7 +9,6 @@ and real weights. Each configuration is timed in the same process, one after ano
 
 import platform
 import sys
-import time
 from pathlib import Path
 
 import fire
@@ -17,43 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from slmrec.backbone import load_backbone  # noqa: E402
-from slmrec.losses import cosine_loss  # noqa: E402
+from slmrec.distill import DistillConfig  # noqa: E402
+from slmrec.efficiency import autocast_for, median_seconds, train_step  # noqa: E402
 from slmrec.model import ELLMRec, ELLMRecConfig  # noqa: E402
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, steps):
-    times = []
-    for _ in range(steps + 2):  # two warm-up calls
-        _sync()
-        t = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t)
-    return sorted(times[2:])[steps // 2]
-
-
-def train_step(model, x, y, autocast, teacher=None):
-    """One optimiser step; with a teacher, a distillation step (teacher forward + feature loss) as distill.py."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step():
-        with autocast:
-            out = model(x, y, layer_states=teacher is not None)
-            loss = out["loss"]
-            if teacher is not None:
-                with torch.no_grad():
-                    _, t_states = teacher.encode(x, layer_states=True)
-                loss = loss + cosine_loss([t_states[-1]], [out["states"][-1]])
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    return step
+from slmrec.training import resolve_precision  # noqa: E402
+from slmrec.utils import parse_ints  # noqa: E402
 
 
 def build(base_model, layers, dtype, max_len, table, device):
@@ -62,13 +29,15 @@ def build(base_model, layers, dtype, max_len, table, device):
     return ELLMRec(cfg, table, backbone=backbone).to(device)
 
 
-def main(base_model="smollm2-135m", layers="8,4", dtype="auto", batch_size=16, eval_batch_size=64, max_len=50,
-         num_items=1008, steps=6):
+def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto", batch_size=16,
+         eval_batch_size=64, max_len=50, num_items=1008, steps=6):
+    """dtype: the weights' (auto: bf16 on a GPU, fp32 on a CPU); precision: the autocast of training.py
+    (auto: bf16 where the hardware has it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    layers = [layers] if isinstance(layers, int) else [int(x) for x in str(layers).strip("()[]").split(",")]
+    layers = parse_ints(layers)
     hw = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.processor() or platform.machine()}, " \
                                                                  f"{torch.get_num_threads()} threads"
-    print(f"{base_model}, dtype {dtype}, batch {batch_size} (eval {eval_batch_size}), history {max_len}, "
+    print(f"{base_model}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} (eval {eval_batch_size}), history {max_len}, "
           f"{num_items} items, median of {steps} steps, {hw}")
     print("| model | train step s | train steps/s | eval users/s | trainable params | params in model |")
     print("|---|---|---|---|---|---|")
@@ -77,7 +46,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", batch_size=16, e
     x = torch.randint(1, num_items + 1, (batch_size, max_len), generator=g).to(device)
     y = torch.randint(1, num_items + 1, (batch_size,), generator=g).to(device)
     xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16" and device == "cuda")
+    autocast = autocast_for(precision, device)
     models, rows = {}, []  # rows: (name, train step s, eval users/s, eval batch s)
 
     def row(name, model, step_s, eval_s=None):
@@ -94,14 +63,15 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", batch_size=16, e
 
     for n in layers:
         models[n] = build(base_model, n, dtype, max_len, table, device)
-        row(f"{n} layers", models[n], median_seconds(train_step(models[n], x, y, autocast), steps))
+        row(f"{n} layers", models[n], median_seconds(train_step(models[n], [(x, y)], autocast), steps))
     if len(layers) > 1:
         teacher, student = models[layers[0]], models[layers[-1]]
         for p in teacher.parameters():
             p.requires_grad_(False)
         teacher.eval()
         row(f"{layers[-1]} layers distilled from {layers[0]} (teacher forward included)", student,
-            median_seconds(train_step(student, x, y, autocast, teacher), steps), eval_s=rows[-1][3])
+            median_seconds(train_step(student, [(x, y)], autocast, teacher, DistillConfig("")), steps),
+            eval_s=rows[-1][3])
         base = rows[0]
         for name, s, u, _ in rows[1:]:
             print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "

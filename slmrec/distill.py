@@ -59,6 +59,33 @@ def load_teacher(dcfg: DistillConfig, data, student_layers):
     return teacher.eval()
 
 
+def distill_loss(model, teacher, d: DistillConfig, pairs, x, y):
+    """Eq. 6: (total loss, {term: value}, the student's outputs) for histories x and next items y."""
+    need_teacher = d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
+    out = model(input_ids=x, labels=y, layer_states=True)
+    terms = {"ce": out["loss"]}
+    if need_teacher:
+        with torch.set_grad_enabled(d.kd_mode == "online" and model.training):
+            h_t, t_states = teacher.encode(x, layer_states=True)
+            t_scores = teacher.item_scores(h_t)
+        if d.kd_mode == "online":
+            terms["teacher_ce"] = item_loss(t_scores, y)
+        # Online, the feature terms train the student towards the teacher, not the teacher towards it.
+        t_feats = [t_states[t - 1].detach() for t, _ in pairs]
+        s_feats = [out["states"][s - 1] for _, s in pairs]
+        if d.lambda_cos > 0:
+            terms["cos"] = cosine_loss(t_feats, s_feats)
+        if d.lambda_norm > 0:
+            terms["norm"] = norm_loss(t_feats, s_feats, squared=d.norm_variant == "squared")
+        if d.lambda_kl > 0:
+            terms["kl"] = logit_kd_loss(t_scores.detach(), out["scores"], d.temperature)
+    if d.lambda_ms > 0 and out["adapter_scores"]:
+        terms["ms"] = multi_supervision_loss(out["adapter_scores"], y)
+    weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
+               "kl": d.lambda_kl}
+    return sum(weights[k] * v for k, v in terms.items()), terms, out
+
+
 class DistillTrainer(RecTrainer):
     def __init__(self, *args, teacher, distill: DistillConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,31 +107,8 @@ class DistillTrainer(RecTrainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        d = self.dcfg
-        x, y = inputs["input_ids"], inputs["labels"]
-        need_teacher = d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
-        out = model(input_ids=x, labels=y, layer_states=True)
-        terms = {"ce": out["loss"]}
-        if need_teacher:
-            with torch.set_grad_enabled(d.kd_mode == "online" and model.training):
-                h_t, t_states = self.teacher.encode(x, layer_states=True)
-                t_scores = self.teacher.item_scores(h_t)
-            if d.kd_mode == "online":
-                terms["teacher_ce"] = item_loss(t_scores, y)
-            # Online, the feature terms train the student towards the teacher, not the teacher towards it.
-            t_feats = [t_states[t - 1].detach() for t, _ in self.pairs]
-            s_feats = [out["states"][s - 1] for _, s in self.pairs]
-            if d.lambda_cos > 0:
-                terms["cos"] = cosine_loss(t_feats, s_feats)
-            if d.lambda_norm > 0:
-                terms["norm"] = norm_loss(t_feats, s_feats, squared=d.norm_variant == "squared")
-            if d.lambda_kl > 0:
-                terms["kl"] = logit_kd_loss(t_scores.detach(), out["scores"], d.temperature)
-        if d.lambda_ms > 0 and out["adapter_scores"]:
-            terms["ms"] = multi_supervision_loss(out["adapter_scores"], y)
-        weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
-                   "kl": d.lambda_kl}
-        loss = sum(weights[k] * v for k, v in terms.items())
+        loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
+                                        inputs["labels"])
         if model.training:
             for k, v in terms.items():
                 self._terms[k].append(v.detach().item())

@@ -45,43 +45,48 @@ def metrics_from_ranks(ranks) -> dict:
 
 @torch.no_grad()
 def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu"):
-    """Per-user (candidate rank, full rank) arrays. score_fn(LongTensor [B, max_len] left-padded) -> [B, items+1]."""
+    """{name: (candidate ranks, full ranks)} per user. score_fn(LongTensor [B, max_len] left-padded) returns
+    scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named None."""
     cand_all = data.candidates[split]
-    cand_r, full_r = [], []
+    cand_r, full_r = {}, {}
     for start in range(0, len(users), batch_size):
         us = users[start:start + batch_size]
         hist = torch.from_numpy(left_pad([data.history(u, split) for u in us], max_len)).to(device)
-        scores = score_fn(hist).float()
-        cand = torch.from_numpy(cand_all[us].astype(np.int64)).to(scores.device)
-        pos = cand[:, 0]
-        exclude = torch.zeros_like(scores, dtype=torch.bool)
-        for r, u in enumerate(us):
-            exclude[r, torch.from_numpy(data.sequences[u].astype(np.int64))] = True
-        cand_r.append(candidate_ranks(scores, cand).cpu())
-        full_r.append(full_ranks(scores, pos, exclude).cpu())
-    return torch.cat(cand_r).numpy(), torch.cat(full_r).numpy()
+        out = score_fn(hist)
+        for name, scores in (out.items() if isinstance(out, dict) else [(None, out)]):
+            scores = scores.float()
+            cand = torch.from_numpy(cand_all[us].astype(np.int64)).to(scores.device)
+            exclude = torch.zeros_like(scores, dtype=torch.bool)
+            for r, u in enumerate(us):
+                exclude[r, torch.from_numpy(data.sequences[u].astype(np.int64))] = True
+            cand_r.setdefault(name, []).append(candidate_ranks(scores, cand).cpu())
+            full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], exclude).cpu())
+    return {name: (torch.cat(cand_r[name]).numpy(), torch.cat(full_r[name]).numpy()) for name in cand_r}
 
 
 def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False) -> dict:
-    """Metrics on `split` ("valid" or "test") for every user; under torch.distributed each rank scores
-    a share of the users and the ranks are gathered, so every rank returns the same numbers."""
+    """Metrics on `split` ("valid" or "test") for every user (a dict of them per name when score_fn returns
+    a dict); under torch.distributed each rank scores a share of the users and the ranks are gathered,
+    so every rank returns the same numbers."""
     users = np.arange(data.num_users)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         users = users[dist.get_rank()::world]
-    cand, full = rank_users(score_fn, data, split, users, max_len, batch_size, device)
+    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device)
     if world > 1:
         parts = [None] * world
-        dist.all_gather_object(parts, (users, cand, full))
-        users = np.concatenate([p[0] for p in parts])
-        order = np.argsort(users)
-        cand = np.concatenate([p[1] for p in parts])[order]
-        full = np.concatenate([p[2] for p in parts])[order]
-    out = metrics_from_ranks(cand)
-    out["full"] = metrics_from_ranks(full)
-    if per_user:
-        out["ranks"] = {"candidates": cand.tolist(), "full": full.tolist()}
-    return out
+        dist.all_gather_object(parts, (users, ranks))
+        order = np.argsort(np.concatenate([p[0] for p in parts]))
+        ranks = {name: tuple(np.concatenate([p[1][name][i] for p in parts])[order] for i in range(2))
+                 for name in ranks}
+    results = {}
+    for name, (cand, full) in ranks.items():
+        out = metrics_from_ranks(cand)
+        out["full"] = metrics_from_ranks(full)
+        if per_user:
+            out["ranks"] = {"candidates": cand.tolist(), "full": full.tolist()}
+        results[name] = out
+    return results[None] if None in results else results
 
 
 def flatten(metrics: dict, prefix="") -> dict:

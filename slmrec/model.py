@@ -124,14 +124,15 @@ class ELLMRec(nn.Module):
     def score(self, history):
         return self.item_scores(self.encode(history))
 
-    def score_from_layer(self, history, layer):
-        """Direct inference from an intermediate layer (paper Fig. 2): the state after `layer` through the
-        final norm and W_out, without retraining."""
-        if not 1 <= layer <= self.cfg.num_layers:
-            raise ValueError(f"layer must be in 1..{self.cfg.num_layers}")
+    def score_layers(self, history, layers):
+        """Direct inference from intermediate layers (paper Fig. 2), all from one forward pass:
+        {layer: scores}, the state after each layer through the final norm and W_out, without retraining."""
+        bad = [l for l in layers if not 1 <= l <= self.cfg.num_layers]
+        if bad:
+            raise ValueError(f"layers {bad} outside 1..{self.cfg.num_layers}")
         _, states = self.encode(history, layer_states=True)
         norm = self.lm.get_base_model().norm
-        return self.item_scores(norm(states[layer - 1].to(norm.weight.dtype)).float())
+        return {l: self.item_scores(norm(states[l - 1].to(norm.weight.dtype)).float()) for l in layers}
 
     def forward(self, input_ids, labels, layer_states=False):
         """{"loss"}; with layer_states also "scores", every layer's final-position "states", and the

@@ -37,3 +37,12 @@ def load_json(path):
 def is_main_process():
     """Rank 0 under torchrun/accelerate, or a plain single process."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def parse_ints(value) -> list:
+    """A fire flag given as 4, "1,2,4" or (1, 2, 4) -> [1, 2, 4]."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [int(x) for x in value]
+    return [int(x) for x in str(value).strip("()[]").split(",") if x.strip()]

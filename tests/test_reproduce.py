@@ -1,4 +1,4 @@
-"""reproduce.py's aggregation: means and standard errors over seeds, paired per-user differences."""
+"""The reproduction: its plan and presets, resuming, the result tables and figures, and one tiny end-to-end run."""
 
 import csv
 import json
@@ -7,38 +7,137 @@ import numpy as np
 import pytest
 
 import reproduce
+from slmrec import experiments
+from slmrec.experiments import make_config, plan
 from slmrec.metrics import METRICS, metrics_from_ranks
+from slmrec.tables import PAPER_TABLE2, write_all
 
 
-def test_results_tables_from_runs(tiny_dataset, tmp_path):
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    names = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "teacher": "E4SRec_8", "e4srec_n": "E4SRec_4", "slmrec": "SLMRec_4<-8",
-             "slmrec_no_norm": "SLMRec_4<-8 (no norm)"}
+def _keys(runs, seed):
+    return [r.key for r in runs if r.seed == seed]
+
+
+def test_plan_covers_every_table_and_figure():
+    cfg = make_config("quick")
+    runs = plan(cfg)
+    sweep = ["slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec_b1", "slmrec_b2", "slmrec_online",
+             "e4srec_1", "e4srec_2", "e4srec_16", "e4srec_30", "e4srec_30_layers"]
+    assert _keys(runs, 42) == ["sasrec", "gru4rec", "bert4rec", "e4srec_8", "e4srec_4", "slmrec", *sweep]
+    assert _keys(runs, 43) == _keys(runs, 44) == ["e4srec_8", "e4srec_4", "slmrec"]  # sweeps: one seed (quick)
+    full = plan(make_config("full"))
+    assert _keys(full, 44)[:3] == ["sasrec", "gru4rec", "bert4rec"] and "slmrec_online" in _keys(full, 44)
+    for r in runs:
+        cmd = r.command(cfg.runs)
+        if r.script == "distill.py":  # each student distils from its own seed's teacher
+            assert cmd[cmd.index("--teacher") + 1].endswith(f"seed{r.seed}/e4srec_8")
+        if r.script in ("finetune.py", "distill.py"):
+            assert cmd[cmd.index("--max_steps") + 1] == "150"
+    ablation = {r.key: r.command(cfg.runs) for r in runs if r.table == "table4"}
+    flag = lambda cmd, f: cmd[cmd.index(f) + 1]
+    assert [flag(ablation["slmrec_cos"], f) for f in ("--lambda_norm", "--lambda_ms")] == ["0", "0"]
+    assert flag(ablation["slmrec_cos_ms"], "--lambda_norm") == "0" and flag(ablation["slmrec_cos_ms"], "--lambda_ms") == "1.0"
+
+
+def test_preset_and_config_errors():
+    cfg = make_config("full", "paper-music", base_model="/models/llama-7b")
+    assert cfg.train["learning_rate"] == 2e-3 and cfg.train["max_steps"] == 800 and cfg.train["batch_size"] == 256
+    assert cfg.distill["lambda_ms"] == 0.01 and cfg.depths == [1, 2, 4, 8, 16, 24, 32]
+    student = next(r for r in plan(cfg) if r.key == "slmrec").command(cfg.runs)
+    assert student[student.index("--lambda_ms") + 1] == "0.01"
+    assert make_config("quick", train={"max_steps": 7}).train["max_steps"] == 7
+    with pytest.raises(ValueError, match="preset"):
+        make_config("quick", "paper-books")
+    with pytest.raises(ValueError, match="budget"):
+        make_config("medium")
+    with pytest.raises(ValueError, match="divide"):
+        make_config("quick", block_sweep=[3])
+    with pytest.raises(ValueError, match="depths"):
+        make_config("quick", depths=[1, 2, 16])
+
+
+def test_finished_run_is_skipped_and_another_command_refused(tmp_path, monkeypatch):
+    run = experiments.Run("main", 42, "e4srec_8", "finetune.py", ["--data", "d", "--max_steps", "150"])
+    out = run.dir(tmp_path)
+    out.mkdir(parents=True)
+    (out / "test_metrics.json").write_text("{}")
+    (out / "command.json").write_text(json.dumps(run.command(tmp_path)))
+    monkeypatch.setattr(experiments.subprocess, "run", lambda *a, **k: pytest.fail("should not run"))
+    experiments.execute(run, tmp_path, 1, 1)  # same command: skipped
+    run.args[-1] = "600"
+    with pytest.raises(SystemExit, match="another command"):
+        experiments.execute(run, tmp_path, 1, 1)
+
+
+def _fake_runs(cfg, dataset):
     rng = np.random.default_rng(0)
     written = {}
-    for seed in (42, 43, 44):
-        for key in names:
-            d = runs / f"seed{seed}" / key
-            d.mkdir(parents=True)
-            ranks = rng.integers(0, 30, tiny_dataset.num_users)
-            m = metrics_from_ranks(ranks)
-            (d / "test_metrics.json").write_text(json.dumps(m))
-            np.savez(d / "test_ranks.npz", candidates=ranks, full=ranks)
-            written.setdefault(key, []).append((m, ranks))
-    reproduce.write_results(runs, results, names, 3, str(tiny_dataset.path), "random:tiny", "quick",
-                            reproduce.BUDGETS["quick"], "python reproduce.py")
-    rows = list(csv.DictReader(open(results / "main_table.csv")))
-    assert [r["model"] for r in rows] == list(names.values())
+    for r in plan(cfg):
+        d = r.dir(cfg.runs)
+        d.mkdir(parents=True)
+        if r.script == "evaluate.py":
+            layers = {f"layer_{l}": metrics_from_ranks(rng.integers(0, 30, dataset.num_users)) for l in cfg.depths}
+            (d / "layers.json").write_text(json.dumps(layers))
+            continue
+        ranks = rng.integers(0, 30, dataset.num_users)
+        (d / "test_metrics.json").write_text(json.dumps(metrics_from_ranks(ranks)))
+        np.savez(d / "test_ranks.npz", candidates=ranks, full=ranks)
+        written.setdefault(r.key, []).append(ranks)
+    return written
+
+
+def test_tables_and_figures_from_runs(tiny_dataset, tmp_path):
+    cfg = make_config("quick", data=str(tiny_dataset.path), runs=str(tmp_path / "runs"),
+                      results=str(tmp_path / "results"))
+    written = _fake_runs(cfg, tiny_dataset)
+    eff = [{"model": m, "layers": l, "train_step_s": s, "steps_per_epoch": 10, "epoch_s": 10 * s, "inference_s": s,
+            "test_users": 30, "trainable_params": p, "inference_params": 10 * p}
+           for m, l, s, p in [("E4SRec_30", 30, 4.0, 100), ("E4SRec_8", 8, 1.0, 40), ("SLMRec_4<-8", 4, 0.5, 20)]]
+    write_all(cfg, "python reproduce.py", eff)
+    res = tmp_path / "results"
+    rows = list(csv.DictReader(open(res / "main_table.csv")))
+    assert [r["model"] for r in rows] == ["SASRec", "GRU4Rec", "BERT4Rec", "E4SRec_30", "E4SRec_8", "E4SRec_4",
+                                          "SLMRec_4<-8"]
     assert list(rows[0]) == ["model", *METRICS, *[f"{k}_se" for k in METRICS], "seeds"]
-    vals = [m["NDCG@10"] for m, _ in written["slmrec"]]
-    assert float(rows[5]["NDCG@10"]) == pytest.approx(np.mean(vals), abs=1e-5)
-    assert float(rows[5]["NDCG@10_se"]) == pytest.approx(np.std(vals, ddof=1) / np.sqrt(3), abs=1e-5)
+    vals = [metrics_from_ranks(r)["NDCG@10"] for r in written["slmrec"]]
+    assert float(rows[6]["NDCG@10"]) == pytest.approx(np.mean(vals), abs=1e-5)
+    assert float(rows[6]["NDCG@10_se"]) == pytest.approx(np.std(vals, ddof=1) / np.sqrt(3), abs=1e-5)
+    assert rows[0]["NDCG@10_se"] == "" and rows[0]["seeds"] == "1"  # one seed: no standard error
 
-    def ndcg(r):
-        return np.where(r < 10, 1 / np.log2(r + 2), 0)
+    ndcg = lambda r: np.where(r < 10, 1 / np.log2(r + 2), 0)
+    diff = np.mean([ndcg(a) - ndcg(b) for a, b in zip(written["slmrec"], written["e4srec_4"])], axis=0)
+    assert f"| SLMRec_4<-8 − E4SRec_4 | {diff.mean():+.4f} |" in (res / "paired.md").read_text()
+    assert "| +D_cos,D_norm | 1 |" in (res / "table4_ablation.md").read_text()
+    t5 = (res / "table5_efficiency.md").read_text()
+    assert "| SLMRec_4<-8 | 0.500 |" in t5 and "| 8.0x | 8.0x | 20% | 20% |" in t5
+    for f in ("main_table.md", "table4_ablation.md", "figure2_depth.md", "figure4_blocks.md", "paired.md"):
+        assert "Budget: 'quick'" in (res / f).read_text() and "Hardware:" in (res / f).read_text()
+    for f in ("figure2_depth.png", "figure4_blocks.png"):
+        assert (res / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    vs = (res / "vs_paper.md").read_text()
+    assert f"| {PAPER_TABLE2['SLMRec_4<-8'][0]:.2f} |" in vs
+    assert "| SLMRec_4<-8 | 16.69 | 15.29 |" in vs
+    assert f"| {tiny_dataset.num_users:,} |" in (res / "table1.md").read_text()
 
-    diff = np.mean([ndcg(written["slmrec"][i][1]) - ndcg(written["e4srec_n"][i][1]) for i in range(3)], axis=0)
-    paired = (results / "paired.md").read_text()
-    assert f"| SLMRec_4<-8 − E4SRec_4 | {diff.mean():+.4f} |" in paired
-    assert "Budget: 'quick'" in (results / "main_table.md").read_text()
-    assert f"| {tiny_dataset.num_users:,} |" in (results / "table1.md").read_text()
+
+def test_reproduce_end_to_end_tiny(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path, capsys):
+    """The real command on a tiny dataset and a random 8-layer LM: every run, Table 5, the tables, a resume."""
+    runs, res = tmp_path / "runs", tmp_path / "results"
+    args = dict(data=str(tiny_dataset.path), base_model=str(tiny_lm_dir), teacher_layers=2, student_layers=1,
+                blocks=1, depths="1,2", block_sweep="1", seeds=1, runs=str(runs), results=str(res),
+                train={"max_steps": 2, "eval_steps": 2, "batch_size": 4, "eval_batch_size": 16},
+                baseline_train={"epochs": 2})
+    reproduce.main(**args)
+    rows = {r["model"]: r for r in csv.DictReader(open(res / "main_table.csv"))}
+    assert set(rows) == {"SASRec", "GRU4Rec", "BERT4Rec", "E4SRec_2", "E4SRec_1", "SLMRec_1<-2"}
+    assert all(0 <= float(r["MRR"]) <= 1 for r in rows.values())
+    t5 = json.loads((res / "table5_efficiency.json").read_text())
+    assert [r["model"] for r in t5] == ["E4SRec_2", "SLMRec_1<-2"]  # the teacher is the deepest model here
+    assert t5[1]["trainable_params"] < t5[0]["trainable_params"] and t5[1]["inference_s"] > 0
+    layers = json.loads((runs / "seed42" / "e4srec_2_layers" / "layers.json").read_text())
+    teacher = json.loads((runs / "seed42" / "e4srec_2" / "test_metrics.json").read_text())
+    assert layers["layer_2"]["MRR"] == pytest.approx(teacher["MRR"], abs=1e-6)  # the last layer is the model
+    assert (res / "figure2_depth.png").is_file() and (res / "figure4_blocks.png").is_file()
+    finished = capsys.readouterr().out.count(": finished in")
+    reproduce.main(**args)  # everything finished: all skipped
+    out = capsys.readouterr().out
+    assert finished >= 10 and out.count("done already") == finished and "running" not in out

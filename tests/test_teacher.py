@@ -82,8 +82,8 @@ def test_layer_states_and_intermediate_scoring(tiny_lm_dir):
         assert len(states) == 4 and states[0].shape == h.shape
         norm = model.lm.get_base_model().norm
         assert torch.allclose(norm(states[-1]), h, atol=1e-5)  # the last layer's state, normed, is h
-        assert torch.allclose(model.score_from_layer(hist, 4), model.score(hist), atol=1e-5)
-        assert not torch.allclose(model.score_from_layer(hist, 2), model.score(hist))
+        assert torch.allclose(model.score_layers(hist, [4])[4], model.score(hist), atol=1e-5)
+        assert not torch.allclose(model.score_layers(hist, [2])[2], model.score(hist))
 
 
 def test_training_examples_are_every_next_item_target(tiny_dataset):

@@ -1,0 +1,334 @@
+"""results/: the paper's tables and figures from finished reproduction runs, each stating its setting."""
+
+import csv
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from .experiments import ReproConfig, seed_list
+from .metrics import METRICS
+from .training import resolve_precision
+from .utils import save_json
+
+# Paper numbers (%), Amazon 2018 with LLaMA-7B on an A100 (Tables 2, 4, 5), for the rows we reproduce.
+PAPER_METRICS = ("HR@1", "HR@5", "NDCG@5", "MRR")
+PAPER_TABLE2 = {  # model: (Cloth HR@1, HR@5, NDCG@5, MRR, Movie HR@1, HR@5, NDCG@5, MRR)
+    "GRU4Rec": (13.79, 15.46, 14.64, 15.15, 10.56, 19.47, 15.11, 15.46),
+    "BERT4Rec": (13.60, 14.66, 14.14, 14.59, 9.68, 14.91, 12.40, 12.74),
+    "SASRec": (13.08, 16.94, 15.01, 15.76, 5.57, 16.80, 11.17, 12.08),
+    "E4SRec (all layers)": (16.71, 19.45, 18.09, 18.77, 14.74, 23.79, 19.45, 19.74),
+    "E4SRec_8": (15.30, 18.54, 16.91, 17.60, 13.32, 22.49, 17.99, 18.46),
+    "E4SRec_4": (14.58, 18.05, 16.32, 17.01, 11.80, 21.54, 16.73, 17.20),
+    "SLMRec_4<-8": (16.69, 19.47, 18.07, 18.74, 15.29, 24.25, 19.90, 20.36),
+}
+PAPER_TABLE4 = {
+    "+D_cos": (16.10, 18.85, 17.48, 18.17, 14.83, 23.08, 19.08, 19.45),
+    "+D_cos,D_norm": (16.28, 19.12, 17.69, 18.40, 14.86, 23.89, 19.36, 19.84),
+    "+D_cos,L_ms": (16.85, 19.05, 17.96, 18.59, 15.05, 23.48, 19.40, 19.76),
+    "+D_cos,D_norm,L_ms": (16.69, 19.47, 18.07, 18.74, 15.29, 24.25, 19.90, 20.36),
+}
+PAPER_TABLE5 = {  # training h/epoch, inference h, trainable B, inference B (mean of four datasets)
+    "E4SRec (32 layers)": (3.95, 0.415, 0.023, 6.631),
+    "SLMRec_4<-8": (0.60, 0.052, 0.003, 0.944),
+}
+ABLATION = {"e4srec_N": "none (E4SRec_N)", "slmrec_cos": "+D_cos", "slmrec_cos_norm": "+D_cos,D_norm",
+            "slmrec_cos_ms": "+D_cos,L_ms", "slmrec": "+D_cos,D_norm,L_ms"}
+
+
+def names(cfg: ReproConfig) -> dict:
+    M, N, B = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"]
+    out = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec"}
+    out.update({f"e4srec_{d}": f"E4SRec_{d}" for d in sorted(cfg.depths, reverse=True)})
+    s = f"SLMRec_{N}<-{M}"
+    out.update({"slmrec": s, "slmrec_cos": f"{s} +D_cos", "slmrec_cos_norm": f"{s} +D_cos,D_norm",
+                "slmrec_cos_ms": f"{s} +D_cos,L_ms", "slmrec_online": f"{s} (online KD, B={B})"})
+    out.update({f"slmrec_b{b}": f"{s} (B={b})" for b in cfg.block_sweep if b != B})
+    return out
+
+
+def collect(cfg: ReproConfig, key):
+    """(test metrics, per-user candidate ranks, seeds) of every finished seed of one run key."""
+    metrics, ranks, seeds = [], [], []
+    for seed in seed_list(cfg.seeds):
+        d = Path(cfg.runs) / f"seed{seed}" / key
+        if (d / "test_metrics.json").is_file():
+            metrics.append(json.loads((d / "test_metrics.json").read_text()))
+            ranks.append(np.load(d / "test_ranks.npz")["candidates"])
+            seeds.append(seed)
+    return metrics, ranks, seeds
+
+
+def mean_se(values):
+    v = np.asarray(values, float)
+    return v.mean(), (v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan"))
+
+
+def summary(cfg, key):
+    metrics, _, seeds = collect(cfg, key)
+    if not metrics:
+        return None
+    row = {"seeds": len(seeds)}
+    for k in METRICS:
+        row[k], row[k + "_se"] = mean_se([m[k] for m in metrics])
+    return row
+
+
+def _pm(row, k, scale=1.0, digits=4):
+    se = row[k + "_se"]
+    return f"{row[k] * scale:.{digits}f} ± " + ("—" if np.isnan(se) else f"{se * scale:.{digits}f}")
+
+
+def setting(cfg: ReproConfig, command) -> str:
+    stats = json.loads((Path(cfg.data) / "stats.json").read_text())
+    gpu = _gpu()
+    hw = f"GPU {gpu}" if gpu else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    t = cfg.train
+    steps = f"{t['max_steps']} steps" if t.get("max_steps", -1) > 0 else f"{t.get('epochs')} epoch(s)"
+    return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
+            f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hw}, {resolve_precision('auto')} autocast for "
+            f"the LM-based models. Budget: '{cfg.budget}'{' + preset ' + cfg.preset if cfg.preset else ''}: "
+            f"LM-based models {steps} of batch {t.get('batch_size', 16)}, validation every {t['eval_steps']} steps "
+            f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
+            f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
+            f"model uses the seed-42 SASRec item table. Command: `{command}`")
+
+
+def metric_table(cfg, keys, labels=None, title="", note="") -> tuple:
+    labels = labels or names(cfg)
+    lines = [title, "", "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    rows = []
+    for key in keys:
+        row = summary(cfg, key)
+        if row is None:
+            continue
+        rows.append((labels[key], row))
+        lines.append(f"| {labels[key]} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |")
+    lines += ["", "Mean ± standard error over seeds (— : one seed, no standard error)." + note]
+    return "\n".join(lines) + "\n", rows
+
+
+def write_main(cfg, out, head):
+    M, N, L = cfg.teacher_layers, cfg.student_layers, cfg.full_depth
+    keys = ["sasrec", "gru4rec", "bert4rec", f"e4srec_{L}", f"e4srec_{M}", f"e4srec_{N}", "slmrec"]
+    text, rows = metric_table(cfg, list(dict.fromkeys(keys)), title="# Tables 2/3: main comparison (ours)")
+    (out / "main_table.md").write_text(head + text)
+    with open(out / "main_table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", *METRICS, *[k + "_se" for k in METRICS], "seeds"])
+        for name, r in rows:
+            w.writerow([name, *[f"{r[k]:.5f}" for k in METRICS],
+                        *["" if np.isnan(r[k + "_se"]) else f"{r[k + '_se']:.5f}" for k in METRICS], r["seeds"]])
+    return text
+
+
+def write_ablation(cfg, out, head):
+    labels = {**ABLATION, f"e4srec_{cfg.student_layers}": f"none (E4SRec_{cfg.student_layers})"}
+    keys = [f"e4srec_{cfg.student_layers}", "slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec"]
+    text, _ = metric_table(cfg, keys, labels, f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-"
+                                               f"{cfg.teacher_layers}'s terms (ours)")
+    (out / "table4_ablation.md").write_text(head + text)
+    return text
+
+
+def paired(cfg, head):
+    """Per-user NDCG@10 differences on the same test users and candidates, paired by seed."""
+    M, N, B, L = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"], cfg.full_depth
+    lab = names(cfg)
+    pairs = [("slmrec", f"e4srec_{N}"), ("slmrec", f"e4srec_{M}"), (f"e4srec_{M}", f"e4srec_{N}"),
+             (f"e4srec_{M}", "sasrec"), (f"e4srec_{L}", f"e4srec_{M}"), ("slmrec_cos", f"e4srec_{N}"),
+             ("slmrec_cos_norm", "slmrec_cos"), ("slmrec_cos_ms", "slmrec_cos"), ("slmrec", "slmrec_cos_ms"),
+             *[(f"slmrec_b{b}", "slmrec") for b in cfg.block_sweep if b != B], ("slmrec_online", "slmrec")]
+    lines = ["# Paired per-user comparison of NDCG@10 (ours)", "", head,
+             "Per-user NDCG@10 difference between two models on the same test users and candidates, for each "
+             "seed both have; each user's differences averaged over those seeds, then the mean over users with "
+             "its standard error. This captures which users are in the test set, not seed-to-seed training "
+             "noise: with one seed, a difference can be within the seed noise even when beyond 2 standard errors "
+             "here.", "", "| comparison | mean difference | standard error | seeds |", "|---|---|---|---|"]
+    for a, b in pairs:
+        (_, ra, sa), (_, rb, sb) = collect(cfg, a), collect(cfg, b)
+        common = sorted(set(sa) & set(sb))
+        if not common:
+            continue
+        d = np.mean([ndcg10(ra[sa.index(s)]) - ndcg10(rb[sb.index(s)]) for s in common], axis=0)
+        lines.append(f"| {lab[a]} − {lab[b]} | {d.mean():+.4f} | {d.std(ddof=1) / np.sqrt(len(d)):.4f} | "
+                     f"{len(common)} |")
+    return "\n".join(lines) + "\n"
+
+
+def ndcg10(ranks):
+    r = np.asarray(ranks, float)
+    return np.where(r < 10, 1 / np.log2(r + 2), 0.0)
+
+
+def write_table1(cfg, out):
+    stats = json.loads((Path(cfg.data) / "stats.json").read_text())
+    save_json(stats, out / "table1.json")
+    text = ("# Table 1: dataset statistics (ours)\n\n| dataset | users | items | interactions | density | avg. length |"
+            f"\n|---|---|---|---|---|---|\n| {Path(cfg.data).name} | {stats['users']:,} | {stats['items']:,} | "
+            f"{stats['interactions']:,} | {stats['density']:.4%} | {stats['avg_sequence_length']:.1f} |\n\n"
+            f"{stats['users_with_fewer_negatives']['test']} of {stats['users']} users have fewer than "
+            f"{stats['num_negatives']} items outside their history: they rank all of them.\n")
+    (out / "table1.md").write_text(text)
+    return text
+
+
+def write_table5(cfg, out, head, rows):
+    """rows: slmrec.efficiency.measure dicts, the first one the reference (all layers)."""
+    save_json(rows, out / "table5_efficiency.json")
+    ref = rows[0]
+    lines = ["# Table 5: efficiency (ours)", "", head,
+             "Measured one model after another in one process (`slmrec/efficiency.py`). Training: median of timed "
+             "optimiser steps (batch 16, a distillation step includes the frozen teacher's forward pass) times "
+             "the steps in one epoch of all training targets (extrapolated, not a full epoch). Inference: one "
+             "pass over all test users, 1,000 candidates each. Parameters: trainable (LoRA, W_in, W_out, "
+             "adapters) and needed at inference (the LM slice with its token embeddings, the item table, the "
+             "heads; the L_ms adapters are dropped).", "",
+             "| model | train step s | epoch time | inference s | trainable params | inference params | "
+             "training speed-up | inference speed-up | trainable % | inference % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['train_step_s']:.3f} | {r['epoch_s'] / 3600:.2f} h | "
+                     f"{r['inference_s']:.1f} | {r['trainable_params'] / 1e6:.2f} M | "
+                     f"{r['inference_params'] / 1e6:.1f} M | {ref['epoch_s'] / r['epoch_s']:.1f}x | "
+                     f"{ref['inference_s'] / r['inference_s']:.1f}x | "
+                     f"{r['trainable_params'] / ref['trainable_params']:.0%} | "
+                     f"{r['inference_params'] / ref['inference_params']:.0%} |")
+    text = "\n".join(lines) + "\n"
+    (out / "table5_efficiency.md").write_text(text)
+    return text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figure2(cfg, out, head):
+    """NDCG@10 against depth: trained at each depth, and read from the intermediate layers of the deepest."""
+    plt = _pyplot()
+    L = cfg.full_depth
+    trained = [(d, summary(cfg, f"e4srec_{d}")) for d in cfg.depths]
+    trained = [(d, r) for d, r in trained if r]
+    direct = {}
+    for seed in seed_list(cfg.sweep_seeds):
+        f = Path(cfg.runs) / f"seed{seed}" / f"e4srec_{L}_layers" / "layers.json"
+        if f.is_file():
+            for name, m in json.loads(f.read_text()).items():
+                direct.setdefault(int(name.split("_")[1]), []).append(m["NDCG@10"])
+    sasrec = summary(cfg, "sasrec")
+    lines = ["# Figure 2: depth (ours)", "", head, "", "| layers l | E4SRec_l trained: NDCG@10 | seeds | "
+             f"direct inference from layer l of E4SRec_{L}: NDCG@10 | seeds |", "|---|---|---|---|---|"]
+    for d in cfg.depths:
+        r = dict(trained).get(d)
+        dv = direct.get(d, [])
+        lines.append(f"| {d} | {_pm(r, 'NDCG@10') if r else ''} | {r['seeds'] if r else 0} | "
+                     f"{f'{np.mean(dv):.4f}' if dv else ''} | {len(dv)} |")
+    if sasrec:
+        lines.append(f"\nSASRec: NDCG@10 {_pm(sasrec, 'NDCG@10')} ({sasrec['seeds']} seed(s)).")
+    (out / "figure2_depth.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if trained:
+        ax.errorbar([d for d, _ in trained], [r["NDCG@10"] for _, r in trained],
+                    yerr=[0 if np.isnan(r["NDCG@10_se"]) else r["NDCG@10_se"] for _, r in trained], marker="o",
+                    capsize=3, label="E4SRec_l: first l layers, trained")
+    if direct:
+        ls = sorted(direct)
+        ax.plot(ls, [np.mean(direct[l]) for l in ls], marker="s", linestyle="--",
+                label=f"direct inference from layer l of trained E4SRec_{L}")
+    if sasrec:
+        ax.axhline(sasrec["NDCG@10"], color="gray", linestyle=":", label="SASRec")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(cfg.depths, [str(d) for d in cfg.depths])
+    ax.set_xlabel("decoder layers l")
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{Path(cfg.data).name}, {cfg.base_model}, budget '{cfg.budget}'", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "figure2_depth.png", dpi=120)
+    plt.close(fig)
+
+
+def write_figure4(cfg, out, head):
+    """NDCG@10 for block numbers B (offline KD) and online KD, with the teacher and E4SRec_N as references."""
+    plt = _pyplot()
+    B, M, N = cfg.distill["blocks"], cfg.teacher_layers, cfg.student_layers
+    bars = [(f"B={b}", "slmrec" if b == B else f"slmrec_b{b}") for b in cfg.block_sweep]
+    bars.append((f"B={B}, online", "slmrec_online"))
+    bars = [(label, summary(cfg, key)) for label, key in bars]
+    bars = [(label, r) for label, r in bars if r]
+    lines = ["# Figure 4: block number B and online KD (ours)", "", head, "",
+             "| SLMRec variant | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines += [f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + " |" for label, r in bars]
+    (out / "figure4_blocks.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(bars))
+    ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=[0 if np.isnan(r["NDCG@10_se"]) else r["NDCG@10_se"]
+                                                       for _, r in bars], capsize=4, color="tab:blue")
+    ax.set_xticks(x, [label for label, _ in bars])
+    for key, style in [(f"e4srec_{M}", "--"), (f"e4srec_{N}", ":")]:
+        r = summary(cfg, key)
+        if r:
+            ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{key.split('_')[1]}")
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title(f"SLMRec_{N}<-{M}: {Path(cfg.data).name}, {cfg.base_model}, budget '{cfg.budget}'", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "figure4_blocks.png", dpi=120)
+    plt.close(fig)
+
+
+def write_vs_paper(cfg, out, head):
+    """Our rows beside the paper's (in %), same metrics; different data, LM and hardware."""
+    M, N, L = cfg.teacher_layers, cfg.student_layers, cfg.full_depth
+    ours = {"GRU4Rec": "gru4rec", "BERT4Rec": "bert4rec", "SASRec": "sasrec", "E4SRec (all layers)": f"e4srec_{L}",
+            "E4SRec_8": f"e4srec_{M}", "E4SRec_4": f"e4srec_{N}", "SLMRec_4<-8": "slmrec"}
+    cols = " | ".join(f"{m} Cloth | {m} Movie | {m} ours" for m in PAPER_METRICS)
+    header = ["| model | " + cols + " | ours: seeds |", "|---|" + "---|" * (3 * len(PAPER_METRICS) + 1)]
+    lines = ["# Ours beside the paper (%)", "", "Paper: Amazon 2018 Cloth and Movie, LLaMA-7B (32 layers), A100 "
+             "(Tables 2 and 4). Ours: " + head, "", *header]
+
+    def row(label, paper, key):
+        r = summary(cfg, key)
+        cells = []
+        for i, m in enumerate(PAPER_METRICS):
+            cells += [f"{paper[i]:.2f}", f"{paper[4 + i]:.2f}", _pm(r, m, 100, 2) if r else "not run"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seeds'] if r else 0} |")
+
+    for label, paper in PAPER_TABLE2.items():
+        row(label if label != "E4SRec (all layers)" else f"E4SRec (all layers: 32 / ours {L})", paper, ours[label])
+    lines += ["", "Ablation (Table 4):", "", *header]
+    for key, label in list(ABLATION.items())[1:]:
+        row(f"SLMRec {label}", PAPER_TABLE4[label], key)
+    text = "\n".join(lines) + "\n"
+    (out / "vs_paper.md").write_text(text)
+    return text
+
+
+def write_all(cfg: ReproConfig, command, efficiency_rows=None):
+    out = Path(cfg.results)
+    out.mkdir(parents=True, exist_ok=True)
+    head = setting(cfg, command) + "\n\n"
+    save_json(cfg, out / "reproduce_config.json")
+    parts = [write_table1(cfg, out), write_main(cfg, out, head), write_ablation(cfg, out, head)]
+    (out / "paired.md").write_text(paired(cfg, head))
+    if efficiency_rows:
+        parts.append(write_table5(cfg, out, head, efficiency_rows))
+    write_figure2(cfg, out, head)
+    write_figure4(cfg, out, head)
+    write_vs_paper(cfg, out, head)
+    for p in parts:
+        print(p)
+    print((out / "paired.md").read_text())
+
+
+def _gpu():
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
