@@ -210,6 +210,10 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
                  full=np.asarray(ranks["full"]))
         save_json(test, output_dir / "test_metrics.json")
         trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
+    # Tear the process group down while every rank is alive: left to interpreter exit, gloo's threads
+    # can abort one rank ("terminate called without an active exception") after a successful run.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return test
 
 
