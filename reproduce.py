@@ -46,7 +46,9 @@ def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", 
         return
     if not tables_only:
         run_plan(cfg, todo)
-    write_all(cfg, "python " + " ".join(sys.argv), efficiency(cfg, recompute=not tables_only))
+    # --tables_only rewrites the tables of the runs this command makes: name that command, without it.
+    command = "python " + " ".join(a for a in sys.argv if a not in ("--tables_only", "--tables_only=True"))
+    write_all(cfg, command, efficiency(cfg, recompute=not tables_only))
 
 
 def efficiency(cfg, recompute=True):

@@ -38,6 +38,11 @@ ABLATION = {"e4srec_N": "none (E4SRec_N)", "slmrec_cos": "+D_cos", "slmrec_cos_n
             "slmrec_cos_ms": "+D_cos,L_ms", "slmrec": "+D_cos,D_norm,L_ms"}
 
 
+def sweep_note(cfg):
+    return (f"\nEvery row here uses the sweep seeds only ({cfg.sweep_seeds}: 42..{41 + cfg.sweep_seeds}), so rows "
+            "compare on the same seeds; main_table.md has the means over all seeds of the shared rows.")
+
+
 def names(cfg: ReproConfig) -> dict:
     M, N, B = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"]
     out = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec"}
@@ -49,16 +54,16 @@ def names(cfg: ReproConfig) -> dict:
     return out
 
 
-def collect(cfg: ReproConfig, key):
-    """(test metrics, per-user candidate ranks, seeds) of every finished seed of one run key."""
-    metrics, ranks, seeds = [], [], []
-    for seed in seed_list(cfg.seeds):
+def collect(cfg: ReproConfig, key, seeds=None):
+    """(test metrics, per-user candidate ranks, seeds) of every finished seed (of `seeds`) of one run key."""
+    metrics, ranks, found = [], [], []
+    for seed in seeds or seed_list(cfg.seeds):
         d = Path(cfg.runs) / f"seed{seed}" / key
         if (d / "test_metrics.json").is_file():
             metrics.append(json.loads((d / "test_metrics.json").read_text()))
             ranks.append(np.load(d / "test_ranks.npz")["candidates"])
-            seeds.append(seed)
-    return metrics, ranks, seeds
+            found.append(seed)
+    return metrics, ranks, found
 
 
 def mean_se(values):
@@ -66,8 +71,8 @@ def mean_se(values):
     return v.mean(), (v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan"))
 
 
-def summary(cfg, key):
-    metrics, _, seeds = collect(cfg, key)
+def summary(cfg, key, seeds=None):
+    metrics, _, seeds = collect(cfg, key, seeds)
     if not metrics:
         return None
     row = {"seeds": len(seeds)}
@@ -84,7 +89,7 @@ def _pm(row, k, scale=1.0, digits=4):
 def setting(cfg: ReproConfig, command) -> str:
     stats = json.loads((Path(cfg.data) / "stats.json").read_text())
     gpu = _gpu()
-    hw = f"GPU {gpu}" if gpu else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    hw = f"GPU {gpu}" if gpu else f"{_cpu()}, {os.cpu_count()} cores"
     t = cfg.train
     steps = f"{t['max_steps']} steps" if t.get("max_steps", -1) > 0 else f"{t.get('epochs')} epoch(s)"
     return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
@@ -96,12 +101,12 @@ def setting(cfg: ReproConfig, command) -> str:
             f"model uses the seed-42 SASRec item table. Command: `{command}`")
 
 
-def metric_table(cfg, keys, labels=None, title="", note="") -> tuple:
+def metric_table(cfg, keys, labels=None, title="", head="", note="", seeds=None) -> tuple:
     labels = labels or names(cfg)
-    lines = [title, "", "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines = [title, "", head, "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     rows = []
     for key in keys:
-        row = summary(cfg, key)
+        row = summary(cfg, key, seeds)
         if row is None:
             continue
         rows.append((labels[key], row))
@@ -113,8 +118,9 @@ def metric_table(cfg, keys, labels=None, title="", note="") -> tuple:
 def write_main(cfg, out, head):
     M, N, L = cfg.teacher_layers, cfg.student_layers, cfg.full_depth
     keys = ["sasrec", "gru4rec", "bert4rec", f"e4srec_{L}", f"e4srec_{M}", f"e4srec_{N}", "slmrec"]
-    text, rows = metric_table(cfg, list(dict.fromkeys(keys)), title="# Tables 2/3: main comparison (ours)")
-    (out / "main_table.md").write_text(head + text)
+    text, rows = metric_table(cfg, list(dict.fromkeys(keys)), title="# Tables 2/3: main comparison (ours)",
+                              head=head)
+    (out / "main_table.md").write_text(text)
     with open(out / "main_table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", *METRICS, *[k + "_se" for k in METRICS], "seeds"])
@@ -128,8 +134,9 @@ def write_ablation(cfg, out, head):
     labels = {**ABLATION, f"e4srec_{cfg.student_layers}": f"none (E4SRec_{cfg.student_layers})"}
     keys = [f"e4srec_{cfg.student_layers}", "slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec"]
     text, _ = metric_table(cfg, keys, labels, f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-"
-                                               f"{cfg.teacher_layers}'s terms (ours)")
-    (out / "table4_ablation.md").write_text(head + text)
+                                               f"{cfg.teacher_layers}'s terms (ours)", head, sweep_note(cfg),
+                           seed_list(cfg.sweep_seeds))
+    (out / "table4_ablation.md").write_text(text)
     return text
 
 
@@ -214,10 +221,11 @@ def write_figure2(cfg, out, head):
     """NDCG@10 against depth: trained at each depth, and read from the intermediate layers of the deepest."""
     plt = _pyplot()
     L = cfg.full_depth
-    trained = [(d, summary(cfg, f"e4srec_{d}")) for d in cfg.depths]
+    sweep = seed_list(cfg.sweep_seeds)
+    trained = [(d, summary(cfg, f"e4srec_{d}", sweep)) for d in cfg.depths]
     trained = [(d, r) for d, r in trained if r]
     direct = {}
-    for seed in seed_list(cfg.sweep_seeds):
+    for seed in sweep:
         f = Path(cfg.runs) / f"seed{seed}" / f"e4srec_{L}_layers" / "layers.json"
         if f.is_file():
             for name, m in json.loads(f.read_text()).items():
@@ -232,6 +240,7 @@ def write_figure2(cfg, out, head):
                      f"{f'{np.mean(dv):.4f}' if dv else ''} | {len(dv)} |")
     if sasrec:
         lines.append(f"\nSASRec: NDCG@10 {_pm(sasrec, 'NDCG@10')} ({sasrec['seeds']} seed(s)).")
+    lines.append(sweep_note(cfg))
     (out / "figure2_depth.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if trained:
@@ -261,11 +270,13 @@ def write_figure4(cfg, out, head):
     B, M, N = cfg.distill["blocks"], cfg.teacher_layers, cfg.student_layers
     bars = [(f"B={b}", "slmrec" if b == B else f"slmrec_b{b}") for b in cfg.block_sweep]
     bars.append((f"B={B}, online", "slmrec_online"))
-    bars = [(label, summary(cfg, key)) for label, key in bars]
+    sweep = seed_list(cfg.sweep_seeds)
+    bars = [(label, summary(cfg, key, sweep)) for label, key in bars]
     bars = [(label, r) for label, r in bars if r]
     lines = ["# Figure 4: block number B and online KD (ours)", "", head, "",
              "| SLMRec variant | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     lines += [f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + " |" for label, r in bars]
+    lines.append(sweep_note(cfg))
     (out / "figure4_blocks.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(bars))
@@ -273,7 +284,7 @@ def write_figure4(cfg, out, head):
                                                        for _, r in bars], capsize=4, color="tab:blue")
     ax.set_xticks(x, [label for label, _ in bars])
     for key, style in [(f"e4srec_{M}", "--"), (f"e4srec_{N}", ":")]:
-        r = summary(cfg, key)
+        r = summary(cfg, key, sweep)
         if r:
             ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{key.split('_')[1]}")
     ax.set_ylabel("test NDCG@10")
@@ -326,6 +337,16 @@ def write_all(cfg: ReproConfig, command, efficiency_rows=None):
     for p in parts:
         print(p)
     print((out / "paired.md").read_text())
+
+
+def _cpu():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + " CPU"
+    except OSError:  # not Linux: the architecture is all we name
+        return f"{platform.machine()} CPU"
+    return f"{platform.machine()} CPU"
 
 
 def _gpu():
