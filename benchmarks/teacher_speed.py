@@ -7,7 +7,6 @@ Synthetic histories of full length (the worst case); random item embeddings; tim
 and real weights. Each configuration is timed in the same process, one after another.
 """
 
-import platform
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from slmrec.distill import DistillConfig  # noqa: E402
 from slmrec.efficiency import autocast_for, median_seconds, train_step  # noqa: E402
 from slmrec.model import ELLMRec, ELLMRecConfig  # noqa: E402
 from slmrec.training import resolve_precision  # noqa: E402
-from slmrec.utils import parse_ints  # noqa: E402
+from slmrec.utils import hardware, parse_ints  # noqa: E402
 
 
 def build(base_model, layers, dtype, max_len, table, device):
@@ -35,10 +34,9 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     (auto: bf16 where the hardware has it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layers = parse_ints(layers)
-    hw = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.processor() or platform.machine()}, " \
-                                                                 f"{torch.get_num_threads()} threads"
-    print(f"{base_model}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} (eval {eval_batch_size}), history {max_len}, "
-          f"{num_items} items, median of {steps} steps, {hw}")
+    print(f"{base_model}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
+          f"(eval {eval_batch_size}), history {max_len}, {num_items} items, median of {steps} steps, {hardware()}, "
+          f"{torch.get_num_threads()} threads")
     print("| model | train step s | train steps/s | eval users/s | trainable params | params in model |")
     print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,5 @@
-"""Print the test metrics of every finished run under a directory as one Markdown table.
+"""Print the test metrics of every finished run under a directory as one Markdown table, with what each
+run was (model, training budget, best step) and the machine.
 
     python -m slmrec.report out/main
 """
@@ -10,13 +11,31 @@ from .metrics import METRICS
 from .utils import load_json
 
 
+def describe(run_config) -> tuple:
+    """(model, training, precision) of one run, from its run_config.json."""
+    model, train = run_config["model"], run_config["train"]
+    if "base_model" in model:
+        name = f"{model['base_model']}, {model['num_layers']} layers"
+    else:
+        name = model["model"]
+    if train.get("max_steps", -1) > 0:
+        budget = f"{train['max_steps']} steps of {train['batch_size']}"
+    else:
+        budget = f"early stop, ≤{train['epochs']} epochs"
+    return name, budget, run_config.get("precision", "not recorded")
+
+
 def table(root) -> str:
-    rows = []
+    rows, machines = [], set()
     for f in sorted(Path(root).glob("*/test_metrics.json")):
-        m = load_json(f)
-        rows.append(f"| {f.parent.name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
-    head = "| run | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
-    return "\n".join([f"Test metrics (stored candidates) under {root}:", head, *rows])
+        m, run_config = load_json(f), load_json(f.parent / "run_config.json")
+        machines.add(run_config.get("hardware", "not recorded"))
+        rows.append(f"| {f.parent.name} | " + " | ".join(describe(run_config)) + f" | {m['best_step']} | "
+                    + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    head = ("| run | model | training | precision | best step | " + " | ".join(METRICS) + " |\n|---|---|---|---|---|"
+            + "---|" * len(METRICS))
+    return "\n".join([f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:",
+                      head, *rows])
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 import csv
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,7 @@ import numpy as np
 from .experiments import ReproConfig, seed_list
 from .metrics import METRICS
 from .training import resolve_precision
-from .utils import save_json
+from .utils import hardware, save_json
 
 # Paper numbers (%), Amazon 2018 with LLaMA-7B on an A100 (Tables 2, 4, 5), for the rows we reproduce.
 PAPER_METRICS = ("HR@1", "HR@5", "NDCG@5", "MRR")
@@ -88,13 +86,12 @@ def _pm(row, k, scale=1.0, digits=4):
 
 def setting(cfg: ReproConfig, command) -> str:
     stats = json.loads((Path(cfg.data) / "stats.json").read_text())
-    gpu = _gpu()
-    hw = f"GPU {gpu}" if gpu else f"{_cpu()}, {os.cpu_count()} cores"
     t = cfg.train
     steps = f"{t['max_steps']} steps" if t.get("max_steps", -1) > 0 else f"{t.get('epochs')} epoch(s)"
     return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
-            f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hw}, {resolve_precision('auto')} autocast for "
-            f"the LM-based models. Budget: '{cfg.budget}'{' + preset ' + cfg.preset if cfg.preset else ''}: "
+            f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hardware()}, {resolve_precision('auto')} "
+            f"autocast for the LM-based models. Budget: '{cfg.budget}'"
+            f"{' + preset ' + cfg.preset if cfg.preset else ''}: "
             f"LM-based models {steps} of batch {t.get('batch_size', 16)}, validation every {t['eval_steps']} steps "
             f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
             f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
@@ -103,7 +100,8 @@ def setting(cfg: ReproConfig, command) -> str:
 
 def metric_table(cfg, keys, labels=None, title="", head="", note="", seeds=None) -> tuple:
     labels = labels or names(cfg)
-    lines = [title, "", head, "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines = [title, "", head, "", "| model | seeds | " + " | ".join(METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
     rows = []
     for key in keys:
         row = summary(cfg, key, seeds)
@@ -148,7 +146,7 @@ def paired(cfg, head):
              (f"e4srec_{M}", "sasrec"), (f"e4srec_{L}", f"e4srec_{M}"), ("slmrec_cos", f"e4srec_{N}"),
              ("slmrec_cos_norm", "slmrec_cos"), ("slmrec_cos_ms", "slmrec_cos"), ("slmrec", "slmrec_cos_ms"),
              *[(f"slmrec_b{b}", "slmrec") for b in cfg.block_sweep if b != B], ("slmrec_online", "slmrec")]
-    lines = ["# Paired per-user comparison of NDCG@10 (ours)", "", head,
+    lines = ["# Paired per-user comparison of NDCG@10 (ours)", "", head, "",
              "Per-user NDCG@10 difference between two models on the same test users and candidates, for each "
              "seed both have; each user's differences averaged over those seeds, then the mean over users with "
              "its standard error. This captures which users are in the test set, not seed-to-seed training "
@@ -186,7 +184,7 @@ def write_table5(cfg, out, head, rows):
     """rows: slmrec.efficiency.measure dicts, the first one the reference (all layers)."""
     save_json(rows, out / "table5_efficiency.json")
     ref = rows[0]
-    lines = ["# Table 5: efficiency (ours)", "", head,
+    lines = ["# Table 5: efficiency (ours)", "", head, "",
              "Measured one model after another in one process (`slmrec/efficiency.py`). Training: median of timed "
              "optimiser steps (batch 16, a distillation step includes the frozen teacher's forward pass) times "
              "the steps in one epoch of all training targets (extrapolated, not a full epoch). Inference: one "
@@ -258,7 +256,8 @@ def write_figure2(cfg, out, head):
     ax.set_xlabel("decoder layers l")
     ax.set_ylabel("test NDCG@10")
     ax.legend(fontsize=8)
-    ax.set_title(f"{Path(cfg.data).name}, {cfg.base_model}, budget '{cfg.budget}'", fontsize=9)
+    ax.set_title(f"{Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
+                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figure2_depth.png", dpi=120)
     plt.close(fig)
@@ -289,7 +288,8 @@ def write_figure4(cfg, out, head):
             ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{key.split('_')[1]}")
     ax.set_ylabel("test NDCG@10")
     ax.legend(fontsize=8)
-    ax.set_title(f"SLMRec_{N}<-{M}: {Path(cfg.data).name}, {cfg.base_model}, budget '{cfg.budget}'", fontsize=9)
+    ax.set_title(f"SLMRec_{N}<-{M}: {Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
+                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figure4_blocks.png", dpi=120)
     plt.close(fig)
@@ -325,7 +325,7 @@ def write_vs_paper(cfg, out, head):
 def write_all(cfg: ReproConfig, command, efficiency_rows=None):
     out = Path(cfg.results)
     out.mkdir(parents=True, exist_ok=True)
-    head = setting(cfg, command) + "\n\n"
+    head = setting(cfg, command)
     save_json(cfg, out / "reproduce_config.json")
     parts = [write_table1(cfg, out), write_main(cfg, out, head), write_ablation(cfg, out, head)]
     (out / "paired.md").write_text(paired(cfg, head))
@@ -337,19 +337,3 @@ def write_all(cfg: ReproConfig, command, efficiency_rows=None):
     for p in parts:
         print(p)
     print((out / "paired.md").read_text())
-
-
-def _cpu():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + " CPU"
-    except OSError:  # not Linux: the architecture is all we name
-        return f"{platform.machine()} CPU"
-    return f"{platform.machine()} CPU"
-
-
-def _gpu():
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""

@@ -11,7 +11,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from .metrics import evaluate, flatten
-from .utils import load_json, save_json
+from .utils import hardware, load_json, save_json
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     output_dir/test_metrics.json (candidates at top level, full ranking under "full")."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # What "auto" became on this machine, and the machine, so results can say how they were made.
+    run_config = {**run_config, "precision": resolve_precision(cfg.precision), "hardware": hardware()}
     save_json(run_config, output_dir / "run_config.json")
     args = training_arguments(cfg, output_dir)
     callbacks = [EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else []

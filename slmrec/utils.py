@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 
 
 def setup_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=True)
 
 
 def seed_everything(seed: int):
@@ -46,3 +48,23 @@ def parse_ints(value) -> list:
     if isinstance(value, (list, tuple)):
         return [int(x) for x in value]
     return [int(x) for x in str(value).strip("()[]").split(",") if x.strip()]
+
+
+def hardware():
+    """The machine, as results tables, figures and benchmarks name it."""
+    gpu = _gpu()
+    return f"GPU {gpu}" if gpu else f"{_cpu()}, {os.cpu_count()} cores"
+
+
+def _cpu():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + " CPU"
+    except OSError:  # not Linux: the architecture is all we name
+        return f"{platform.machine()} CPU"
+    return f"{platform.machine()} CPU"
+
+
+def _gpu():
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""

@@ -15,6 +15,7 @@ from slmrec.backbone import BackboneError, decoder_layers, load_backbone
 from slmrec.data import PrepareConfig, PreparedData, prepare
 from slmrec.embeddings import EmbeddingFileError
 from slmrec.metrics import METRICS, evaluate
+from slmrec import report
 from slmrec.model import ELLMRec, ELLMRecConfig, NextItemDataset, load_ellmrec
 from slmrec.training import CheckpointError
 
@@ -109,6 +110,10 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     assert {k: again[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
     layers = evaluate_cli.main(str(out), str(tiny_dataset.path), layers="2,4")
     assert {k: layers["layer_4"][k] for k in METRICS} == {k: metrics[k] for k in METRICS}
+    # The main job's summary names the model, budget and resolved precision beside the same numbers.
+    row = report.table(tmp_path).splitlines()[-1]
+    assert row.startswith(f"| teacher | {tiny_lm_dir}, 4 layers | 4 steps of") and f"{metrics['MRR']:.4f} |" in row
+    assert "| auto |" not in row and "not recorded" not in report.table(tmp_path)
 
     # Resume: continue from checkpoint-4 to step 6.
     finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
