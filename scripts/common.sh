@@ -11,7 +11,7 @@ ensure_embeddings() {
     "$PY" datasets/process.py --source ml-100k --output_dir "$DATA"
   fi
   [ -f "$EMB" ] && return
-  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR"
+  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume
   "$PY" extract_emb.py --checkpoint "$EMB_DIR" --output "$EMB"
 }
 

@@ -66,6 +66,17 @@ def param_counts(model):
     return trainable, inference
 
 
+def sample_batches(examples, batch_size, n, device="cpu", seed=0) -> list:
+    """n (histories, next items) batches of real training examples, drawn at random with a fixed seed."""
+    g = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n):
+        items = [examples[int(i)] for i in g.choice(len(examples), batch_size, replace=False)]
+        batches.append((torch.stack([it["input_ids"] for it in items]).to(device),
+                        torch.stack([it["labels"] for it in items]).to(device)))
+    return batches
+
+
 def measure(name, run_dir, data, batch_size=16, eval_batch_size=64, steps=5, precision="auto", device=None):
     """One row of Table 5 for a trained run directory (a finetune.py or distill.py output)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,13 +87,7 @@ def measure(name, run_dir, data, batch_size=16, eval_batch_size=64, steps=5, pre
         dcfg = DistillConfig(**run_config["distill"])
         teacher = load_teacher(dcfg, data, model.cfg.num_layers).to(device)
     examples = NextItemDataset(data, model.cfg.max_len)
-    g = np.random.default_rng(0)
-    batches = []
-    for _ in range(steps + 2):
-        idx = g.choice(len(examples), batch_size, replace=False)
-        items = [examples[int(i)] for i in idx]
-        batches.append((torch.stack([it["input_ids"] for it in items]).to(device),
-                        torch.stack([it["labels"] for it in items]).to(device)))
+    batches = sample_batches(examples, batch_size, steps + 2, device)
     autocast = autocast_for(precision, device)
     step_s = median_seconds(train_step(model, batches, autocast, teacher, dcfg), steps)
     steps_per_epoch = math.ceil(len(examples) / batch_size)

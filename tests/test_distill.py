@@ -6,6 +6,7 @@ import torch
 
 import distill
 import finetune
+from benchmarks import loss_scales
 from conftest import synthetic_rows, write_amazon_csv
 from slmrec.data import PrepareConfig, prepare
 from slmrec.distill import DistillConfig, DistillTrainer, student_config
@@ -154,3 +155,15 @@ def test_bad_setups_are_refused_before_training(tiny_dataset, tiny_teacher, tmp_
     with pytest.raises(ValueError, match="kd_mode"):
         distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "d"), kd_mode="sideways")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
+    loss_scales.main(str(tiny_teacher), str(tiny_dataset.path), batches=2, batch_size=8)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| term")}
+    # A fresh student's heads start at zero: uniform scores, so its item losses are exactly ln|I|.
+    for term in ("ce", "ms"):
+        assert float(rows[term][1]) == pytest.approx(math.log(tiny_dataset.num_items), rel=1e-3)
+    squared = float(rows["norm (squared, paper eq. 4)"][1].replace(",", ""))
+    unsquared = float(rows["norm (unsquared)"][1].replace(",", ""))
+    assert squared > 0 and unsquared > 0 and float(rows["norm (unsquared)"][2]) == 0.1

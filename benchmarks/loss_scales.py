@@ -1,0 +1,61 @@
+"""How large each term of eq. 6 is when distillation starts: a trained teacher, a fresh student, real
+training batches, both D_norm variants. Shows whether the loss weights balance the terms on your LM.
+
+    python benchmarks/loss_scales.py --teacher out/main/teacher --data data/ml-100k
+
+Values are means over the batches, in eval mode (no dropout), fp32.
+"""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from slmrec.data import PreparedData  # noqa: E402
+from slmrec.distill import DistillConfig, distill_loss, load_teacher, student_config  # noqa: E402
+from slmrec.efficiency import sample_batches  # noqa: E402
+from slmrec.losses import block_pairs  # noqa: E402
+from slmrec.model import ELLMRec, NextItemDataset  # noqa: E402
+from slmrec.utils import seed_everything  # noqa: E402
+
+
+def main(teacher, data, num_layers=4, blocks=4, lambda_cos=1.0, lambda_norm=0.1, lambda_ms=1.0, batch_size=16,
+         batches=4, seed=42):
+    seed_everything(seed)
+    dataset = PreparedData(data)
+    dcfg = DistillConfig(teacher, blocks=blocks, lambda_cos=lambda_cos, lambda_norm=lambda_norm,
+                         lambda_ms=lambda_ms)
+    unsquared = dataclasses.replace(dcfg, norm_variant="unsquared")
+    t = load_teacher(dcfg, dataset, num_layers)
+    student = ELLMRec(student_config(t.cfg, num_layers, dcfg), t.item_embedding).eval()
+    pairs = block_pairs(t.cfg.num_layers, num_layers, blocks)
+    sums, norms = {}, {"teacher": [0.0] * len(pairs), "student": [0.0] * len(pairs)}
+    for x, y in sample_batches(NextItemDataset(dataset, t.cfg.max_len), batch_size, batches, seed=seed):
+        with torch.no_grad():
+            _, terms, out = distill_loss(student, t, dcfg, pairs, x, y)
+            terms["norm (unsquared)"] = distill_loss(student, t, unsquared, pairs, x, y)[1]["norm"]
+            _, t_states = t.encode(x, layer_states=True)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.item() / batches
+        for i, (tl, sl) in enumerate(pairs):
+            norms["teacher"][i] += t_states[tl - 1].norm(dim=-1).mean().item() / batches
+            norms["student"][i] += out["states"][sl - 1].norm(dim=-1).mean().item() / batches
+    weights = {"ce": 1.0, "cos": lambda_cos, "norm": lambda_norm, "norm (unsquared)": lambda_norm, "ms": lambda_ms}
+    print(f"teacher {teacher} ({t.cfg.num_layers} layers), fresh {num_layers}-layer student, B={blocks}, "
+          f"{batches} batches of {batch_size} from {data}")
+    print("| term | value | weight | weighted | weighted / L_ce |\n|---|---|---|---|---|")
+    for k, v in sums.items():
+        w = weights[k]
+        name = "norm (squared, paper eq. 4)" if k == "norm" else k
+        print(f"| {name} | {v:,.4g} | {w:g} | {w * v:,.4g} | {w * v / sums['ce']:,.3g} |")
+    print("\nmean L2 norm of the final-position hidden state at each aligned block (teacher layer / student layer)")
+    print("| block | teacher layer | teacher norm | student layer | student norm |\n|---|---|---|---|---|")
+    for i, (tl, sl) in enumerate(pairs):
+        print(f"| {i + 1} | {tl} | {norms['teacher'][i]:.1f} | {sl} | {norms['student'][i]:.1f} |")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
