@@ -215,6 +215,17 @@ def _pyplot():
     return plt
 
 
+def _save_figure(plt, fig, ax, cfg, path, prefix=""):
+    """NDCG@10 axis, legend, and a title with the setting (data, LM, hardware, budget, seeds)."""
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{prefix}{Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
+                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_figure2(cfg, out, head):
     """NDCG@10 against depth: trained at each depth, and read from the intermediate layers of the deepest."""
     plt = _pyplot()
@@ -254,13 +265,7 @@ def write_figure2(cfg, out, head):
     ax.set_xscale("log", base=2)
     ax.set_xticks(cfg.depths, [str(d) for d in cfg.depths])
     ax.set_xlabel("decoder layers l")
-    ax.set_ylabel("test NDCG@10")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
-                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure2_depth.png", dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, ax, cfg, out / "figure2_depth.png")
 
 
 def write_figure4(cfg, out, head):
@@ -286,13 +291,7 @@ def write_figure4(cfg, out, head):
         r = summary(cfg, key, sweep)
         if r:
             ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{key.split('_')[1]}")
-    ax.set_ylabel("test NDCG@10")
-    ax.legend(fontsize=8)
-    ax.set_title(f"SLMRec_{N}<-{M}: {Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
-                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure4_blocks.png", dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, ax, cfg, out / "figure4_blocks.png", f"SLMRec_{N}<-{M}: ")
 
 
 def write_vs_paper(cfg, out, head):

@@ -40,7 +40,8 @@ class TrainConfig:
 
 def native_bf16() -> bool:
     """A GPU with bf16, or a CPU with bf16 instructions (AVX512-BF16 or AMX): there bf16 autocast measured
-    2.2x faster training steps than fp32 for 8 SmolLM2 layers on a 2-core Zen 4 (benchmarks/README.md)."""
+    1.7x faster training steps and 2.8x faster scoring than fp32 for 8 SmolLM2 layers on a 2-core AMD EPYC (Zen 5)
+    (benchmarks/README.md)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
