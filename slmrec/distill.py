@@ -107,8 +107,11 @@ class DistillTrainer(RecTrainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
-                                        inputs["labels"])
+        # Accelerate puts autocast on the prepared model's forward only: without this the teacher, which
+        # the Trainer never prepares, would run in fp32 (measured 0.9 s instead of 0.6 s per CPU step).
+        with self.accelerator.autocast():
+            loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
+                                            inputs["labels"])
         if model.training:
             for k, v in terms.items():
                 self._terms[k].append(v.detach().item())

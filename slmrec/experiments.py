@@ -200,7 +200,8 @@ def execute(run: Run, runs_dir, index, total):
     resume = run.script != "evaluate.py" and any(out.glob("checkpoint-*"))
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(cmd))
-    print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}", flush=True)
+    print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}\n"
+          f"    progress: tail -f {out / 'log.txt'}", flush=True)
     t = time.time()
     with open(out / "log.txt", "a") as log:
         res = subprocess.run([sys.executable, str(ROOT / cmd[0]), *cmd[1:], *(["--resume"] if resume else [])],

@@ -131,6 +131,20 @@ def test_offline_distillation_trains_student_only(tiny_dataset, tiny_teacher, tm
     assert {"loss_ce", "loss_cos", "loss_norm", "loss_ms"} <= train_logs[0].keys()
 
 
+def test_teacher_forward_runs_in_the_training_precision(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
+    seen = []  # (autocast on, its dtype) at every encode call: the student's and the teacher's
+    encode = ELLMRec.encode
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(ELLMRec, "encode", spy)
+    train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "s"), precision="bf16", **train)
+    assert len(seen) > 8 and set(seen) == {(True, torch.bfloat16)}
+
+
 def test_online_and_logit_modes_run(tiny_dataset, tiny_teacher, tmp_path):
     train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "on"), kd_mode="online", **train)
