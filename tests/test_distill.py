@@ -106,7 +106,7 @@ def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_t
                              max_len=6, teacher=teacher, distill=dcfg)
     x = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
     trainer.compute_loss(student.eval(), {"input_ids": x, "labels": torch.tensor([5, 11])})
-    with torch.no_grad():
+    with torch.no_grad(), trainer.accelerator.autocast():  # the same precision compute_loss runs in
         _, t_states = teacher.encode(x, layer_states=True)
         _, s_states = student.encode(x, layer_states=True)
     assert torch.equal(seen["t"][0], t_states[3]) and torch.equal(seen["t"][1], t_states[7])  # layers 4, 8
