@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from .losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
@@ -86,6 +87,23 @@ def distill_loss(model, teacher, d: DistillConfig, pairs, x, y):
     return sum(weights[k] * v for k, v in terms.items()), terms, out
 
 
+class OnlineTeacherSteps(TrainerCallback):
+    """The Trainer clips and zeroes the gradients of the model it trains only, not those of an online
+    teacher that shares its optimizer: clip the teacher's to the same norm (as if trained alone) before each
+    optimizer step, and clear them after it, or they pile up from step to step."""
+
+    def __init__(self, teacher):
+        self.params = [p for p in teacher.parameters() if p.requires_grad]
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for p in self.params:
+            p.grad = None
+
+
 class DistillTrainer(RecTrainer):
     def __init__(self, *args, teacher, distill: DistillConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -97,6 +115,8 @@ class DistillTrainer(RecTrainer):
                              f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes")
         if distill.kd_mode == "online" and self.args.world_size > 1:
             raise ValueError("online KD trains the teacher outside DDP: run it on one process")
+        if distill.kd_mode == "online":
+            self.add_callback(OnlineTeacherSteps(self.teacher))
         self._terms = defaultdict(list)
 
     def create_optimizer(self, model=None):

@@ -145,9 +145,22 @@ def test_teacher_forward_runs_in_the_training_precision(tiny_dataset, tiny_teach
     assert len(seen) > 8 and set(seen) == {(True, torch.bfloat16)}
 
 
-def test_online_and_logit_modes_run(tiny_dataset, tiny_teacher, tmp_path):
+def test_online_and_logit_modes_run(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
     train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+    # The online teacher is the optimizer's last parameter group: its gradient must be clipped like the
+    # student's before every step and cleared after it (not summed over all steps so far).
+    norms, teacher_params, step = [], [], torch.optim.AdamW.step
+
+    def spy(opt, *args, **kwargs):
+        teacher_params[:] = opt.param_groups[-1]["params"]
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in teacher_params])).item())
+        return step(opt, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "on"), kd_mode="online", **train)
+    monkeypatch.undo()
+    assert len(norms) == 4 and max(norms) <= 1.0 + 1e-4
+    assert all(p.grad is None for p in teacher_params)
     assert (tmp_path / "on" / "teacher" / "model.safetensors").is_file()
     logs = json.loads((tmp_path / "on" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     assert "loss_teacher_ce" in next(e for e in logs if "loss" in e)
