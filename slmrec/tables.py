@@ -254,8 +254,8 @@ def write_figure2(cfg, out, head):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if trained:
         ax.errorbar([d for d, _ in trained], [r["NDCG@10"] for _, r in trained],
-                    yerr=[0 if np.isnan(r["NDCG@10_se"]) else r["NDCG@10_se"] for _, r in trained], marker="o",
-                    capsize=3, label="E4SRec_l: first l layers, trained")
+                    yerr=_ndcg_se(r for _, r in trained), marker="o", capsize=3,
+                    label="E4SRec_l: first l layers, trained")
     if direct:
         ls = sorted(direct)
         ax.plot(ls, [np.mean(direct[l]) for l in ls], marker="s", linestyle="--",
@@ -266,6 +266,13 @@ def write_figure2(cfg, out, head):
     ax.set_xticks(cfg.depths, [str(d) for d in cfg.depths])
     ax.set_xlabel("decoder layers l")
     _save_figure(plt, fig, ax, cfg, out / "figure2_depth.png")
+
+
+def _ndcg_se(rows):
+    """Error bars of NDCG@10: none at all when every point has one seed (a zero-length bar would read as
+    no noise), else the standard error, 0 for one-seed points."""
+    se = [r["NDCG@10_se"] for r in rows]
+    return None if all(np.isnan(se)) else [0 if np.isnan(v) else v for v in se]
 
 
 def write_figure4(cfg, out, head):
@@ -284,8 +291,7 @@ def write_figure4(cfg, out, head):
     (out / "figure4_blocks.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(bars))
-    ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=[0 if np.isnan(r["NDCG@10_se"]) else r["NDCG@10_se"]
-                                                       for _, r in bars], capsize=4, color="tab:blue")
+    ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=_ndcg_se(r for _, r in bars), capsize=4, color="tab:blue")
     ax.set_xticks(x, [label for label, _ in bars])
     for key, style in [(f"e4srec_{M}", "--"), (f"e4srec_{N}", ":")]:
         r = summary(cfg, key, sweep)
