@@ -6,7 +6,6 @@ training batches, both D_norm variants. Shows whether the loss weights balance t
 Values are means over the batches, in eval mode (no dropout), fp32.
 """
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from slmrec.data import PreparedData  # noqa: E402
 from slmrec.distill import DistillConfig, distill_loss, load_teacher, student_config  # noqa: E402
 from slmrec.efficiency import sample_batches  # noqa: E402
-from slmrec.losses import block_pairs  # noqa: E402
+from slmrec.losses import block_pairs, norm_loss  # noqa: E402
 from slmrec.model import ELLMRec, NextItemDataset  # noqa: E402
 from slmrec.utils import seed_everything  # noqa: E402
 
@@ -28,7 +27,6 @@ def main(teacher, data, num_layers=4, blocks=4, lambda_cos=1.0, lambda_norm=0.1,
     dataset = PreparedData(data)
     dcfg = DistillConfig(teacher, blocks=blocks, lambda_cos=lambda_cos, lambda_norm=lambda_norm,
                          lambda_ms=lambda_ms)
-    unsquared = dataclasses.replace(dcfg, norm_variant="unsquared")
     t = load_teacher(dcfg, dataset, num_layers)
     student = ELLMRec(student_config(t.cfg, num_layers, dcfg), t.item_embedding).eval()
     pairs = block_pairs(t.cfg.num_layers, num_layers, blocks)
@@ -36,13 +34,15 @@ def main(teacher, data, num_layers=4, blocks=4, lambda_cos=1.0, lambda_norm=0.1,
     for x, y in sample_batches(NextItemDataset(dataset, t.cfg.max_len), batch_size, batches, seed=seed):
         with torch.no_grad():
             _, terms, out = distill_loss(student, t, dcfg, pairs, x, y)
-            terms["norm (unsquared)"] = distill_loss(student, t, unsquared, pairs, x, y)[1]["norm"]
-            _, t_states = t.encode(x, layer_states=True)
+            _, t_states = t.encode(x, layer_states=True)  # distill_loss keeps the teacher's states to itself
+        t_feats = [t_states[tl - 1] for tl, _ in pairs]
+        s_feats = [out["states"][sl - 1] for _, sl in pairs]
+        terms["norm (unsquared)"] = norm_loss(t_feats, s_feats, squared=False)  # the original code's variant
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v.item() / batches
-        for i, (tl, sl) in enumerate(pairs):
-            norms["teacher"][i] += t_states[tl - 1].norm(dim=-1).mean().item() / batches
-            norms["student"][i] += out["states"][sl - 1].norm(dim=-1).mean().item() / batches
+        for i, (t_feat, s_feat) in enumerate(zip(t_feats, s_feats)):
+            norms["teacher"][i] += t_feat.norm(dim=-1).mean().item() / batches
+            norms["student"][i] += s_feat.norm(dim=-1).mean().item() / batches
     weights = {"ce": 1.0, "cos": lambda_cos, "norm": lambda_norm, "norm (unsquared)": lambda_norm, "ms": lambda_ms}
     print(f"teacher {teacher} ({t.cfg.num_layers} layers), fresh {num_layers}-layer student, B={blocks}, "
           f"{batches} batches of {batch_size} from {data}")

@@ -113,9 +113,9 @@ class DistillTrainer(RecTrainer):
         if teacher.lm.config.hidden_size != self.model.lm.config.hidden_size:
             raise ValueError(f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
                              f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes")
-        if distill.kd_mode == "online" and self.args.world_size > 1:
-            raise ValueError("online KD trains the teacher outside DDP: run it on one process")
         if distill.kd_mode == "online":
+            if self.args.world_size > 1:
+                raise ValueError("online KD trains the teacher outside DDP: run it on one process")
             self.add_callback(OnlineTeacherSteps(self.teacher))
         self._terms = defaultdict(list)
 

@@ -37,7 +37,8 @@ ABLATION = {"e4srec_N": "none (E4SRec_N)", "slmrec_cos": "+D_cos", "slmrec_cos_n
 
 
 def sweep_note(cfg):
-    return (f"\nEvery row here uses the sweep seeds only ({cfg.sweep_seeds}: 42..{41 + cfg.sweep_seeds}), so rows "
+    seeds = seed_list(cfg.sweep_seeds)
+    return (f"\nEvery row here uses the sweep seeds only ({len(seeds)}: {seeds[0]}..{seeds[-1]}), so rows "
             "compare on the same seeds; main_table.md has the means over all seeds of the shared rows.")
 
 

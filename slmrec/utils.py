@@ -58,12 +58,11 @@ def hardware():
 
 def _cpu():
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + " CPU"
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux: the architecture is all we name
-        return f"{platform.machine()} CPU"
-    return f"{platform.machine()} CPU"
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()} CPU"
 
 
 def _gpu():
