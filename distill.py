@@ -10,35 +10,37 @@ import fire
 
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
-from slmrec.model import ELLMRec, NextItemDataset
-from slmrec.training import TrainConfig, fit_and_test, load_checkpoint_files, load_trained_weights
-from slmrec.utils import is_main_process, seed_everything, setup_logging
+from slmrec.examples import ExampleConfig, training_examples
+from slmrec.model import ELLMRec
+from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test, load_checkpoint_files, load_trained_weights
+from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
-from finetune import TEACHER_TRAIN
 
-
-def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, blocks: int = 4, lambda_cos: float = 1.0,
-         lambda_norm: float = 0.1, lambda_ms: float = 1.0, lambda_kl: float = 0.0, temperature: float = 1.0,
-         norm_variant: str = "squared", kd_mode: str = "offline", max_examples_per_user: int = None,
-         lora_r: int = None, lora_alpha: int = None, resume: bool = False, **train):
-    """The student takes the teacher's base LM, prompt, LoRA targets and item embeddings; extra flags are
-    TrainConfig fields (--max_steps, --eval_steps, --learning_rate, --batch_size, --seed, ...)."""
+def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
+         resume: bool = False, **flags):
+    """The student takes the teacher's base LM, prompt, readout, LoRA targets and item embeddings. Other flags
+    are the fields of DistillConfig (slmrec/distill.py: --blocks, --lambda_cos, --lambda_norm, --lambda_ms,
+    --norm_variant, --feature_positions, --kd_mode, ...), ExampleConfig (slmrec/examples.py: --objective,
+    --sampling) and TrainConfig (slmrec/training.py: --epochs, --patience, --learning_rate, --seed, ...;
+    defaults ELLMREC_TRAIN there)."""
     setup_logging()
-    dcfg = DistillConfig(teacher, kd_mode, blocks, lambda_cos, lambda_norm, lambda_ms, lambda_kl, temperature,
-                         norm_variant)
+    dflags, eflags, tflags = split_flags(flags, DistillConfig, ExampleConfig, TrainConfig)
+    dcfg = DistillConfig(teacher, **dflags)
     dcfg.check()
-    cfg = TrainConfig(**{**TEACHER_TRAIN, **train})
+    examples_cfg = ExampleConfig(**eflags)
+    examples_cfg.check()
+    cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
     teacher_model = load_teacher(dcfg, dataset, num_layers)
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
     scfg = student_config(teacher_model.cfg, num_layers, dcfg, **overrides)
     student = ELLMRec(scfg, teacher_model.item_embedding)
-    if resume and kd_mode == "online":
+    if resume and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
-    examples = NextItemDataset(dataset, scfg.max_len, max_examples_per_user)
+    examples = training_examples(dataset, scfg.max_len, examples_cfg)
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
-                  "max_examples_per_user": max_examples_per_user, "train_examples": len(examples)}
+                  "examples": examples_cfg, "train_examples": len(examples)}
     metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config, resume=resume,
                            trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg)
     if is_main_process():

@@ -6,12 +6,12 @@ keep the best checkpoint by validation MRR; write test metrics.
 """
 
 import json
-import math
 
 import fire
 
 from slmrec.data import PreparedData
-from slmrec.seqrec import SeqRecConfig, WindowDataset, build_seqrec
+from slmrec.examples import WindowDataset
+from slmrec.seqrec import SeqRecConfig, build_seqrec
 from slmrec.training import TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging
 
@@ -20,13 +20,12 @@ def main(data: str, output_dir: str, model: str = "sasrec", max_len: int = 50, h
          num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, mask_prob: float = 0.2,
          resume: bool = False, **train):
     """Extra flags are TrainConfig fields (slmrec/training.py): --epochs, --batch_size, --learning_rate,
-    --eval_steps (default: one epoch), --patience, --seed, ..."""
+    --eval_steps (default 0: once per epoch), --patience, --seed, ..."""
     setup_logging()
     # fp32 unless asked: these models are small, bf16 would save little and change their numbers.
     train = {"epochs": 200, "patience": 20, "precision": "fp32", **train}
     dataset = PreparedData(data)
     windows = WindowDataset(dataset, max_len)
-    train.setdefault("eval_steps", math.ceil(len(windows) / train.get("batch_size", TrainConfig.batch_size)))
     cfg = TrainConfig(**train)
     seed_everything(cfg.seed)
     model_cfg = SeqRecConfig(dataset.num_items, model, max_len, hidden_size, num_layers, num_heads, dropout,

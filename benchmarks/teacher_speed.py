@@ -29,12 +29,13 @@ def build(base_model, layers, dtype, max_len, table, device):
 
 
 def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto", batch_size=16,
-         eval_batch_size=64, max_len=50, num_items=1008, steps=6):
+         eval_batch_size=64, max_len=50, num_items=1008, steps=6, objective="every_position"):
     """dtype: the weights' (auto: bf16 on a GPU, fp32 on a CPU); precision: the autocast of training.py
-    (auto: bf16 where the hardware has it)."""
+    (auto: bf16 where the hardware has it); objective: every_position (a target at every position) or
+    last_target (one per example)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layers = parse_ints(layers)
-    print(f"{base_model}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
+    print(f"{base_model}, {objective}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
           f"(eval {eval_batch_size}), history {max_len}, {num_items} items, median of {steps} steps, {hardware()}, "
           f"{torch.get_num_threads()} threads")
     print("| model | train step s | train steps/s | eval users/s | trainable params | params in model |")
@@ -42,7 +43,8 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     g = torch.Generator().manual_seed(0)
     table = torch.randn(num_items + 1, 64, generator=g)
     x = torch.randint(1, num_items + 1, (batch_size, max_len), generator=g).to(device)
-    y = torch.randint(1, num_items + 1, (batch_size,), generator=g).to(device)
+    y_shape = (batch_size, max_len) if objective == "every_position" else (batch_size,)
+    y = torch.randint(1, num_items + 1, y_shape, generator=g).to(device)
     xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
     autocast = autocast_for(precision, device)
     models, rows = {}, []  # rows: (name, train step s, eval users/s, eval batch s)

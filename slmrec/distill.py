@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
+from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
 from .training import RecTrainer, load_checkpoint_config, save_model
 
@@ -27,13 +27,16 @@ class DistillConfig:
     lambda_ms: float = 1.0
     lambda_kl: float = 0.0  # logit KD, a comparison mode
     temperature: float = 1.0
-    norm_variant: str = "squared"  # squared (paper eq. 4) or unsquared (the original code)
+    norm_variant: str = "squared"  # squared (paper eq. 4), unsquared (the original code), relative (losses.py)
+    feature_positions: str = "all"  # all: the feature terms at every supervised position; final: the readout only
 
     def check(self):
         if self.kd_mode not in ("offline", "online"):
             raise ValueError(f"--kd_mode must be offline or online, not {self.kd_mode!r}")
-        if self.norm_variant not in ("squared", "unsquared"):
-            raise ValueError(f"--norm_variant must be squared or unsquared, not {self.norm_variant!r}")
+        if self.norm_variant not in NORM_VARIANTS:
+            raise ValueError(f"--norm_variant must be one of {NORM_VARIANTS}, not {self.norm_variant!r}")
+        if self.feature_positions not in ("all", "final"):
+            raise ValueError(f"--feature_positions must be all or final, not {self.feature_positions!r}")
         if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
             raise ValueError("the lambdas must be >= 0 and the temperature > 0")
 
@@ -61,27 +64,30 @@ def load_teacher(dcfg: DistillConfig, data, student_layers):
 
 
 def distill_loss(model, teacher, d: DistillConfig, pairs, x, y):
-    """Eq. 6: (total loss, {term: value}, the student's outputs) for histories x and next items y."""
+    """Eq. 6: (total loss, {term: value}, the student's outputs) for histories x and targets y (labels [B] or
+    [B, L], as ELLMRec.forward takes them). Teacher and student share the prompt and readout, so their
+    supervised rows are the same positions of the same inputs."""
     need_teacher = d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
     out = model(input_ids=x, labels=y, layer_states=True)
     terms = {"ce": out["loss"]}
     if need_teacher:
         with torch.set_grad_enabled(d.kd_mode == "online" and model.training):
-            h_t, t_states = teacher.encode(x, layer_states=True)
-            t_scores = teacher.item_scores(h_t)
+            t_out = teacher.supervised(x, y, layer_states=True)
+            t_scores = teacher.item_scores(t_out["h"])
         if d.kd_mode == "online":
-            terms["teacher_ce"] = item_loss(t_scores, y)
+            terms["teacher_ce"] = item_loss(t_scores, t_out["labels"])
+        rows = out["final"] if d.feature_positions == "final" else slice(None)
         # Online, the feature terms train the student towards the teacher, not the teacher towards it.
-        t_feats = [t_states[t - 1].detach() for t, _ in pairs]
-        s_feats = [out["states"][s - 1] for _, s in pairs]
+        t_feats = [t_out["states"][t - 1][rows].detach() for t, _ in pairs]
+        s_feats = [out["states"][s - 1][rows] for _, s in pairs]
         if d.lambda_cos > 0:
             terms["cos"] = cosine_loss(t_feats, s_feats)
         if d.lambda_norm > 0:
-            terms["norm"] = norm_loss(t_feats, s_feats, squared=d.norm_variant == "squared")
+            terms["norm"] = norm_loss(t_feats, s_feats, d.norm_variant)
         if d.lambda_kl > 0:
             terms["kl"] = logit_kd_loss(t_scores.detach(), out["scores"], d.temperature)
     if d.lambda_ms > 0 and out["adapter_scores"]:
-        terms["ms"] = multi_supervision_loss(out["adapter_scores"], y)
+        terms["ms"] = multi_supervision_loss(out["adapter_scores"], out["labels"])
     weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
                "kl": d.lambda_kl}
     return sum(weights[k] * v for k, v in terms.items()), terms, out

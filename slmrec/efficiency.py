@@ -11,7 +11,8 @@ import torch
 from .distill import DistillConfig, distill_loss, load_teacher
 from .losses import block_pairs
 from .metrics import evaluate
-from .model import NextItemDataset, load_ellmrec
+from .examples import ExampleConfig, training_examples
+from .model import load_ellmrec
 from .training import resolve_precision
 from .utils import load_json
 
@@ -86,7 +87,7 @@ def measure(name, run_dir, data, batch_size=16, eval_batch_size=64, steps=5, pre
     if "distill" in run_config:  # a student: its training step includes the teacher, as in distill.py
         dcfg = DistillConfig(**run_config["distill"])
         teacher = load_teacher(dcfg, data, model.cfg.num_layers).to(device)
-    examples = NextItemDataset(data, model.cfg.max_len)
+    examples = training_examples(data, model.cfg.max_len, ExampleConfig(**run_config.get("examples", {})))
     batches = sample_batches(examples, batch_size, steps + 2, device)
     autocast = autocast_for(precision, device)
     step_s = median_seconds(train_step(model, batches, autocast, teacher, dcfg), steps)

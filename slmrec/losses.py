@@ -1,6 +1,8 @@
-"""SLMRec's distillation losses (paper §4, eq. 3-6) on final-position hidden states.
+"""SLMRec's distillation losses (paper §4, eq. 3-6) on hidden states, one row per supervised position.
 
 Pair k (k = 1..B) aligns the teacher's state after layer k*M/B with the student's after layer k*N/B.
+Every term is a mean over rows: over the examples (the paper's final position), or over every supervised
+position of every window (every-position training).
 """
 
 import torch
@@ -24,13 +26,27 @@ def cosine_loss(teacher_states, student_states):
     return torch.stack(terms).mean()
 
 
-def norm_loss(teacher_states, student_states, squared=True):
-    """D_norm = 1/B sum_k ||h_t - h_s||^2 (eq. 4), averaged over the batch; squared=False gives the
-    original code's unsquared norm."""
+NORM_VARIANTS = ("squared", "unsquared", "relative")
+
+
+def norm_loss(teacher_states, student_states, variant="squared"):
+    """D_norm = 1/B sum_k mean over rows of:
+    squared   ||h_t - h_s||^2 (eq. 4, the paper's);
+    unsquared ||h_t - h_s|| (the original code's);
+    relative  ||h_t - h_s||^2 / ||h_t||^2: the squared distance in units of the teacher state's own size (the
+              mean square of (h_t - h_s) / RMS(h_t) over the dimensions), 1 for a student state at zero. An
+              LM's hidden states can have norms in the hundreds (SmolLM2: 200-370), which makes the squared
+              form thousands of times the item loss; this one is of the item loss's order whatever the scale."""
+    if variant not in NORM_VARIANTS:
+        raise ValueError(f"norm variant must be one of {NORM_VARIANTS}, not {variant!r}")
     terms = []
     for t, s in zip(teacher_states, student_states):
         d = (t - s).pow(2).sum(-1)
-        terms.append((d if squared else d.sqrt()).mean())
+        if variant == "unsquared":
+            d = d.sqrt()
+        elif variant == "relative":
+            d = d / t.pow(2).sum(-1).clamp(min=1e-12)
+        terms.append(d.mean())
     return torch.stack(terms).mean()
 
 

@@ -1,23 +1,30 @@
 """The E-LLMRec model (paper §3) that teacher and student share: frozen item embeddings projected into a
-truncated LM (LoRA), the final position's state after the final norm, a linear head onto the item table.
+truncated LM (LoRA), a user state read after the final norm, a linear head onto the item table.
 
 Prompt layout for a history of n real items, padded to L on the far left of the whole sequence:
 
-    [pad x (L - n)] [instruction tokens] [W_in e_1 ... W_in e_n] [response tokens]
+    [pad x (L - n)] [instruction tokens] [W_in e_1 ... W_in e_n] ([response tokens])
 
-so every real token is contiguous; position ids count from the first real token.
+so every real token is contiguous; position ids count from the first real token. The response marker is
+there only when it is the readout (`readout="response"`, the paper's); with `readout="last_item"` the user
+is read at the last history item's position.
+
+Two training objectives share the model, told apart by the labels' shape:
+  - labels [B]: one target per example, read at the readout position (the paper's unit);
+  - labels [B, L] (0 = none): every-position supervision, the state after each history item predicts the
+    next one, as SASRec trains. Causal attention makes that state a function of the items up to it alone,
+    so one pass over a window supervises all of its targets (with the response readout, the marker also
+    predicts the window's last target).
 """
 
 import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from torch.utils.data import Dataset
 
 from .backbone import decoder_layers, load_backbone
 from .training import CheckpointError, load_checkpoint_files, load_trained_weights
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 INSTRUCTION = ("Below is a user's interaction history, oldest first. "
                "Recommend the item the user will interact with next.\n### History:\n")
 RESPONSE = "\n### Next item:"
+READOUTS = ("last_item", "response")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class ELLMRecConfig:
     num_items: int = 0
     item_dim: int = 0
     max_len: int = 50
+    readout: str = "last_item"  # last_item: the state after the last history item; response: the response marker
     instruction: str = INSTRUCTION
     response: str = RESPONSE
     lora_r: int = 16
@@ -52,6 +61,8 @@ class ELLMRecConfig:
 class ELLMRec(nn.Module):
     def __init__(self, cfg: ELLMRecConfig, item_embedding: torch.Tensor, backbone=None):
         super().__init__()
+        if cfg.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, not {cfg.readout!r}")
         self.cfg = cfg
         lm, tokenizer = backbone or load_backbone(cfg.base_model, cfg.num_layers, cfg.dtype, cfg.quantization)
         cfg.num_items, cfg.item_dim = item_embedding.shape[0] - 1, item_embedding.shape[1]
@@ -81,8 +92,7 @@ class ELLMRec(nn.Module):
 
     def _capture(self, module, args, output):
         if self._states is not None:
-            out = output[0] if isinstance(output, tuple) else output
-            self._states.append(out[:, -1])
+            self._states.append(output[0] if isinstance(output, tuple) else output)
 
     def embed(self, history):
         """(inputs_embeds, attention_mask, position_ids) for left-padded histories [B, L]."""
@@ -90,23 +100,35 @@ class ELLMRec(nn.Module):
         table = self.lm.get_input_embeddings()
         dtype = table.weight.dtype
         prefix = table(self.prefix_ids).expand(B, -1, -1)
-        suffix = table(self.suffix_ids).expand(B, -1, -1)
-        items = self.w_in(self.item_embedding[history]).to(dtype)
-        source = torch.cat([prefix, items, suffix], dim=1)  # prefix before the padding: moved below
+        parts = [prefix, self.w_in(self.item_embedding[history]).to(dtype)]
+        if self.cfg.readout == "response":
+            parts.append(table(self.suffix_ids).expand(B, -1, -1))
+        source = torch.cat(parts, dim=1)  # prefix before the padding: moved below
         P, T = prefix.shape[1], source.shape[1]
         pads = (history == 0).sum(1, keepdim=True)  # k pads per row, all at the left of the history
         j = torch.arange(T, device=history.device).expand(B, -1)
-        # Row layout wanted: k pads, then the prefix, then the real items and the response. Positions
+        # Row layout wanted: k pads, then the prefix, then the real items (and the response). Positions
         # from k + P on already hold the right token; positions k..k+P-1 take the prefix; pads take anything.
+        # So history column c sits at position P + c in every row.
         index = torch.where(j < pads + P, (j - pads).clamp(min=0), j)
         embeds = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
         mask = (j >= pads).long()
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         return embeds, mask, position_ids
 
-    def encode(self, history, layer_states=False):
-        """Final-position state after the final norm [B, d1]; with layer_states, also the final-position
-        output of every decoder layer (before any norm), a list of num_layers tensors [B, d1]."""
+    def _read(self, x, L, every_position):
+        """The readout position of x [B, T, d] ([B, d]); with every_position, each history column's position
+        (then the response marker's, when it is the readout) [B, L (+1), d]."""
+        if not every_position:
+            return x[:, -1]  # the response marker's last token, or the last item when there is no marker
+        P = len(self.prefix_ids)
+        items = x[:, P:P + L]
+        return torch.cat([items, x[:, -1:]], 1) if self.cfg.readout == "response" else items
+
+    def encode(self, history, layer_states=False, every_position=False):
+        """User states after the final norm at the readout position [B, d1] (with every_position, at every
+        history position, see _read); with layer_states, also every decoder layer's output (before any
+        norm) at the same positions, a list of num_layers tensors."""
         embeds, mask, position_ids = self.embed(history)
         self._states = [] if layer_states else None
         try:
@@ -114,15 +136,16 @@ class ELLMRec(nn.Module):
             states = self._states
         finally:
             self._states = None
-        h = out.last_hidden_state[:, -1].float()
-        return (h, [s.float() for s in states]) if layer_states else h
+        L = history.shape[1]
+        h = self._read(out.last_hidden_state, L, every_position).float()
+        return (h, [self._read(s, L, every_position).float() for s in states]) if layer_states else h
 
     def item_scores(self, h, head=None):
-        """[B, num_items + 1] scores of user states projected by a head (default W_out) onto the item table."""
+        """[..., num_items + 1] scores of user states projected by a head (default W_out) onto the item table."""
         return (head or self.w_out)(h) @ self.item_embedding.T
 
     def score(self, history):
-        return self.item_scores(self.encode(history))
+        return self.item_scores(self.encode(trim_padding(history)[0]))
 
     def score_layers(self, history, layers):
         """Direct inference from intermediate layers (paper Fig. 2), all from one forward pass:
@@ -130,59 +153,62 @@ class ELLMRec(nn.Module):
         bad = [l for l in layers if not 1 <= l <= self.cfg.num_layers]
         if bad:
             raise ValueError(f"layers {bad} outside 1..{self.cfg.num_layers}")
-        _, states = self.encode(history, layer_states=True)
+        _, states = self.encode(trim_padding(history)[0], layer_states=True)
         norm = self.lm.get_base_model().norm
         return {l: self.item_scores(norm(states[l - 1].to(norm.weight.dtype)).float()) for l in layers}
 
+    def supervised(self, input_ids, labels, layer_states=False):
+        """The states that training supervises, one row per target: {"h": [n, d1] after the final norm,
+        "states": every layer's [n, d1] (with layer_states), "labels": [n], "final": [n] bool, True for the
+        row read where inference reads (each example's last target)}. labels [B] or [B, L] (see the module)."""
+        every = labels.dim() == 2
+        if every:
+            input_ids, labels = trim_padding(input_ids, labels)
+            if self.cfg.readout == "response":  # the marker predicts what the last item's state predicts
+                labels = torch.cat([labels, labels[:, -1:]], 1)
+        else:
+            input_ids, = trim_padding(input_ids)
+        out = self.encode(input_ids, layer_states, every_position=every)
+        h, states = out if layer_states else (out, [])
+        if not every:
+            return {"h": h, "states": states, "labels": labels, "final": torch.ones_like(labels, dtype=torch.bool)}
+        rows = labels != 0
+        final = torch.zeros_like(rows)
+        final[:, -1] = True
+        return {"h": h[rows], "states": [s[rows] for s in states], "labels": labels[rows], "final": final[rows]}
+
     def forward(self, input_ids, labels, layer_states=False):
-        """{"loss"}; with layer_states also "scores", every layer's final-position "states", and the
-        "adapter_scores" of the adapter heads. Distillation goes through here, so DDP sees every use."""
-        if not layer_states:
-            return {"loss": item_loss(self.score(input_ids), labels)}
-        h, states = self.encode(input_ids, layer_states=True)
-        scores = self.item_scores(h)
-        adapter_scores = [self.item_scores(states[l - 1], head) for l, head in zip(self.cfg.adapter_layers,
-                                                                                    self.adapters)]
-        return {"loss": item_loss(scores, labels), "scores": scores, "states": states,
-                "adapter_scores": adapter_scores}
+        """{"loss"}; with layer_states also the supervised rows' "scores", "labels", "final" flags, every
+        layer's "states" and the "adapter_scores" of the adapter heads. Distillation goes through here, so
+        DDP sees every use."""
+        sup = self.supervised(input_ids, labels, layer_states)
+        scores = self.item_scores(sup["h"])
+        out = {"loss": item_loss(scores, sup["labels"])}
+        if layer_states:
+            adapter_scores = [self.item_scores(sup["states"][l - 1], head)
+                              for l, head in zip(self.cfg.adapter_layers, self.adapters)]
+            out.update(scores=scores, adapter_scores=adapter_scores,
+                       **{k: sup[k] for k in ("states", "labels", "final")})
+        return out
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}
 
 
 def item_loss(scores, labels):
-    """Cross-entropy over all items (paper eq. 1); column 0 is padding and never a prediction."""
+    """Cross-entropy over all items (paper eq. 1), scores [n, items + 1]; column 0 is padding and never a
+    prediction."""
     scores = scores.clone()
     scores[:, 0] = float("-inf")
     return F.cross_entropy(scores, labels)
 
 
-class NextItemDataset(Dataset):
-    """One example per next-item target inside each user's training part: (the items before it, the item).
-    max_per_user keeps each user's most recent targets only (None = all)."""
-
-    def __init__(self, data, max_len, max_per_user=None):
-        self.data, self.max_len = data, max_len
-        users, targets = [], []
-        for u in range(data.num_users):
-            n = len(data.train_part(u))
-            ts = np.arange(1, n)
-            if max_per_user:
-                ts = ts[-max_per_user:]
-            users.append(np.full(len(ts), u, np.int32))
-            targets.append(ts.astype(np.int32))
-        self.users, self.positions = np.concatenate(users), np.concatenate(targets)
-
-    def __len__(self):
-        return len(self.users)
-
-    def __getitem__(self, i):
-        seq = self.data.train_part(int(self.users[i]))
-        t = int(self.positions[i])
-        hist = seq[max(0, t - self.max_len):t]
-        x = np.zeros(self.max_len, np.int64)
-        x[self.max_len - len(hist):] = hist
-        return {"input_ids": torch.from_numpy(x), "labels": torch.tensor(int(seq[t]))}
+def trim_padding(history, *aligned):
+    """Drop the columns that are padding in every row of a left-padded batch (and the same columns of the
+    aligned tensors): a batch costs its own longest history, not max_len. Position ids come from the mask,
+    so the scores do not change."""
+    keep = max(int((history != 0).sum(1).max()), 1)
+    return (history[:, -keep:], *(a[:, -keep:] for a in aligned))
 
 
 def check_same_data(cfg: ELLMRecConfig, data, where):

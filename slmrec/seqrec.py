@@ -9,11 +9,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 
 @dataclass
@@ -159,30 +157,6 @@ def build_seqrec(cfg: SeqRecConfig) -> SeqRec:
     if cfg.model not in MODELS:
         raise ValueError(f"--model must be one of {sorted(MODELS)}, not {cfg.model!r}")
     return MODELS[cfg.model](cfg)
-
-
-class WindowDataset(Dataset):
-    """Each user's training part cut into windows of max_len + 1 items, from the end backwards, so every
-    training target is predicted exactly once per epoch; input = window[:-1], labels = window[1:]."""
-
-    def __init__(self, data, max_len):
-        self.max_len = max_len
-        self.windows = []
-        for u in range(data.num_users):
-            seq = data.train_part(u)
-            for end in range(len(seq), 1, -max_len):
-                self.windows.append(seq[max(0, end - max_len - 1):end])
-
-    def __len__(self):
-        return len(self.windows)
-
-    def __getitem__(self, i):
-        w = self.windows[i]
-        x = np.zeros(self.max_len, np.int64)
-        y = np.zeros(self.max_len, np.int64)
-        x[self.max_len - len(w) + 1:] = w[:-1]
-        y[self.max_len - len(w) + 1:] = w[1:]
-        return {"input_ids": torch.from_numpy(x), "labels": torch.from_numpy(y)}
 
 
 def load_seqrec(checkpoint_dir) -> SeqRec:

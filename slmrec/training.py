@@ -1,14 +1,16 @@
 """transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import evaluate, flatten
 from .utils import hardware, load_json, save_json
@@ -30,12 +32,19 @@ class TrainConfig:
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    eval_steps: int = 50  # evaluate on validation and save every this many steps
+    eval_steps: int = 0  # evaluate on validation and save every this many steps; 0 = once per epoch
     patience: int = 0  # stop after this many evaluations without a better validation MRR; 0 = never
     save_total_limit: int = 2
     logging_steps: int = 10
     seed: int = 42
     precision: str = "auto"  # auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16
+
+
+# The LM-based models' (teacher and student) training defaults over TrainConfig's: epochs with early stopping
+# on validation MRR (validation once per epoch), batch 16, AdamW lr 2e-3 with a cosine schedule and 50
+# warm-up steps; chosen on ml-100k's validation split with SmolLM2 (README "Choosing the defaults").
+ELLMREC_TRAIN = dict(epochs=20, patience=3, batch_size=16, eval_batch_size=64, learning_rate=2e-3,
+                     lr_scheduler="cosine", warmup_steps=50, logging_steps=10)
 
 
 def native_bf16() -> bool:
@@ -59,9 +68,16 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def training_arguments(cfg: TrainConfig, output_dir) -> TrainingArguments:
+def steps_per_epoch(cfg: TrainConfig, num_examples) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return max(1, math.ceil(num_examples / (cfg.batch_size * world)))
+
+
+def training_arguments(cfg: TrainConfig, output_dir, num_examples=None) -> TrainingArguments:
+    """num_examples: the training set's size, which sets eval_steps = 0 (once per epoch) in steps."""
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.precision)
+    eval_steps = cfg.eval_steps or steps_per_epoch(cfg, num_examples)
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -74,9 +90,9 @@ def training_arguments(cfg: TrainConfig, output_dir) -> TrainingArguments:
         warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
+        eval_steps=eval_steps,
         save_strategy="steps",
-        save_steps=cfg.eval_steps,
+        save_steps=eval_steps,
         save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="MRR",
@@ -147,6 +163,27 @@ def load_trained_weights(model, state, where):
                               f"missing: {missing[:3]})")
 
 
+class ValidationLine(TrainerCallback):
+    """One compact line per validation (the full curve is in TensorBoard): where training is, the validation
+    metrics, the best MRR so far and the training loss since the previous validation."""
+
+    def __init__(self):
+        self.start, self.losses = time.time(), []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        m = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
+        best = max([e["eval_MRR"] for e in state.log_history if "eval_MRR" in e] + [m.get("MRR", 0.0)])
+        loss = f"{sum(self.losses) / len(self.losses):.4f}" if self.losses else "-"
+        self.losses = []
+        log.info("validation | epoch %.2f step %d | MRR %.4f NDCG@10 %.4f HR@10 %.4f | best MRR %.4f | "
+                 "train loss %s | %.0fs", state.epoch or 0, state.global_step, m.get("MRR", float("nan")),
+                 m.get("NDCG@10", float("nan")), m.get("HR@10", float("nan")), best, loss, time.time() - self.start)
+
+
 class RecTrainer(Trainer):
     """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
 
@@ -190,15 +227,16 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     # What "auto" became on this machine, and the machine, so results can say how they were made.
     run_config = {**run_config, "precision": resolve_precision(cfg.precision), "hardware": hardware()}
     save_json(run_config, output_dir / "run_config.json")
-    args = training_arguments(cfg, output_dir)
-    callbacks = [EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else []
+    args = training_arguments(cfg, output_dir, len(train_dataset))
+    callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
                           data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
     if resume and not any(output_dir.glob("checkpoint-*")):
         log.info("no checkpoint in %s to resume from: starting fresh", output_dir)
         resume = False
-    log.info("training on %s, %d process(es), %d examples", args.device, args.world_size, len(train_dataset))
+    log.info("training on %s, %d process(es), %d examples, validation every %d steps", args.device,
+             args.world_size, len(train_dataset), args.eval_steps)
     trainer.train(resume_from_checkpoint=resume or None)
     # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
     trainer.save_model(str(output_dir))

@@ -41,6 +41,17 @@ def is_main_process():
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def split_flags(flags: dict, *configs) -> list:
+    """Share command-line flags out among config dataclasses by field name, so each default lives in its
+    dataclass alone; a flag no dataclass has is an error before any work."""
+    names = [{f.name for f in dataclasses.fields(c)} for c in configs]
+    unknown = sorted(set(flags) - set().union(*names))
+    if unknown:
+        raise ValueError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
+                         + ", ".join(c.__name__ for c in configs))
+    return [{k: v for k, v in flags.items() if k in n} for n in names]
+
+
 def parse_ints(value) -> list:
     """A fire flag given as 4, "1,2,4" or (1, 2, 4) -> [1, 2, 4]."""
     if isinstance(value, int):

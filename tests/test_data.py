@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_rows, write_amazon_csv
 from slmrec import data as D
 from slmrec.data import DataError, PrepareConfig, PreparedData, k_core, prepare, read_interactions
-from slmrec.seqrec import WindowDataset
+from slmrec.examples import WindowDataset
 
 
 def brute_force_core(pairs, k):

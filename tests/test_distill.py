@@ -40,7 +40,7 @@ def test_feature_losses_match_hand_written_sums(blocks):
             unsq += math.sqrt(dist2) / (3 * blocks)
     assert cosine_loss(t, s).item() == pytest.approx(cos, rel=1e-5)
     assert norm_loss(t, s).item() == pytest.approx(sq, rel=1e-5)
-    assert norm_loss(t, s, squared=False).item() == pytest.approx(unsq, rel=1e-5)
+    assert norm_loss(t, s, "unsquared").item() == pytest.approx(unsq, rel=1e-5)
     assert cosine_loss(t, t).item() == pytest.approx(0, abs=1e-6) and norm_loss(t, t).item() == 0
 
 
@@ -101,7 +101,7 @@ def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_t
         return torch.zeros(())
 
     monkeypatch.setattr("slmrec.distill.cosine_loss", spy)
-    args = training_arguments(TrainConfig(), tmp_path / "x")
+    args = training_arguments(TrainConfig(eval_steps=10), tmp_path / "x")
     trainer = DistillTrainer(model=student, args=args, train_dataset=[0], eval_dataset=[0], data=tiny_dataset,
                              max_len=6, teacher=teacher, distill=dcfg)
     x = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
@@ -141,7 +141,7 @@ def test_teacher_forward_runs_in_the_training_precision(tiny_dataset, tiny_teach
 
     monkeypatch.setattr(ELLMRec, "encode", spy)
     train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
-    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "s"), precision="bf16", **train)
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "s"), **{**train, "precision": "bf16"})
     assert len(seen) > 8 and set(seen) == {(True, torch.bfloat16)}
 
 
@@ -191,6 +191,7 @@ def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
     # A fresh student's heads start at zero: uniform scores, so its item losses are exactly ln|I|.
     for term in ("ce", "ms"):
         assert float(rows[term][1]) == pytest.approx(math.log(tiny_dataset.num_items), rel=1e-3)
-    squared = float(rows["norm (squared, paper eq. 4)"][1].replace(",", ""))
+    squared = float(rows["norm (squared)"][1].replace(",", ""))
     unsquared = float(rows["norm (unsquared)"][1].replace(",", ""))
     assert squared > 0 and unsquared > 0 and float(rows["norm (unsquared)"][2]) == 0.1
+    assert 0.5 < float(rows["norm (relative)"][1]) < 4  # of the item loss's order, unlike the squared form

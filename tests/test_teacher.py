@@ -16,12 +16,14 @@ from slmrec.data import PrepareConfig, PreparedData, prepare
 from slmrec.embeddings import EmbeddingFileError
 from slmrec.metrics import METRICS, evaluate
 from slmrec import report
-from slmrec.model import ELLMRec, ELLMRecConfig, NextItemDataset, load_ellmrec
+from slmrec.examples import NextItemDataset, WindowDataset
+from slmrec.model import ELLMRec, ELLMRecConfig, load_ellmrec
 from slmrec.training import CheckpointError
 
 SHORT_PROMPT = dict(instruction="History:", response="Next:")
+# fp32: scores compared across runs must not depend on whether this CPU has bf16.
 TINY_TRAIN = dict(num_layers=4, max_len=6, batch_size=8, eval_batch_size=16, max_steps=4, eval_steps=2,
-                  logging_steps=2, warmup_steps=0, **SHORT_PROMPT)
+                  logging_steps=2, warmup_steps=0, precision="fp32", **SHORT_PROMPT)
 
 
 def tiny_model(lm_dir, num_items=20, num_layers=4, **kw):
@@ -108,7 +110,7 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     model = load_ellmrec(out, tiny_dataset)
     again = evaluate(model.score, tiny_dataset, "test", model.cfg.max_len, 16)
     assert {k: again[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
-    layers = evaluate_cli.main(str(out), str(tiny_dataset.path), layers="2,4")
+    layers = evaluate_cli.main(str(out), str(tiny_dataset.path), layers="2,4", precision="fp32")
     assert {k: layers["layer_4"][k] for k in METRICS} == {k: metrics[k] for k in METRICS}
     # The main job's summary names the model, budget and resolved precision beside the same numbers.
     row = report.table(tmp_path).splitlines()[-1]
@@ -159,5 +161,6 @@ def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_l
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert "2 process(es)" in res.stderr
-    # Each process saw half of an epoch's batches: 2 steps of a global batch of 16 over 270 examples.
-    assert state["log_history"][0]["epoch"] == pytest.approx(2 / 17, abs=1e-3)
+    # Each process saw its share of an epoch's batches: 2 steps of a global batch of 16 over the windows.
+    steps_per_epoch = -(-len(WindowDataset(tiny_dataset, TINY_TRAIN["max_len"])) // 16)
+    assert state["log_history"][0]["epoch"] == pytest.approx(2 / steps_per_epoch, abs=1e-3)
