@@ -22,12 +22,13 @@ from slmrec.model import ELLMRec  # noqa: E402
 from slmrec.utils import seed_everything  # noqa: E402
 
 
-def main(teacher, data, num_layers=4, blocks=4, lambda_cos=1.0, lambda_norm=0.1, lambda_ms=1.0, batch_size=16,
-         batches=4, objective="every_position", seed=42):
+def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every_position", seed=42, **distill):
+    """distill: DistillConfig fields (--blocks, --lambda_cos, --lambda_norm, --lambda_ms); its defaults otherwise.
+    Every D_norm variant is shown with the weight lambda_norm."""
     seed_everything(seed)
     dataset = PreparedData(data)
-    dcfg = DistillConfig(teacher, blocks=blocks, lambda_cos=lambda_cos, lambda_norm=lambda_norm,
-                         lambda_ms=lambda_ms, norm_variant="squared")
+    dcfg = DistillConfig(teacher, **distill)
+    blocks, lambda_cos, lambda_norm, lambda_ms = dcfg.blocks, dcfg.lambda_cos, dcfg.lambda_norm, dcfg.lambda_ms
     t = load_teacher(dcfg, dataset, num_layers)
     student = ELLMRec(student_config(t.cfg, num_layers, dcfg), t.item_embedding).eval()
     pairs = block_pairs(t.cfg.num_layers, num_layers, blocks)

@@ -1,6 +1,7 @@
-"""The reproduction plan: every run behind the paper's tables and figures, with its command line, run in
-order as subprocesses. A run whose output exists is skipped if it was made by the same command (and refused
-if not); an interrupted training run resumes from its last checkpoint."""
+"""The reproduction plan: every run behind the paper's tables and figures, declared once (RunSpec: its name,
+label, flags, and the tables it feeds), run in order as subprocesses. A run whose output exists is skipped if
+it was made by the same command (and refused if not); an interrupted training run resumes from its last
+checkpoint. slmrec/tables.py reads the same declarations."""
 
 import json
 import subprocess
@@ -9,31 +10,43 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .distill import DistillConfig
 from .losses import block_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
+FIRST_SEED = 42  # seeds are FIRST_SEED, FIRST_SEED + 1, ...; the first seed's SASRec gives every LM model its items
 
-# Budgets for the LLM-based models (batch 16 unless a preset says otherwise). The quick one ends within an
-# hour on a 2-core CPU with bf16 (48 min measured, see README); its sweeps (ablation, depth, blocks, online)
-# get one seed, the main comparison three. SASRec, GRU4Rec and BERT4Rec always early-stop on their own.
+# Budgets for the LM-based models. Both train every model to its validation plateau (epochs with early
+# stopping, slmrec/training.py:ELLMREC_TRAIN); they differ in seeds: the quick one gives the sweeps (ablation,
+# depth, blocks, online) one seed and fits in about two hours on a 2-core CPU (README), the full one three.
+# SASRec, GRU4Rec and BERT4Rec always early-stop on their own.
 BUDGETS = {
-    "quick": dict(max_steps=150, eval_steps=150, seeds=3, sweep_seeds=1, baseline_seeds=1),
-    "full": dict(max_steps=600, eval_steps=100, seeds=3, sweep_seeds=3, baseline_seeds=3),
+    "quick": dict(seeds=3, sweep_seeds=1, baseline_seeds=3),
+    "full": dict(seeds=3, sweep_seeds=3, baseline_seeds=3),
 }
 
-# Paper Table 6 (per Amazon dataset), for finetune.py and distill.py. The paper's Table 5 trains with batch
-# 256; "max_steps -1" for Movie means epoch-based training with a count the paper does not give: one epoch here.
-_TABLE6 = dict(lr_scheduler="cosine", max_grad_norm=1.0, batch_size=256, lambda_cos=1.0, lambda_norm=0.1, blocks=4)
+# Paper Table 6 (per Amazon dataset), paper-exact: one target per example read at the response marker, the
+# squared D_norm at the final position, the paper's steps with batch 256 (its Table 5). "max_steps -1" for
+# Movie means epoch-based training with a count the paper does not give: one epoch here.
+_TABLE6 = dict(train=dict(objective="last_target", lr_scheduler="cosine", max_grad_norm=1.0, batch_size=256,
+                          patience=0),
+               model=dict(readout="response"),
+               distill=dict(lambda_cos=1.0, lambda_norm=0.1, norm_variant="squared", feature_positions="final",
+                            blocks=4))
+
+
+def _preset(lr, steps, eval_steps, warmup, lambda_ms):
+    train = dict(_TABLE6["train"], learning_rate=lr, eval_steps=eval_steps, warmup_steps=warmup)
+    train.update(dict(max_steps=steps) if steps > 0 else dict(epochs=1))
+    return dict(train=train, model=dict(_TABLE6["model"]), distill=dict(_TABLE6["distill"], lambda_ms=lambda_ms))
+
+
 PRESETS = {
-    "paper-cloth": dict(_TABLE6, learning_rate=3e-3, max_steps=1500, eval_steps=50, warmup_steps=50, lambda_ms=1.0),
-    "paper-movie": dict(_TABLE6, learning_rate=1e-3, max_steps=-1, epochs=1, eval_steps=100, warmup_steps=50,
-                        lambda_ms=1.0),
-    "paper-music": dict(_TABLE6, learning_rate=2e-3, max_steps=800, eval_steps=100, warmup_steps=100,
-                        lambda_ms=0.01),
-    "paper-sport": dict(_TABLE6, learning_rate=2e-3, max_steps=2000, eval_steps=100, warmup_steps=50,
-                        lambda_ms=0.1),
+    "paper-cloth": _preset(3e-3, 1500, 50, 50, 1.0),
+    "paper-movie": _preset(1e-3, -1, 100, 50, 1.0),
+    "paper-music": _preset(2e-3, 800, 100, 100, 0.01),
+    "paper-sport": _preset(2e-3, 2000, 100, 50, 0.1),
 }
-_DISTILL_KEYS = ("lambda_cos", "lambda_norm", "lambda_ms", "blocks")
 
 
 @dataclass
@@ -49,10 +62,11 @@ class ReproConfig:
     block_sweep: list = field(default_factory=lambda: [1, 2, 4])  # Fig. 4
     seeds: int = 3  # the main comparison
     sweep_seeds: int = 1  # ablation, depth, blocks, online
-    baseline_seeds: int = 1
-    train: dict = field(default_factory=dict)  # finetune.py / distill.py training flags
+    baseline_seeds: int = 3
+    train: dict = field(default_factory=dict)  # finetune.py / distill.py training flags (TrainConfig, ExampleConfig)
+    model: dict = field(default_factory=dict)  # finetune.py model flags (readout, ...)
     baseline_train: dict = field(default_factory=dict)  # train_sr_trad.py training flags
-    distill: dict = field(default_factory=dict)  # lambda_cos, lambda_norm, lambda_ms, blocks
+    distill: dict = field(default_factory=dict)  # distill.py flags over DistillConfig's defaults
     runs: str = "out/repro"
     results: str = "results"
 
@@ -60,24 +74,25 @@ class ReproConfig:
     def full_depth(self):
         return max(self.depths)
 
+    @property
+    def blocks(self):
+        return self.distill.get("blocks", DistillConfig.blocks)
+
 
 def make_config(budget="quick", preset=None, train=None, distill_overrides=None, **overrides) -> ReproConfig:
-    """A budget's steps and seed counts, then a preset's hyper-parameters, then the `train` and
-    `distill_overrides` flags and the other ReproConfig fields, each overriding the one before."""
+    """A budget's seed counts, then a preset's hyper-parameters, then the `train` and `distill_overrides`
+    flags and the other ReproConfig fields, each overriding the one before."""
     if budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {sorted(BUDGETS)}, not {budget!r}")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, not {preset!r}")
-    b = dict(BUDGETS[budget])
-    counts = {k: b.pop(k) for k in ("seeds", "sweep_seeds", "baseline_seeds")}
-    chosen = dict(PRESETS.get(preset, {}))
-    distill = {"lambda_cos": 1.0, "lambda_norm": 0.1, "lambda_ms": 1.0, "blocks": 4}
-    chosen_distill = {k: chosen.pop(k) for k in _DISTILL_KEYS if k in chosen}
-    distill = {**distill, **chosen_distill, **(distill_overrides or {})}
-    train = {**b, **chosen, **(train or {})}
+    chosen = PRESETS.get(preset, {})
+    cfg = ReproConfig(budget=budget, preset=preset, train={**chosen.get("train", {}), **(train or {})},
+                      model=dict(chosen.get("model", {})),
+                      distill={**chosen.get("distill", {}), **(distill_overrides or {})},
+                      **{**BUDGETS[budget], **overrides})
     if preset:  # the paper's setting: seven depths of a 32-layer LLaMA
-        overrides.setdefault("depths", [1, 2, 4, 8, 16, 24, 32])
-    cfg = ReproConfig(budget=budget, preset=preset, train=train, distill=distill, **{**counts, **overrides})
+        cfg.depths = overrides.get("depths", [1, 2, 4, 8, 16, 24, 32])
     for name in ("depths", "block_sweep"):
         setattr(cfg, name, sorted({int(x) for x in getattr(cfg, name)}))
     cfg.sweep_seeds, cfg.baseline_seeds = min(cfg.sweep_seeds, cfg.seeds), min(cfg.baseline_seeds, cfg.seeds)
@@ -93,82 +108,135 @@ def check(cfg: ReproConfig):
     missing = {M, N} - set(cfg.depths)
     if missing:
         raise ValueError(f"--depths {cfg.depths} must include the teacher's and student's depths {sorted(missing)}")
-    for b in {*cfg.block_sweep, cfg.distill["blocks"]}:
+    for b in {*cfg.block_sweep, cfg.blocks}:
         block_pairs(M, N, b)  # B must divide both depths: fails here with the reason
     if cfg.seeds < 1:
         raise ValueError("--seeds must be >= 1")
 
 
-@dataclass
-class Run:
-    table: str  # the table or figure that needs it
-    seed: int
-    key: str  # directory under <runs>/seed<seed>/
-    script: str
-    args: list
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the reproduction, declared once."""
+
+    key: str  # its directory under <runs>/seed<S>/
+    label: str  # its name in every table
+    script: str  # train_sr_trad.py, finetune.py, distill.py or evaluate.py
+    seeds: str  # which seed count it gets: "baseline", "main" or "sweep"
+    flags: dict = field(default_factory=dict)  # its own flags, over the budget's
+    rows: dict = field(default_factory=dict)  # {output: its row label there}: main, table4, fig2, fig4, table5
+    paper: str = ""  # its row in the paper's Tables 2/4 (tables.PAPER_TABLE2 / PAPER_TABLE4)
+    vs: tuple = ()  # keys of the runs it is compared with per user (paired.md)
     done_file: str = "test_metrics.json"
 
+
+def declare(cfg: ReproConfig) -> list:
+    """Every run, in the order the tables list them. Labels come from the depths, so they follow M and N."""
+    M, N, B, L = cfg.teacher_layers, cfg.student_layers, cfg.blocks, cfg.full_depth
+    S = f"SLMRec_{N}<-{M}"
+    e4 = {d: f"e4srec_{d}" for d in cfg.depths}
+
+    def e4srec(d, seeds, rows, paper="", vs=()):
+        return RunSpec(e4[d], f"E4SRec_{d}", "finetune.py", seeds, {"num_layers": d}, {**rows, "fig2": str(d)},
+                       paper, vs)
+
+    def slmrec(key, variant, changes, rows, paper="", vs=()):
+        return RunSpec(key, f"{S} {variant}".strip(), "distill.py", "sweep" if changes else "main", changes, rows,
+                       paper, vs)
+
+    specs = [RunSpec(m, label, "train_sr_trad.py", "baseline", {"model": m, **extra}, {"main": label}, label)
+             for m, label, extra in [("sasrec", "SASRec", {}), ("gru4rec", "GRU4Rec", {"num_layers": 1}),
+                                     ("bert4rec", "BERT4Rec", {})]]
+    if L not in (M, N):
+        specs.append(e4srec(L, "sweep", {"main": f"E4SRec_{L}", "table5": f"E4SRec_{L}"},
+                            "E4SRec (all layers)", (e4[M],)))
+    specs += [
+        e4srec(M, "main", {"main": f"E4SRec_{M}", "table5": f"E4SRec_{M}"}, "E4SRec_8", (e4[N], "sasrec")),
+        e4srec(N, "main", {"main": f"E4SRec_{N}", "table4": f"none (E4SRec_{N})"}, "E4SRec_4"),
+        slmrec("slmrec", "", {}, {"main": S, "table4": "+D_cos,D_norm,L_ms", "fig4": f"B={B}", "table5": S},
+               "SLMRec_4<-8", (e4[N], e4[M])),
+        slmrec("slmrec_cos", "+D_cos", {"lambda_norm": 0, "lambda_ms": 0}, {"table4": "+D_cos"}, "+D_cos",
+               (e4[N],)),
+        slmrec("slmrec_cos_norm", "+D_cos,D_norm", {"lambda_ms": 0}, {"table4": "+D_cos,D_norm"}, "+D_cos,D_norm",
+               ("slmrec_cos",)),
+        slmrec("slmrec_cos_ms", "+D_cos,L_ms", {"lambda_norm": 0}, {"table4": "+D_cos,L_ms"}, "+D_cos,L_ms",
+               ("slmrec_cos", "slmrec")),
+        *[slmrec(f"slmrec_b{b}", f"(B={b})", {"blocks": b}, {"fig4": f"B={b}"}, vs=("slmrec",))
+          for b in cfg.block_sweep if b != B],
+        slmrec("slmrec_online", f"(online KD, B={B})", {"kd_mode": "online"}, {"fig4": f"B={B}, online"},
+               vs=("slmrec",)),
+        *[e4srec(d, "sweep", {}) for d in cfg.depths if d not in (M, N, L)],
+        RunSpec(f"{e4[L]}_layers", f"E4SRec_{L}, layer by layer", "evaluate.py", "sweep",
+                {"layers": ",".join(map(str, cfg.depths))}, {"fig2": "direct"}, done_file="layers.json"),
+    ]
+    return specs
+
+
+def labels(cfg: ReproConfig) -> dict:
+    return {s.key: s.label for s in declare(cfg)}
+
+
+def seed_list(n):
+    return [FIRST_SEED + i for i in range(n)]
+
+
+def seed_dir(runs, seed) -> Path:
+    return Path(runs) / f"seed{seed}"
+
+
+def embedding_path(cfg) -> Path:
+    """The one item table every LM-based model uses: the first seed's SASRec."""
+    return seed_dir(cfg.runs, FIRST_SEED) / "sasrec" / "item_embedding.pkl"
+
+
+@dataclass
+class Run:
+    spec: RunSpec
+    seed: int
+    args: list
+
+    @property
+    def key(self):
+        return self.spec.key
+
     def dir(self, runs):
-        return Path(runs) / f"seed{self.seed}" / self.key
+        return seed_dir(runs, self.seed) / self.key
 
     def command(self, runs):
-        return [self.script, *self.args, *self.out_flag(runs)]
-
-    def out_flag(self, runs):
-        if self.script == "evaluate.py":
-            return ["--output", str(self.dir(runs) / self.done_file)]
-        return ["--output_dir", str(self.dir(runs))]
+        out = (["--output", str(self.dir(runs) / self.spec.done_file)] if self.spec.script == "evaluate.py"
+               else ["--output_dir", str(self.dir(runs))])
+        return [self.spec.script, *self.args, *out]
 
 
 def _flags(d: dict):
     return [x for k, v in d.items() for x in (f"--{k}", str(v))]
 
 
-def seed_list(n):
-    return [42 + i for i in range(n)]
+def _args(cfg: ReproConfig, spec: RunSpec, seed: int) -> list:
+    """The command-line flags of one run: data and seed, the budget's or preset's, then the run's own."""
+    own = dict(spec.flags)
+    if spec.script == "train_sr_trad.py":
+        return ["--data", cfg.data, "--seed", str(seed), *_flags({**own, **cfg.baseline_train})]
+    if spec.script == "evaluate.py":
+        teacher = seed_dir(cfg.runs, seed) / f"e4srec_{cfg.full_depth}"
+        return ["--checkpoint", str(teacher), "--data", cfg.data, *_flags(own)]
+    common = ["--data", cfg.data, "--seed", str(seed), *_flags(cfg.train)]
+    if spec.script == "finetune.py":
+        return [*common, "--item_embedding", str(embedding_path(cfg)), "--base_model", cfg.base_model,
+                *_flags(cfg.model), *_flags(own)]
+    teacher = seed_dir(cfg.runs, seed) / f"e4srec_{cfg.teacher_layers}"  # each student's own seed's teacher
+    return [*common, "--teacher", str(teacher), "--num_layers", str(cfg.student_layers),
+            *_flags({**cfg.distill, **own})]
 
 
 def plan(cfg: ReproConfig) -> list:
-    """Every run, in an order where each one's inputs (embeddings, teacher) come before it: the main
-    comparison for every seed first, then the sweeps, so a cut-short reproduction still has its main table."""
-    M, N, B, L = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"], cfg.full_depth
+    """Every run, in an order where each one's inputs (embeddings, teacher) come before it: the baselines, the
+    main comparison for every seed, then the sweeps, so a cut-short reproduction still has its main table."""
+    counts = {"baseline": cfg.baseline_seeds, "main": cfg.seeds, "sweep": cfg.sweep_seeds}
+    specs = declare(cfg)
     runs = []
-    for seed in seed_list(cfg.baseline_seeds):
-        for model, extra in [("sasrec", []), ("gru4rec", ["--num_layers", "1"]), ("bert4rec", [])]:
-            runs.append(Run("main", seed, model, "train_sr_trad.py",
-                            ["--data", cfg.data, "--seed", str(seed), "--model", model, *extra,
-                             *_flags(cfg.baseline_train)]))
-    emb = str(Path(cfg.runs) / "seed42" / "sasrec" / "item_embedding.pkl")  # one item table for every LLM model
-
-    def e4srec(table, seed, depth):
-        runs.append(Run(table, seed, f"e4srec_{depth}", "finetune.py",
-                        ["--data", cfg.data, "--seed", str(seed), *_flags(cfg.train), "--item_embedding", emb,
-                         "--base_model", cfg.base_model, "--num_layers", str(depth)]))
-
-    def student(table, seed, key, **changes):
-        teacher = str(Path(cfg.runs) / f"seed{seed}" / f"e4srec_{M}")
-        runs.append(Run(table, seed, key, "distill.py",
-                        ["--data", cfg.data, "--seed", str(seed), *_flags(cfg.train), "--teacher", teacher,
-                         "--num_layers", str(N), *_flags({**cfg.distill, **changes})]))
-
-    for seed in seed_list(cfg.seeds):
-        e4srec("main", seed, M)
-        e4srec("main", seed, N)
-        student("main", seed, "slmrec")
-    for seed in seed_list(cfg.sweep_seeds):
-        student("table4", seed, "slmrec_cos", lambda_norm=0, lambda_ms=0)
-        student("table4", seed, "slmrec_cos_norm", lambda_ms=0)
-        student("table4", seed, "slmrec_cos_ms", lambda_norm=0)
-        for b in cfg.block_sweep:
-            if b != B:
-                student("fig4", seed, f"slmrec_b{b}", blocks=b)
-        student("fig4", seed, "slmrec_online", kd_mode="online")
-        for depth in cfg.depths:
-            if depth not in (M, N):
-                e4srec("main" if depth == L else "fig2", seed, depth)
-        runs.append(Run("fig2", seed, f"e4srec_{L}_layers", "evaluate.py",
-                        ["--checkpoint", str(Path(cfg.runs) / f"seed{seed}" / f"e4srec_{L}"), "--data", cfg.data,
-                         "--layers", ",".join(map(str, cfg.depths))], done_file="layers.json"))
+    for group in ("baseline", "main", "sweep"):
+        for seed in seed_list(counts[group]):
+            runs += [Run(s, seed, _args(cfg, s, seed)) for s in specs if s.seeds == group]
     return runs
 
 
@@ -179,7 +247,7 @@ def _prepare_data(cfg):
 
 
 def _ensure_embedding(cfg):
-    emb = Path(cfg.runs) / "seed42" / "sasrec" / "item_embedding.pkl"
+    emb = embedding_path(cfg)
     if not emb.is_file():
         subprocess.run([sys.executable, str(ROOT / "extract_emb.py"), "--checkpoint", str(emb.parent),
                         "--output", str(emb)], check=True)
@@ -190,14 +258,14 @@ def execute(run: Run, runs_dir, index, total):
     out = run.dir(runs_dir)
     cmd = run.command(runs_dir)
     stamp = out / "command.json"
-    label = f"[{index}/{total}] seed {run.seed} {run.key} ({run.table})"
+    label = f"[{index}/{total}] seed {run.seed} {run.key}"
     if stamp.is_file() and json.loads(stamp.read_text()) != cmd:
         raise SystemExit(f"{out} was made by another command:\n  {json.loads(stamp.read_text())}\nnot\n  {cmd}\n"
                          f"Remove it, or use another --runs directory.")
-    if (out / run.done_file).is_file():
+    if (out / run.spec.done_file).is_file():
         print(f"{label}: done already", flush=True)
         return
-    resume = run.script != "evaluate.py" and any(out.glob("checkpoint-*"))
+    resume = run.spec.script != "evaluate.py" and any(out.glob("checkpoint-*"))
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(cmd))
     print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}\n"
@@ -215,7 +283,7 @@ def run_plan(cfg: ReproConfig, runs: list):
     _prepare_data(cfg)
     t = time.time()
     for i, run in enumerate(runs, 1):
-        if run.script != "train_sr_trad.py":
+        if run.spec.script != "train_sr_trad.py":
             _ensure_embedding(cfg)
         execute(run, cfg.runs, i, len(runs))
     print(f"all {len(runs)} runs done in {time.time() - t:.0f}s", flush=True)

@@ -12,17 +12,18 @@ from .utils import load_json
 
 
 def describe(run_config) -> tuple:
-    """(model, training, precision) of one run, from its run_config.json."""
+    """(model, objective, training, precision) of one run, from its run_config.json."""
     model, train = run_config["model"], run_config["train"]
     if "base_model" in model:
-        name = f"{model['base_model']}, {model['num_layers']} layers"
+        name = f"{model['base_model']}, {model['num_layers']} layers, {model['readout']} readout"
+        objective = run_config["examples"]["objective"]
     else:
-        name = model["model"]
+        name, objective = model["model"], "every_position"
     if train.get("max_steps", -1) > 0:
         budget = f"{train['max_steps']} steps of {train['batch_size']}"
     else:
-        budget = f"early stop, ≤{train['epochs']} epochs"
-    return name, budget, run_config.get("precision", "not recorded")
+        budget = f"early stop, ≤{train['epochs']:g} epochs of {train['batch_size']}"
+    return name, objective, budget, run_config.get("precision", "not recorded")
 
 
 def table(root) -> str:
@@ -30,10 +31,12 @@ def table(root) -> str:
     for f in sorted(Path(root).glob("*/test_metrics.json")):
         m, run_config = load_json(f), load_json(f.parent / "run_config.json")
         machines.add(run_config.get("hardware", "not recorded"))
+        to_best = m.get("seconds_to_best")
         rows.append(f"| {f.parent.name} | " + " | ".join(describe(run_config)) + f" | {m['best_step']} | "
+                    + (f"{to_best / 60:.1f}" if to_best is not None else "-") + " | "
                     + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
-    head = ("| run | model | training | precision | best step | " + " | ".join(METRICS) + " |\n|---|---|---|---|---|"
-            + "---|" * len(METRICS))
+    head = ("| run | model | objective | training | precision | best step | minutes to best | "
+            + " | ".join(METRICS) + " |\n|---|---|---|---|---|---|---|" + "---|" * len(METRICS))
     return "\n".join([f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:",
                       head, *rows])
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiments import ReproConfig, seed_list
+from .experiments import ReproConfig, declare, labels, seed_dir, seed_list
 from .metrics import METRICS
-from .training import resolve_precision
+from .examples import ExampleConfig
+from .model import ELLMRecConfig
+from .training import ELLMREC_TRAIN, resolve_precision
 from .utils import hardware, save_json
 
 # Paper numbers (%), Amazon 2018 with LLaMA-7B on an A100 (Tables 2, 4, 5), for the rows we reproduce.
@@ -32,8 +34,6 @@ PAPER_TABLE5 = {  # training h/epoch, inference h, trainable B, inference B (mea
     "E4SRec (32 layers)": (3.95, 0.415, 0.023, 6.631),
     "SLMRec_4<-8": (0.60, 0.052, 0.003, 0.944),
 }
-ABLATION = {"e4srec_N": "none (E4SRec_N)", "slmrec_cos": "+D_cos", "slmrec_cos_norm": "+D_cos,D_norm",
-            "slmrec_cos_ms": "+D_cos,L_ms", "slmrec": "+D_cos,D_norm,L_ms"}
 
 
 def sweep_note(cfg):
@@ -42,22 +42,16 @@ def sweep_note(cfg):
             "compare on the same seeds; main_table.md has the means over all seeds of the shared rows.")
 
 
-def names(cfg: ReproConfig) -> dict:
-    M, N, B = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"]
-    out = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec"}
-    out.update({f"e4srec_{d}": f"E4SRec_{d}" for d in sorted(cfg.depths, reverse=True)})
-    s = f"SLMRec_{N}<-{M}"
-    out.update({"slmrec": s, "slmrec_cos": f"{s} +D_cos", "slmrec_cos_norm": f"{s} +D_cos,D_norm",
-                "slmrec_cos_ms": f"{s} +D_cos,L_ms", "slmrec_online": f"{s} (online KD, B={B})"})
-    out.update({f"slmrec_b{b}": f"{s} (B={b})" for b in cfg.block_sweep if b != B})
-    return out
+def rows_of(cfg, output) -> list:
+    """[(run key, row label)] of the declared runs an output shows, in declaration order."""
+    return [(spec.key, spec.rows[output]) for spec in declare(cfg) if output in spec.rows]
 
 
 def collect(cfg: ReproConfig, key, seeds=None):
     """(test metrics, per-user candidate ranks, seeds) of every finished seed (of `seeds`) of one run key."""
     metrics, ranks, found = [], [], []
     for seed in seeds or seed_list(cfg.seeds):
-        d = Path(cfg.runs) / f"seed{seed}" / key
+        d = seed_dir(cfg.runs, seed) / key
         if (d / "test_metrics.json").is_file():
             metrics.append(json.loads((d / "test_metrics.json").read_text()))
             ranks.append(np.load(d / "test_ranks.npz")["candidates"])
@@ -87,38 +81,57 @@ def _pm(row, k, scale=1.0, digits=4):
 
 def setting(cfg: ReproConfig, command) -> str:
     stats = json.loads((Path(cfg.data) / "stats.json").read_text())
-    t = cfg.train
-    steps = f"{t['max_steps']} steps" if t.get("max_steps", -1) > 0 else f"{t.get('epochs')} epoch(s)"
+    t = {**ELLMREC_TRAIN, **cfg.train}
+    if t.get("max_steps", -1) > 0:
+        steps = f"{t['max_steps']} steps"
+    else:
+        steps = f"up to {t['epochs']} epochs" + (f", early stop after {t['patience']} validations without a better "
+                                                 f"MRR" if t.get("patience") else "")
+    objective = ExampleConfig(**{k: v for k, v in t.items() if k in ("objective", "sampling")}).objective
+    readout = cfg.model.get("readout", ELLMRecConfig.readout)
     return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
             f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hardware()}, {resolve_precision('auto')} "
             f"autocast for the LM-based models. Budget: '{cfg.budget}'"
-            f"{' + preset ' + cfg.preset if cfg.preset else ''}: "
-            f"LM-based models {steps} of batch {t.get('batch_size', 16)}, validation every {t['eval_steps']} steps "
+            f"{' + preset ' + cfg.preset if cfg.preset else ''}: LM-based models trained with the {objective} "
+            f"objective ({readout} readout), {steps} of batch {t['batch_size']}, validation "
+            f"{'every ' + str(t['eval_steps']) + ' steps' if t.get('eval_steps') else 'once per epoch'} "
             f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
             f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
             f"model uses the seed-42 SASRec item table. Command: `{command}`")
 
 
-def metric_table(cfg, keys, labels=None, title="", head="", note="", seeds=None) -> tuple:
-    labels = labels or names(cfg)
+def metric_table(cfg, keyed_labels, title="", head="", note="", seeds=None) -> tuple:
+    """keyed_labels: [(run key, row label)]."""
     lines = [title, "", head, "", "| model | seeds | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     rows = []
-    for key in keys:
+    for key, label in keyed_labels:
         row = summary(cfg, key, seeds)
         if row is None:
             continue
-        rows.append((labels[key], row))
-        lines.append(f"| {labels[key]} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |")
+        rows.append((label, row))
+        lines.append(f"| {label} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |")
     lines += ["", "Mean ± standard error over seeds (— : one seed, no standard error)." + note]
     return "\n".join(lines) + "\n", rows
 
 
+def training_time(cfg, keyed_labels) -> str:
+    """Minutes of training to the best validation checkpoint, and in all (early stop included), per model."""
+    lines = ["| model | seeds | minutes to the best validation | minutes in all |", "|---|---|---|---|"]
+    for key, label in keyed_labels:
+        metrics, _, seeds = collect(cfg, key)
+        timed = [m for m in metrics if m.get("seconds_to_best") is not None]
+        if timed:
+            cells = [mean_se([m[k] / 60 for m in timed]) for k in ("seconds_to_best", "train_seconds")]
+            lines.append(f"| {label} | {len(timed)} | " + " | ".join(
+                f"{v:.1f}" + ("" if np.isnan(se) else f" ± {se:.1f}") for v, se in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_main(cfg, out, head):
-    M, N, L = cfg.teacher_layers, cfg.student_layers, cfg.full_depth
-    keys = ["sasrec", "gru4rec", "bert4rec", f"e4srec_{L}", f"e4srec_{M}", f"e4srec_{N}", "slmrec"]
-    text, rows = metric_table(cfg, list(dict.fromkeys(keys)), title="# Tables 2/3: main comparison (ours)",
-                              head=head)
+    text, rows = metric_table(cfg, rows_of(cfg, "main"), title="# Tables 2/3: main comparison (ours)", head=head)
+    text += ("\nTraining time on the hardware above (wall clock, validations included; a distilled student's "
+             "excludes its teacher's training):\n\n" + training_time(cfg, rows_of(cfg, "main")))
     (out / "main_table.md").write_text(text)
     with open(out / "main_table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -130,23 +143,17 @@ def write_main(cfg, out, head):
 
 
 def write_ablation(cfg, out, head):
-    labels = {**ABLATION, f"e4srec_{cfg.student_layers}": f"none (E4SRec_{cfg.student_layers})"}
-    keys = [f"e4srec_{cfg.student_layers}", "slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec"]
-    text, _ = metric_table(cfg, keys, labels, f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-"
-                                               f"{cfg.teacher_layers}'s terms (ours)", head, sweep_note(cfg),
-                           seed_list(cfg.sweep_seeds))
+    text, _ = metric_table(cfg, rows_of(cfg, "table4"), f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-"
+                                                         f"{cfg.teacher_layers}'s terms (ours)", head,
+                           sweep_note(cfg), seed_list(cfg.sweep_seeds))
     (out / "table4_ablation.md").write_text(text)
     return text
 
 
 def paired(cfg, head):
     """Per-user NDCG@10 differences on the same test users and candidates, paired by seed."""
-    M, N, B, L = cfg.teacher_layers, cfg.student_layers, cfg.distill["blocks"], cfg.full_depth
-    lab = names(cfg)
-    pairs = [("slmrec", f"e4srec_{N}"), ("slmrec", f"e4srec_{M}"), (f"e4srec_{M}", f"e4srec_{N}"),
-             (f"e4srec_{M}", "sasrec"), (f"e4srec_{L}", f"e4srec_{M}"), ("slmrec_cos", f"e4srec_{N}"),
-             ("slmrec_cos_norm", "slmrec_cos"), ("slmrec_cos_ms", "slmrec_cos"), ("slmrec", "slmrec_cos_ms"),
-             *[(f"slmrec_b{b}", "slmrec") for b in cfg.block_sweep if b != B], ("slmrec_online", "slmrec")]
+    lab = labels(cfg)
+    pairs = [(spec.key, other) for spec in declare(cfg) for other in spec.vs]
     lines = ["# Paired per-user comparison of NDCG@10 (ours)", "", head, "",
              "Per-user NDCG@10 difference between two models on the same test users and candidates, for each "
              "seed both have; each user's differences averaged over those seeds, then the mean over users with "
@@ -188,7 +195,7 @@ def write_table5(cfg, out, head, rows):
     lines = ["# Table 5: efficiency (ours)", "", head, "",
              "Measured one model after another in one process (`slmrec/efficiency.py`). Training: median of timed "
              "optimiser steps (batch 16, a distillation step includes the frozen teacher's forward pass) times "
-             "the steps in one epoch of all training targets (extrapolated, not a full epoch). Inference: one "
+             "the steps in one epoch of the run's training examples (extrapolated, not a full epoch). Inference: one "
              "pass over all test users, 1,000 candidates each. Parameters: trainable (LoRA, W_in, W_out, "
              "adapters) and needed at inference (the LM slice with its token embeddings, the item table, the "
              "heads; the L_ms adapters are dropped).", "",
@@ -232,14 +239,16 @@ def write_figure2(cfg, out, head):
     plt = _pyplot()
     L = cfg.full_depth
     sweep = seed_list(cfg.sweep_seeds)
-    trained = [(d, summary(cfg, f"e4srec_{d}", sweep)) for d in cfg.depths]
-    trained = [(d, r) for d, r in trained if r]
+    specs = [s for s in declare(cfg) if "fig2" in s.rows]
+    trained = [(int(s.flags["num_layers"]), summary(cfg, s.key, sweep)) for s in specs if s.script == "finetune.py"]
+    trained = sorted((d, r) for d, r in trained if r)
     direct = {}
-    for seed in sweep:
-        f = Path(cfg.runs) / f"seed{seed}" / f"e4srec_{L}_layers" / "layers.json"
-        if f.is_file():
-            for name, m in json.loads(f.read_text()).items():
-                direct.setdefault(int(name.split("_")[1]), []).append(m["NDCG@10"])
+    for spec in specs:
+        for seed in sweep:
+            f = seed_dir(cfg.runs, seed) / spec.key / spec.done_file
+            if spec.script == "evaluate.py" and f.is_file():
+                for name, m in json.loads(f.read_text()).items():
+                    direct.setdefault(int(name.split("_")[1]), []).append(m["NDCG@10"])
     sasrec = summary(cfg, "sasrec")
     lines = ["# Figure 2: depth (ours)", "", head, "", "| layers l | E4SRec_l trained: NDCG@10 | seeds | "
              f"direct inference from layer l of E4SRec_{L}: NDCG@10 | seeds |", "|---|---|---|---|---|"]
@@ -279,11 +288,9 @@ def _ndcg_se(rows):
 def write_figure4(cfg, out, head):
     """NDCG@10 for block numbers B (offline KD) and online KD, with the teacher and E4SRec_N as references."""
     plt = _pyplot()
-    B, M, N = cfg.distill["blocks"], cfg.teacher_layers, cfg.student_layers
-    bars = [(f"B={b}", "slmrec" if b == B else f"slmrec_b{b}") for b in cfg.block_sweep]
-    bars.append((f"B={B}, online", "slmrec_online"))
+    M, N = cfg.teacher_layers, cfg.student_layers
     sweep = seed_list(cfg.sweep_seeds)
-    bars = [(label, summary(cfg, key, sweep)) for label, key in bars]
+    bars = [(label, summary(cfg, key, sweep)) for key, label in rows_of(cfg, "fig4")]
     bars = [(label, r) for label, r in bars if r]
     lines = ["# Figure 4: block number B and online KD (ours)", "", head, "",
              "| SLMRec variant | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
@@ -294,35 +301,35 @@ def write_figure4(cfg, out, head):
     x = np.arange(len(bars))
     ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=_ndcg_se(r for _, r in bars), capsize=4, color="tab:blue")
     ax.set_xticks(x, [label for label, _ in bars])
-    for key, style in [(f"e4srec_{M}", "--"), (f"e4srec_{N}", ":")]:
-        r = summary(cfg, key, sweep)
+    for d, style in [(M, "--"), (N, ":")]:
+        r = summary(cfg, f"e4srec_{d}", sweep)
         if r:
-            ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{key.split('_')[1]}")
+            ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{d}")
     _save_figure(plt, fig, ax, cfg, out / "figure4_blocks.png", f"SLMRec_{N}<-{M}: ")
 
 
 def write_vs_paper(cfg, out, head):
     """Our rows beside the paper's (in %), same metrics; different data, LM and hardware."""
-    M, N, L = cfg.teacher_layers, cfg.student_layers, cfg.full_depth
-    ours = {"GRU4Rec": "gru4rec", "BERT4Rec": "bert4rec", "SASRec": "sasrec", "E4SRec (all layers)": f"e4srec_{L}",
-            "E4SRec_8": f"e4srec_{M}", "E4SRec_4": f"e4srec_{N}", "SLMRec_4<-8": "slmrec"}
     cols = " | ".join(f"{m} Cloth | {m} Movie | {m} ours" for m in PAPER_METRICS)
     header = ["| model | " + cols + " | ours: seeds |", "|---|" + "---|" * (3 * len(PAPER_METRICS) + 1)]
     lines = ["# Ours beside the paper (%)", "", "Paper: Amazon 2018 Cloth and Movie, LLaMA-7B (32 layers), A100 "
              "(Tables 2 and 4). Ours: " + head, "", *header]
 
-    def row(label, paper, key):
-        r = summary(cfg, key)
+    def row(spec, paper):
+        r = summary(cfg, spec.key)
         cells = []
         for i, m in enumerate(PAPER_METRICS):
             cells += [f"{paper[i]:.2f}", f"{paper[4 + i]:.2f}", _pm(r, m, 100, 2) if r else "not run"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['seeds'] if r else 0} |")
+        lines.append(f"| {spec.paper} / ours: {spec.label} | " + " | ".join(cells) + f" | {r['seeds'] if r else 0} |")
 
-    for label, paper in PAPER_TABLE2.items():
-        row(label if label != "E4SRec (all layers)" else f"E4SRec (all layers: 32 / ours {L})", paper, ours[label])
+    specs = [s for s in declare(cfg) if s.paper]
+    for spec in specs:
+        if spec.paper in PAPER_TABLE2:
+            row(spec, PAPER_TABLE2[spec.paper])
     lines += ["", "Ablation (Table 4):", "", *header]
-    for key, label in list(ABLATION.items())[1:]:
-        row(f"SLMRec {label}", PAPER_TABLE4[label], key)
+    for spec in specs:
+        if spec.paper in PAPER_TABLE4:
+            row(spec, PAPER_TABLE4[spec.paper])
     text = "\n".join(lines) + "\n"
     (out / "vs_paper.md").write_text(text)
     return text

@@ -193,5 +193,5 @@ def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
         assert float(rows[term][1]) == pytest.approx(math.log(tiny_dataset.num_items), rel=1e-3)
     squared = float(rows["norm (squared)"][1].replace(",", ""))
     unsquared = float(rows["norm (unsquared)"][1].replace(",", ""))
-    assert squared > 0 and unsquared > 0 and float(rows["norm (unsquared)"][2]) == 0.1
+    assert squared > 0 and unsquared > 0 and float(rows["norm (unsquared)"][2]) == DistillConfig.lambda_norm
     assert 0.5 < float(rows["norm (relative)"][1]) < 4  # of the item loss's order, unlike the squared form

@@ -8,45 +8,62 @@ import pytest
 
 import reproduce
 from slmrec import experiments
-from slmrec.experiments import make_config, plan
+from slmrec.experiments import labels, make_config, plan
 from slmrec.metrics import METRICS, metrics_from_ranks
-from slmrec.tables import PAPER_TABLE2, write_all
+from slmrec.tables import PAPER_TABLE2, rows_of, write_all
 
 
 def _keys(runs, seed):
     return [r.key for r in runs if r.seed == seed]
 
 
+def flag(cmd, f):
+    return cmd[cmd.index(f) + 1] if f in cmd else None
+
+
 def test_plan_covers_every_table_and_figure():
     cfg = make_config("quick")
     runs = plan(cfg)
-    sweep = ["slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec_b1", "slmrec_b2", "slmrec_online",
-             "e4srec_1", "e4srec_2", "e4srec_16", "e4srec_30", "e4srec_30_layers"]
+    sweep = ["e4srec_30", "slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec_b1", "slmrec_b2",
+             "slmrec_online", "e4srec_1", "e4srec_2", "e4srec_16", "e4srec_30_layers"]
     assert _keys(runs, 42) == ["sasrec", "gru4rec", "bert4rec", "e4srec_8", "e4srec_4", "slmrec", *sweep]
-    assert _keys(runs, 43) == _keys(runs, 44) == ["e4srec_8", "e4srec_4", "slmrec"]  # sweeps: one seed (quick)
-    full = plan(make_config("full"))
-    assert _keys(full, 44)[:3] == ["sasrec", "gru4rec", "bert4rec"] and "slmrec_online" in _keys(full, 44)
+    # quick: the baselines and the main comparison get three seeds, the sweeps one
+    assert _keys(runs, 43) == _keys(runs, 44) == ["sasrec", "gru4rec", "bert4rec", "e4srec_8", "e4srec_4", "slmrec"]
+    assert "slmrec_online" in _keys(plan(make_config("full")), 44)
     for r in runs:
         cmd = r.command(cfg.runs)
-        if r.script == "distill.py":  # each student distils from its own seed's teacher
-            assert cmd[cmd.index("--teacher") + 1].endswith(f"seed{r.seed}/e4srec_8")
-        if r.script in ("finetune.py", "distill.py"):
-            assert cmd[cmd.index("--max_steps") + 1] == "150"
-    ablation = {r.key: r.command(cfg.runs) for r in runs if r.table == "table4"}
+        if r.spec.script == "distill.py":  # each student distils from its own seed's teacher
+            assert flag(cmd, "--teacher").endswith(f"seed{r.seed}/e4srec_8")
+        if r.spec.script in ("finetune.py", "distill.py"):  # trained to convergence: no step budget
+            assert flag(cmd, "--max_steps") is None and flag(cmd, "--seed") == str(r.seed)
+    by_key = {r.key: r.command(cfg.runs) for r in runs if r.seed == 42}
+    assert [flag(by_key["slmrec_cos"], f) for f in ("--lambda_norm", "--lambda_ms")] == ["0", "0"]
+    assert [flag(by_key["slmrec_cos_ms"], f) for f in ("--lambda_norm", "--lambda_ms")] == ["0", None]
+    assert flag(by_key["slmrec"], "--lambda_norm") is None  # the default distillation: DistillConfig's own
 
-    def flag(cmd, f):
-        return cmd[cmd.index(f) + 1]
 
-    assert [flag(ablation["slmrec_cos"], f) for f in ("--lambda_norm", "--lambda_ms")] == ["0", "0"]
-    assert [flag(ablation["slmrec_cos_ms"], f) for f in ("--lambda_norm", "--lambda_ms")] == ["0", "1.0"]
+def test_declarations_feed_the_tables_and_follow_the_depths():
+    cfg = make_config("quick", teacher_layers=16, student_layers=8, depths=[2, 8, 16, 30])
+    lab = labels(cfg)
+    assert lab["slmrec"] == "SLMRec_8<-16" and lab["e4srec_16"] == "E4SRec_16"
+    assert [k for k, _ in rows_of(cfg, "main")] == ["sasrec", "gru4rec", "bert4rec", "e4srec_30", "e4srec_16",
+                                                   "e4srec_8", "slmrec"]
+    assert dict(rows_of(cfg, "table4"))["e4srec_8"] == "none (E4SRec_8)"
+    assert [k for k, _ in rows_of(cfg, "table5")] == ["e4srec_30", "e4srec_16", "slmrec"]
+    assert all(len({r.key for r in plan(cfg) if r.seed == s}) == len([r for r in plan(cfg) if r.seed == s])
+               for s in (42, 43, 44))  # one directory per run
 
 
 def test_preset_and_config_errors():
     cfg = make_config("full", "paper-music", base_model="/models/llama-7b")
     assert cfg.train["learning_rate"] == 2e-3 and cfg.train["max_steps"] == 800 and cfg.train["batch_size"] == 256
     assert cfg.distill["lambda_ms"] == 0.01 and cfg.depths == [1, 2, 4, 8, 16, 24, 32]
-    student = next(r for r in plan(cfg) if r.key == "slmrec").command(cfg.runs)
-    assert student[student.index("--lambda_ms") + 1] == "0.01"
+    by_key = {r.key: r.command(cfg.runs) for r in plan(cfg) if r.seed == 42}
+    # paper-exact: one target per example at the response marker, squared D_norm at the final position
+    assert flag(by_key["slmrec"], "--lambda_ms") == "0.01" and flag(by_key["slmrec"], "--norm_variant") == "squared"
+    assert flag(by_key["slmrec"], "--feature_positions") == "final"
+    assert flag(by_key["slmrec"], "--objective") == flag(by_key["e4srec_8"], "--objective") == "last_target"
+    assert flag(by_key["e4srec_8"], "--readout") == "response" and flag(by_key["slmrec"], "--readout") is None
     assert make_config("quick", train={"max_steps": 7}).train["max_steps"] == 7
     with pytest.raises(ValueError, match="preset"):
         make_config("quick", "paper-books")
@@ -59,7 +76,8 @@ def test_preset_and_config_errors():
 
 
 def test_finished_run_is_skipped_and_another_command_refused(tmp_path, monkeypatch):
-    run = experiments.Run("main", 42, "e4srec_8", "finetune.py", ["--data", "d", "--max_steps", "150"])
+    spec = experiments.RunSpec("e4srec_8", "E4SRec_8", "finetune.py", "main")
+    run = experiments.Run(spec, 42, ["--data", "d", "--max_steps", "150"])
     out = run.dir(tmp_path)
     out.mkdir(parents=True)
     (out / "test_metrics.json").write_text("{}")
@@ -77,12 +95,13 @@ def _fake_runs(cfg, dataset):
     for r in plan(cfg):
         d = r.dir(cfg.runs)
         d.mkdir(parents=True)
-        if r.script == "evaluate.py":
+        if r.spec.script == "evaluate.py":
             layers = {f"layer_{l}": metrics_from_ranks(rng.integers(0, 30, dataset.num_users)) for l in cfg.depths}
             (d / "layers.json").write_text(json.dumps(layers))
             continue
         ranks = rng.integers(0, 30, dataset.num_users)
-        (d / "test_metrics.json").write_text(json.dumps(metrics_from_ranks(ranks)))
+        timing = {"seconds_to_best": 60.0 * r.seed, "train_seconds": 120.0 * r.seed}
+        (d / "test_metrics.json").write_text(json.dumps({**metrics_from_ranks(ranks), **timing}))
         np.savez(d / "test_ranks.npz", candidates=ranks, full=ranks)
         written.setdefault(r.key, []).append(ranks)
     return written
@@ -104,7 +123,8 @@ def test_tables_and_figures_from_runs(tiny_dataset, tmp_path):
     vals = [metrics_from_ranks(r)["NDCG@10"] for r in written["slmrec"]]
     assert float(rows[6]["NDCG@10"]) == pytest.approx(np.mean(vals), abs=1e-5)
     assert float(rows[6]["NDCG@10_se"]) == pytest.approx(np.std(vals, ddof=1) / np.sqrt(3), abs=1e-5)
-    assert rows[0]["NDCG@10_se"] == "" and rows[0]["seeds"] == "1"  # one seed: no standard error
+    assert rows[3]["NDCG@10_se"] == "" and rows[3]["seeds"] == "1"  # one seed: no standard error
+    assert "| SLMRec_4<-8 | 3 | 43.0 ± 0.6 | 86.0 ± 1.2 |" in (res / "main_table.md").read_text()  # seeds 42-44
 
     ndcg = lambda r: np.where(r < 10, 1 / np.log2(r + 2), 0)
     diff = np.mean([ndcg(a) - ndcg(b) for a, b in zip(written["slmrec"], written["e4srec_4"])], axis=0)
@@ -113,12 +133,13 @@ def test_tables_and_figures_from_runs(tiny_dataset, tmp_path):
     t5 = (res / "table5_efficiency.md").read_text()
     assert "| SLMRec_4<-8 | 0.500 |" in t5 and "| 8.0x | 8.0x | 20% | 20% |" in t5
     for f in ("main_table.md", "table4_ablation.md", "figure2_depth.md", "figure4_blocks.md", "paired.md"):
-        assert "Budget: 'quick'" in (res / f).read_text() and "Hardware:" in (res / f).read_text()
+        text = (res / f).read_text()
+        assert "Budget: 'quick'" in text and "Hardware:" in text and "every_position objective" in text
     for f in ("figure2_depth.png", "figure4_blocks.png"):
         assert (res / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     vs = (res / "vs_paper.md").read_text()
     assert f"| {PAPER_TABLE2['SLMRec_4<-8'][0]:.2f} |" in vs
-    assert "| SLMRec_4<-8 | 16.69 | 15.29 |" in vs
+    assert "| SLMRec_4<-8 / ours: SLMRec_4<-8 | 16.69 | 15.29 |" in vs
     assert f"| {tiny_dataset.num_users:,} |" in (res / "table1.md").read_text()
 
 
@@ -127,7 +148,7 @@ def test_reproduce_end_to_end_tiny(tiny_dataset, tiny_embedding, tiny_lm_dir, tm
     runs, res = tmp_path / "runs", tmp_path / "results"
     args = dict(data=str(tiny_dataset.path), base_model=str(tiny_lm_dir), teacher_layers=2, student_layers=1,
                 blocks=1, depths="1,2", block_sweep="1", seeds=1, runs=str(runs), results=str(res),
-                train={"max_steps": 2, "eval_steps": 2, "batch_size": 4, "eval_batch_size": 16},
+                train={"max_steps": 2, "eval_steps": 2, "batch_size": 4, "eval_batch_size": 16, "precision": "fp32"},
                 baseline_train={"epochs": 2})
     reproduce.main(**args)
     rows = {r["model"]: r for r in csv.DictReader(open(res / "main_table.csv"))}

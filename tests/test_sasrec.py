@@ -32,7 +32,9 @@ def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
 
     # Deterministic on CPU for a seed.
     train_sr_trad.main(str(tiny_dataset.path), str(tmp_path / "again"), **TINY)
-    assert json.loads((tmp_path / "again/test_metrics.json").read_text()) == metrics
+    again = json.loads((tmp_path / "again/test_metrics.json").read_text())
+    timing = ("train_seconds", "seconds_to_best")  # wall clock: differs run to run
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])

@@ -114,7 +114,9 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     assert {k: layers["layer_4"][k] for k in METRICS} == {k: metrics[k] for k in METRICS}
     # The main job's summary names the model, budget and resolved precision beside the same numbers.
     row = report.table(tmp_path).splitlines()[-1]
-    assert row.startswith(f"| teacher | {tiny_lm_dir}, 4 layers | 4 steps of") and f"{metrics['MRR']:.4f} |" in row
+    assert row.startswith(f"| teacher | {tiny_lm_dir}, 4 layers, last_item readout | every_position | 4 steps of")
+    assert f"{metrics['MRR']:.4f} |" in row
+    assert 0 < metrics["seconds_to_best"] <= metrics["train_seconds"]
     assert "| auto |" not in row and "not recorded" not in report.table(tmp_path)
 
     # Resume: continue from checkpoint-4 to step 6.
