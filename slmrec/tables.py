@@ -87,7 +87,7 @@ def setting(cfg: ReproConfig, command) -> str:
     else:
         steps = f"up to {t['epochs']} epochs" + (f", early stop after {t['patience']} validations without a better "
                                                  f"MRR" if t.get("patience") else "")
-    objective = ExampleConfig(**{k: v for k, v in t.items() if k in ("objective", "sampling")}).objective
+    objective = t.get("objective", ExampleConfig.objective)
     readout = cfg.model.get("readout", ELLMRecConfig.readout)
     return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
             f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hardware()}, {resolve_precision('auto')} "
@@ -189,7 +189,7 @@ def write_table1(cfg, out):
 
 
 def write_table5(cfg, out, head, rows):
-    """rows: slmrec.efficiency.measure dicts, the first one the reference (all layers)."""
+    """rows: slmrec.efficiency.measure dicts, the first one the reference (all layers, or the deepest timed)."""
     save_json(rows, out / "table5_efficiency.json")
     ref = rows[0]
     lines = ["# Table 5: efficiency (ours)", "", head, "",
