@@ -62,13 +62,12 @@ def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", 
 def efficiency(cfg, recompute=True):
     """Table 5 rows (E4SRec with all layers, the teacher, the student of the first seed; those finished), measured
     side by side; kept in <runs>/efficiency.json and remeasured only when a model is newer or the set changed."""
-    rows = rows_of(cfg, "table5")  # all layers, the teacher, the student
-    dirs = [seed_dir(cfg.runs, FIRST_SEED) / key for key, _ in rows]
-    missing = [d for d in dirs if not (d / "test_metrics.json").is_file()]
-    if missing:
-        print("Table 5 leaves out the runs not finished yet: " + ", ".join(map(str, missing)))
-    rows = [r for r, d in zip(rows, dirs) if d not in missing]
-    dirs = [d for d in dirs if d not in missing]
+    planned = [(row, seed_dir(cfg.runs, FIRST_SEED) / row[0]) for row in rows_of(cfg, "table5")]
+    finished = [(row, d) for row, d in planned if (d / "test_metrics.json").is_file()]
+    if len(finished) < len(planned):
+        print("Table 5 leaves out the runs not finished yet: "
+              + ", ".join(str(d) for row, d in planned if (row, d) not in finished))
+    rows, dirs = [row for row, _ in finished], [d for _, d in finished]
     if len(rows) < 2:
         return None
     cache = Path(cfg.runs) / "efficiency.json"
