@@ -12,7 +12,8 @@ from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec
-from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test, load_checkpoint_files, load_trained_weights
+from slmrec.training import (ELLMREC_TRAIN, TrainConfig, compute_dtype, fit_and_test, load_checkpoint_files,
+                             load_trained_weights)
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
@@ -36,6 +37,8 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
     scfg = student_config(teacher_model.cfg, num_layers, dcfg, **overrides)
     student = ELLMRec(scfg, teacher_model.item_embedding)
+    for m in (student, teacher_model):  # exact: autocast would cast the frozen weights at every call
+        m.cast_frozen(compute_dtype(cfg.precision))
     if resume and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)

@@ -1,9 +1,14 @@
-"""Score a trained teacher or student from its checkpoint alone (no teacher, no flags to repeat).
+"""Score a trained model from its run directory alone (no teacher, no flags to repeat): an E-LLMRec teacher or
+student, or a SASRec/GRU4Rec/BERT4Rec.
 
-    python evaluate.py --checkpoint out/teacher --data data/ml-100k               # test metrics
+    python evaluate.py --checkpoint out/main/student --data data/ml-100k           # test metrics
+    python evaluate.py --checkpoint out/main/student --data data/ml-100k --int8    # int8 weights (CPU)
     python evaluate.py --checkpoint out/teacher --data data/ml-100k --layers 1,2,4,8
         # direct inference from intermediate layers (paper Fig. 2): the state after layer l through the
         # final norm and the trained head, no retraining; all layers from one forward pass
+
+E-LLMRec models score through the fast path of recommend.py (slmrec/inference.py) unless --fast false; the
+test metrics that training writes come from the plain path (benchmarks/README.md has the difference).
 """
 
 import json
@@ -12,30 +17,29 @@ import fire
 import torch
 
 from slmrec.data import PreparedData
+from slmrec.inference import InferenceConfig, autocast, load_scorer
 from slmrec.metrics import evaluate
 from slmrec.model import load_ellmrec
-from slmrec.training import resolve_precision
-from slmrec.utils import parse_ints, save_json, setup_logging
+from slmrec.training import compute_dtype
+from slmrec.utils import parse_ints, save_json, setup_logging, split_flags
 
 
-def main(checkpoint: str, data: str, split: str = "test", layers=None, batch_size: int = 64, output: str = None,
-         precision: str = "auto"):
-    """precision: auto (bf16 where the hardware has it, as in training), fp32, bf16 or fp16."""
+def main(checkpoint: str, data: str, split: str = "test", layers=None, output: str = None, **flags):
+    """Other flags are InferenceConfig's (slmrec/inference.py): --precision, --fast, --int8, --batch_size, ..."""
     setup_logging()
+    cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
     dataset = PreparedData(data)
-    model = load_ellmrec(checkpoint, dataset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    max_len = model.cfg.max_len
-    precision = resolve_precision(precision)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-        if layers is None:
-            results = evaluate(model.score, dataset, split, max_len, batch_size, device)
-        else:
-            layers = parse_ints(layers)
-            by_layer = evaluate(lambda h: model.score_layers(h, layers), dataset, split, max_len, batch_size, device)
-            results = {f"layer_{l}": by_layer[l] for l in layers}
+    if layers is None:
+        scorer, max_len = load_scorer(checkpoint, dataset, cfg, device)
+        results = evaluate(scorer, dataset, split, max_len, cfg.batch_size, device, by_length=cfg.by_length)
+    else:
+        layers = parse_ints(layers)
+        model = load_ellmrec(checkpoint, dataset).to(device)
+        with torch.inference_mode(), autocast(device, compute_dtype(cfg.precision)):
+            by_layer = evaluate(lambda h: model.score_layers(h, layers), dataset, split, model.cfg.max_len,
+                                cfg.batch_size, device)
+        results = {f"layer_{l}": by_layer[l] for l in layers}
     if output:
         save_json(results, output)
     print(json.dumps(results, indent=2))

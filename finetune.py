@@ -12,7 +12,7 @@ from slmrec.data import PreparedData
 from slmrec.embeddings import file_digest, load_item_embedding
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import INSTRUCTION, RESPONSE, ELLMRec, ELLMRecConfig
-from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
+from slmrec.training import ELLMREC_TRAIN, TrainConfig, compute_dtype, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging
 
 
@@ -45,6 +45,7 @@ def main(data: str, item_embedding: str, output_dir: str, base_model: str = "smo
     dataset = PreparedData(data)
     model, model_cfg = build(dataset, item_embedding, base_model, num_layers, max_len, lora_r, lora_alpha,
                              lora_dropout, lora_targets, dtype, quantization, instruction, response, readout)
+    model.cast_frozen(compute_dtype(cfg.precision))  # exact: autocast would cast them at every call
     examples = training_examples(dataset, max_len, examples_cfg)
     run_config = {"script": "finetune.py", "data": data, "item_embedding": item_embedding,
                   "examples": examples_cfg, "train_examples": len(examples), "model": model_cfg, "train": cfg}

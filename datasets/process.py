@@ -5,14 +5,11 @@
 """
 
 import json
-import sys
-from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from slmrec.data import PrepareConfig, prepare  # noqa: E402
-from slmrec.utils import setup_logging  # noqa: E402
+from slmrec.data import PrepareConfig, prepare
+from slmrec.utils import setup_logging
 
 
 def main(source: str, output_dir: str, format: str = None, metadata: str = None, rating_threshold: float = 3.0,

@@ -449,10 +449,24 @@ class PreparedData:
     def target(self, u, split):
         return int(self.sequences[u][-2] if split == "valid" else self.sequences[u][-1])
 
-    def titles(self):
-        with open(self.path / "items.tsv", newline="") as fh:
-            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-        return {int(r[0]): r[2] for r in rows}
+    def _table(self, name):
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing; prepare the dataset again with datasets/process.py")
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+
+    def items(self):
+        """(original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty)."""
+        rows = self._table("items.tsv")
+        ids, titles = [""] * (self.num_items + 1), [""] * (self.num_items + 1)
+        for r in rows:
+            ids[int(r[0])], titles[int(r[0])] = r[1], r[2] if len(r) > 2 else ""
+        return ids, titles
+
+    def users(self):
+        """Original user ids, a list indexed by user index."""
+        return [r[1] for r in self._table("users.tsv")]
 
 
 def left_pad(seqs, length):

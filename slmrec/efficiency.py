@@ -1,7 +1,6 @@
 """Paper Table 5: training time per epoch, inference time over all test users, trainable and inference
 parameters of trained models, measured one after another in one process so the numbers compare."""
 
-import contextlib
 import math
 import time
 
@@ -13,7 +12,8 @@ from .losses import block_pairs
 from .metrics import evaluate
 from .examples import ExampleConfig, training_examples
 from .model import load_ellmrec
-from .training import resolve_precision
+from .inference import autocast
+from .training import compute_dtype
 from .utils import load_json
 
 
@@ -34,8 +34,7 @@ def median_seconds(fn, steps, warmup=2):
 
 
 def autocast_for(precision, device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision))
-    return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+    return autocast(device, compute_dtype(precision))
 
 
 def train_step(model, batches, autocast, teacher=None, dcfg=None):
@@ -87,6 +86,8 @@ def measure(name, run_dir, data, batch_size=16, eval_batch_size=64, steps=5, pre
     if "distill" in run_config:  # a student: its training step includes the teacher, as in distill.py
         dcfg = DistillConfig(**run_config["distill"])
         teacher = load_teacher(dcfg, data, model.cfg.num_layers).to(device)
+    for m in (model, teacher) if teacher else (model,):  # as finetune.py and distill.py train
+        m.cast_frozen(compute_dtype(precision))
     examples = training_examples(data, model.cfg.max_len, ExampleConfig(**run_config.get("examples", {})))
     batches = sample_batches(examples, batch_size, steps + 2, device)
     autocast = autocast_for(precision, device)

@@ -44,13 +44,17 @@ def metrics_from_ranks(ranks) -> dict:
 
 
 @torch.no_grad()
-def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu"):
+def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu", by_length=False):
     """{name: (candidate ranks, full ranks)} per user. score_fn(LongTensor [B, max_len] left-padded) returns
-    scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named None."""
+    scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named None.
+    by_length: batch users of similar history length together (less padding); ranks still follow `users`."""
     cand_all = data.candidates[split]
+    order = np.arange(len(users))
+    if by_length:
+        order = np.argsort([min(len(data.history(u, split)), max_len) for u in users], kind="stable")
     cand_r, full_r = {}, {}
     for start in range(0, len(users), batch_size):
-        us = users[start:start + batch_size]
+        us = np.asarray(users)[order[start:start + batch_size]]
         hist = torch.from_numpy(left_pad([data.history(u, split) for u in us], max_len)).to(device)
         out = score_fn(hist)
         for name, scores in (out.items() if isinstance(out, dict) else [(None, out)]):
@@ -61,10 +65,11 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
                 exclude[r, torch.from_numpy(data.sequences[u].astype(np.int64))] = True
             cand_r.setdefault(name, []).append(candidate_ranks(scores, cand).cpu())
             full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], exclude).cpu())
-    return {name: (torch.cat(cand_r[name]).numpy(), torch.cat(full_r[name]).numpy()) for name in cand_r}
+    back = np.argsort(order)  # from batch order to the order of `users`
+    return {name: (torch.cat(cand_r[name]).numpy()[back], torch.cat(full_r[name]).numpy()[back]) for name in cand_r}
 
 
-def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False) -> dict:
+def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False, by_length=False) -> dict:
     """Metrics on `split` ("valid" or "test") for every user (a dict of them per name when score_fn returns
     a dict); under torch.distributed each rank scores a share of the users and the ranks are gathered,
     so every rank returns the same numbers."""
@@ -72,7 +77,7 @@ def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", pe
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         users = users[dist.get_rank()::world]
-    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device)
+    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device, by_length)
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, (users, ranks))

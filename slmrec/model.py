@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from .backbone import decoder_layers, load_backbone
@@ -85,7 +85,7 @@ class ELLMRec(nn.Module):
         self.register_buffer("prefix_ids", ids(cfg.instruction, True), persistent=False)
         self.register_buffer("suffix_ids", ids(cfg.response, False), persistent=False)
         self._states = None
-        for layer in decoder_layers(self.lm.get_base_model()):
+        for layer in decoder_layers(self.base_lm()):
             layer.register_forward_hook(self._capture)
 
     # ------------------------------------------------------------------ forward pieces
@@ -154,7 +154,7 @@ class ELLMRec(nn.Module):
         if bad:
             raise ValueError(f"layers {bad} outside 1..{self.cfg.num_layers}")
         _, states = self.encode(trim_padding(history)[0], layer_states=True)
-        norm = self.lm.get_base_model().norm
+        norm = self.base_lm().norm
         return {l: self.item_scores(norm(states[l - 1].to(norm.weight.dtype)).float()) for l in layers}
 
     def supervised(self, input_ids, labels, layer_states=False):
@@ -193,6 +193,32 @@ class ELLMRec(nn.Module):
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}
+
+    # ------------------------------------------------------------------ inference and training speed
+
+    def base_lm(self):
+        """The LM itself, with LoRA layers in it or merged into it (merge_lora)."""
+        return self.lm.get_base_model() if isinstance(self.lm, PeftModel) else self.lm
+
+    def cast_frozen(self, dtype):
+        """Hold the frozen linear weights of the decoder layers in the compute dtype. Autocast would cast them
+        to it at every call anyway (it caches casts only of weights that train), so scores and gradients stay
+        the same and the per-call casts, a full read of the layers' weights per forward, go away. Embeddings and
+        norms keep their dtype, so the residual stream does too."""
+        if dtype is None:
+            return self
+        for layer in decoder_layers(self.base_lm()):
+            for module in layer.modules():
+                if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                    module.weight.data = module.weight.data.to(dtype)
+        return self
+
+    def merge_lora(self):
+        """Fold LoRA into the base weights for inference (peft's merge_and_unload): one matmul per projection
+        instead of three. The model cannot be trained further afterwards."""
+        if isinstance(self.lm, PeftModel):
+            self.lm = self.lm.merge_and_unload()
+        return self
 
 
 def item_loss(scores, labels):

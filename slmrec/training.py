@@ -70,6 +70,11 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def compute_dtype(precision: str):
+    """The torch dtype autocast computes in for a precision (None: fp32, no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision))
+
+
 def steps_per_epoch(cfg: TrainConfig, num_examples) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return max(1, math.ceil(num_examples / (cfg.batch_size * world)))

@@ -1,0 +1,185 @@
+"""Scoring speed of SASRec and E-LLMRec models (student, teacher, all layers), before and after each step of
+the fast path, with the floor the arithmetic sets, as a table. Everything is timed in this one process, one
+configuration after another.
+
+    python benchmarks/inference_speed.py                          # ml-100k test histories, SmolLM2, this CPU
+    python benchmarks/inference_speed.py --layers 8,4 --base_model random:llama-7b --users 256   # on a GPU
+
+E-LLMRec models are built on the real LM with the dataset's item count and a random item table and heads:
+the time is that of a trained model (the same shapes); benchmarks/inference_quality.py measures what each
+step does to a trained model's test metrics. SASRec is a trained run directory when --sasrec names one,
+else a fresh one. Histories are real test histories of the prepared dataset (their length spread is what
+length grouping exploits).
+
+Steps, each added to the one before:
+  plain         ELLMRec.score under inference_mode and bf16 autocast over fp32 weights, batches in user order
+                (trimmed to their longest history): the path training evaluates with
+  bf16 weights  frozen weights held in bf16 (no per-call casts)
+  merged LoRA   LoRA folded into the weights
+  by length     batches of users with similar history length
+  prefix cache  the instruction's keys and values computed once (FastELLMRec)
+  bf16 residual the whole LM in bf16 (embeddings and norms too), no fp32 residual stream under autocast
+  int8          dynamic int8 weights, fp32 activations (instead of bf16; CPU only)
+Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes
+(measured here at the same token count): FLOPs per user = 2 x weights in the kept layers x tokens (the
+instruction's and the history's; with the prefix cache only the history's), attention scores and the item
+head left out (under 2% here).
+"""
+
+import time
+
+import fire
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slmrec.backbone import decoder_layers, load_backbone
+from slmrec.data import PreparedData, left_pad
+from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer, length_order
+from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
+from slmrec.training import compute_dtype, resolve_precision
+from slmrec.utils import hardware, parse_ints
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def batches_of(histories, batch_size, max_len, by_length):
+    order = length_order(histories, max_len) if by_length else np.arange(len(histories))
+    return [torch.from_numpy(left_pad([histories[i] for i in order[s:s + batch_size]], max_len)).to(DEVICE)
+            for s in range(0, len(order), batch_size)]
+
+
+def users_per_second(scorer, batches, repeats=1):
+    """Users scored per second over all batches (after one warm-up batch), best of `repeats` passes."""
+    scorer(batches[0])
+    best = float("inf")
+    for _ in range(repeats):
+        _sync()
+        t = time.perf_counter()
+        for b in batches:
+            scorer(b)
+        _sync()
+        best = min(best, time.perf_counter() - t)
+    return sum(len(b) for b in batches) / best
+
+
+def linear_shapes(model):
+    """(in, out) of every linear weight in the decoder layers (LoRA's low-rank pair left out)."""
+    return [tuple(m.weight.shape[::-1]) for layer in decoder_layers(model.base_lm())
+            for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
+
+
+def matmul_flops(shapes, tokens, dtype, repeats=3):
+    """FLOP/s of the layers' matmuls (x [tokens, in] @ W [in, out]) on this machine, in dtype."""
+    ws = {s: torch.randn(s[1], s[0], device=DEVICE).to(dtype) for s in set(shapes)}
+    x = {s: torch.randn(tokens, s[0], device=DEVICE).to(dtype) for s in set(shapes)}
+    with torch.inference_mode():
+        for s in ws:
+            F.linear(x[s], ws[s])
+        best = float("inf")
+        for _ in range(repeats):
+            _sync()
+            t = time.perf_counter()
+            for s in shapes:
+                F.linear(x[s], ws[s])
+            _sync()
+            best = min(best, time.perf_counter() - t)
+    return sum(2 * tokens * i * o for i, o in shapes) / best
+
+
+def build(base_model, layers, num_items, max_len, readout="last_item"):
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(num_items + 1, 64, generator=g)
+    cfg = ELLMRecConfig(base_model=base_model, num_layers=layers, max_len=max_len, readout=readout)
+    model = ELLMRec(cfg, table, backbone=load_backbone(base_model, layers))
+    for p in model.parameters():  # non-zero LoRA and heads, as after training
+        if p.requires_grad and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.02, generator=g)
+    return model.eval()
+
+
+def main(data="data/ml-100k", base_model="smollm2-135m", layers="4,8,30", batch_size=256, users=512,
+         batch1_users=48, precision="auto", int8=True, sasrec=None, repeats=2):
+    """layers: the depths timed (4: the student, 8: the teacher, 30: all of SmolLM2); users: test histories
+    timed at batch_size, batch1_users: timed one at a time."""
+    torch.manual_seed(0)
+    dataset = PreparedData(data)
+    precision = resolve_precision(precision)
+    dtype = compute_dtype(precision)
+    rng = np.random.default_rng(0)
+    max_len = 50
+    picked = rng.choice(dataset.num_users, min(users, dataset.num_users), replace=False)
+    histories = [dataset.history(int(u), "test") for u in picked]
+    one = [torch.from_numpy(left_pad([h], max_len)).to(DEVICE) for h in histories[:batch1_users]]
+    big = {g: batches_of(histories, batch_size, max_len, g) for g in (False, True)}
+    hist_tokens = float(np.mean([min(len(h), max_len) for h in histories]))
+    print(f"{base_model} on {dataset.path} test histories (mean length {hist_tokens:.1f}, at most {max_len}), "
+          f"precision {precision}, batch 1 ({len(one)} users) and batch {batch_size} ({len(histories)} users), "
+          f"{hardware()}, {torch.get_num_threads()} threads\n")
+    print("| model | step | batch 1 users/s | ms/user | floor | batch " f"{batch_size} users/s | floor | of floor |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def row(model, step, u1, ub, floor1="", floorb=None):
+        share = f"{ub / floorb:.0%}" if floorb else ""
+        print(f"| {model} | {step} | {u1:.1f} | {1000 / u1:.1f} | {floor1} | {ub:.1f} | "
+              f"{f'{floorb:.0f}' if floorb else ''} | {share} |", flush=True)
+
+    sr = load_seqrec(sasrec) if sasrec else build_seqrec(SeqRecConfig(dataset.num_items))
+    sr_scorer = PlainScorer(sr.to(DEVICE).eval(), InferenceConfig(precision="fp32"), DEVICE)
+    row("SASRec", "fp32", users_per_second(sr_scorer, one, repeats), users_per_second(sr_scorer, big[True], repeats))
+
+    summary = {}
+    for n in parse_ints(layers):
+        model = build(base_model, n, dataset.num_items, max_len).to(DEVICE)
+        P = len(model.prefix_ids)
+        shapes = linear_shapes(model)
+        weights = sum(i * o for i, o in shapes)
+        floors = {}
+        for kind, d in (("compute", dtype or torch.float32), ("fp32", torch.float32)):
+            for batch, tokens in (("1", P + hist_tokens), ("big", batch_size * (P + hist_tokens))):
+                floors[kind, batch] = matmul_flops(shapes, int(tokens), d)
+        full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
+        name = f"E-LLMRec {n} layers"
+
+        def timed(step, scorer, grouped, kind="compute", flops=full):
+            u1, ub = users_per_second(scorer, one, repeats), users_per_second(scorer, big[grouped], repeats)
+            f1, fb = (floors[kind, "1"] / flops, floors[kind, "big"] / flops) if kind else ("", None)
+            row(name, step, u1, ub, f"{f1:.0f}" if kind else "", fb)
+            return ub
+
+        plain = PlainScorer(model, InferenceConfig(precision=precision), DEVICE)
+        base = timed("plain", plain, False)
+        model.cast_frozen(dtype)
+        timed("+ bf16 weights", plain, False)
+        model.merge_lora()
+        timed("+ merged LoRA", plain, False)
+        timed("+ batches by length", plain, True)
+        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(precision=precision, residual="fp32"), DEVICE),
+              True, flops=cached)
+        fast = timed("+ bf16 residual stream", FastELLMRec(model, InferenceConfig(precision=precision), DEVICE),
+                     True, flops=cached)
+        summary[n] = (base, fast)
+        if int8 and DEVICE == "cpu":
+            q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))
+            timed("int8 weights, fp32 activations, prefix cache, by length", q, True, None)
+        print(f"|  | matmul throughput on these shapes: {precision} {floors['compute', 'big'] / 1e12:.2f} TFLOP/s, fp32 "
+              f"{floors['fp32', 'big'] / 1e12:.2f} (batch {batch_size}); {precision} {floors['compute', '1'] / 1e12:.2f} "
+              f"(batch 1); {weights / 1e6:.1f} M weights in the layers, {P} instruction tokens |  |  |  |  |  |  |",
+              flush=True)
+    depths = sorted(summary)
+    if len(depths) > 1:
+        s, t = depths[0], depths[1]
+        print(f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
+              f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
+              f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x")
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

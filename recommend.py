@@ -1,0 +1,138 @@
+"""Top-k recommendations from a trained model (E-LLMRec teacher or student, SASRec, GRU4Rec, BERT4Rec).
+
+    python recommend.py --checkpoint out/main/student --data data/ml-100k --user 298
+    python recommend.py --checkpoint out/main/student --data data/ml-100k --history 474,465,1,50 --k 5
+    python recommend.py --checkpoint out/main/student --data data/ml-100k --input users.jsonl --output recs.jsonl
+
+Item ids are the dataset's original ids (items.tsv of the prepared dataset), histories oldest first. --user
+takes that user's whole stored sequence. --input: JSON lines, each {"history": [ids...]} with an optional
+"user" key (echoed back; alone, it names a user of the dataset whose sequence is used). --output: JSON lines,
+one object per input, {"user"?, "items": [{"item", "title", "score"}, ...]}, written to a temporary file and
+renamed; without it, a table on stdout. Everything is checked before anything is scored or written.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import fire
+from tqdm import tqdm
+
+from slmrec.data import DataError, PreparedData
+from slmrec.inference import InferenceConfig, Recommender
+from slmrec.utils import setup_logging, split_flags
+
+
+def _ids(value):
+    """A fire flag given as 474, "474,465" or (474, 465) -> ["474", "465"]."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def read_requests(data: PreparedData, user=None, history=None, input=None):
+    """[(label or None, item indices)], every id checked: errors name the input line."""
+    given = [x is not None for x in (user, history, input)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of --user, --history or --input")
+    item_ids, _ = data.items()
+    index = {orig: i for i, orig in enumerate(item_ids) if i}
+    users = {orig: u for u, orig in enumerate(data.users())}
+
+    def items_of(ids, where):
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            raise DataError(f"{where}: item id(s) {unknown[:5]} not in {data.path / 'items.tsv'}")
+        if not ids:
+            raise DataError(f"{where}: empty history; at least one item is needed")
+        return [index[i] for i in ids]
+
+    def of_user(u, where):
+        if str(u) not in users:
+            raise DataError(f"{where}: user {u!r} not in {data.path / 'users.tsv'}")
+        return [int(x) for x in data.sequences[users[str(u)]]]
+
+    if user is not None:
+        return [(str(user), of_user(user, "--user"))]
+    if history is not None:
+        return [(None, items_of(_ids(history), "--history"))]
+    requests = []
+    with open(input, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{input} line {n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not ({"history", "user"} & obj.keys()):
+                raise DataError(f'{where}: expected an object with "history" (a list of item ids) and/or "user"')
+            label = str(obj["user"]) if "user" in obj else None
+            if "history" in obj:
+                if not isinstance(obj["history"], list):
+                    raise DataError(f'{where}: "history" must be a list of item ids')
+                requests.append((label, items_of([str(i) for i in obj["history"]], where)))
+            else:
+                requests.append((label, of_user(label, where)))
+    if not requests:
+        raise DataError(f"{input}: no histories in the file")
+    return requests
+
+
+def check_writable(path):
+    parent = Path(path).resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise DataError(f"--output {path}: cannot write in {parent} (missing or not writable)")
+    if Path(path).is_dir():
+        raise DataError(f"--output {path} is a directory")
+
+
+def write_jsonl(rows, path):
+    """All rows to a temporary file beside path, renamed at the end: no half-written output."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(checkpoint: str, data: str, user=None, history=None, input: str = None, k: int = 10,
+         keep_seen: bool = False, output: str = None, **flags):
+    """Other flags are InferenceConfig's (slmrec/inference.py): --precision, --fast, --int8, --batch_size."""
+    setup_logging()
+    cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
+    dataset = PreparedData(data)
+    if not isinstance(k, int) or not 1 <= k <= dataset.num_items:
+        raise ValueError(f"--k must be an integer in 1..{dataset.num_items}, not {k!r}")
+    requests = read_requests(dataset, user, history, input)
+    if output:
+        check_writable(output)
+    rec = Recommender.from_checkpoint(checkpoint, dataset, cfg)
+    item_ids, titles = dataset.items()
+    with tqdm(total=len(requests), desc="recommending", unit="history", disable=len(requests) < 2) as bar:
+        top = rec.recommend([h for _, h in requests], k, keep_seen, progress=bar.update)
+    rows = []
+    for (label, _), items in zip(requests, top):
+        row = {"user": label} if label is not None else {}
+        row["items"] = [{"item": item_ids[i], "title": titles[i], "score": round(s, 6)} for i, s in items]
+        rows.append(row)
+    if output:
+        write_jsonl(rows, output)
+        print(f"wrote {len(rows)} recommendation lists to {output}")
+        return
+    for n, row in enumerate(rows, 1):
+        print(f"\n# {'user ' + row['user'] if 'user' in row else f'history {n}'}")
+        print(f"{'rank':>4}  {'item':>10}  {'score':>9}  title")
+        for rank, it in enumerate(row["items"], 1):
+            print(f"{rank:>4}  {it['item']:>10}  {it['score']:>9.4f}  {it['title']}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,217 @@
+"""Using a trained model: scores and top-k items for histories, and the fast scoring path of E-LLMRec.
+
+The fast path (FastELLMRec) computes what ELLMRec.score computes, laid out for inference:
+  - the prompt starts with the instruction and attention is causal, so the instruction's keys and values do
+    not depend on the user: they are computed once and every batch attends to them (a prefix KV cache);
+  - each row is [instruction (cached)] [items] ([response]) [padding]: padding comes last, where causal
+    attention keeps every real token from seeing it, so no attention mask is needed, and position ids are
+    those of training (the instruction from 0, the items after it);
+  - LoRA merged into the base weights, the LM held in the compute dtype (bf16 where the hardware has it:
+    no per-call weight casts, a bf16 residual stream), torch.inference_mode;
+  - optionally int8 weights (torch's dynamic quantisation, CPU) with fp32 activations.
+Batches are grouped by history length by Recommender and metrics.evaluate(by_length=True), so little is spent
+on padding. Each option can be switched off, so benchmarks/inference_speed.py measures them one by one.
+"""
+
+import contextlib
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbone import decoder_layers
+from .data import DataError, left_pad
+from .model import check_same_data, load_ellmrec
+from .seqrec import load_seqrec
+from .training import MODEL_CONFIG, CheckpointError, compute_dtype, resolve_precision
+from .utils import load_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceConfig:
+    precision: str = "auto"  # auto (bf16 where the hardware has it, as in training), fp32, bf16, fp16
+    fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, as training evaluates
+    merge_lora: bool = True
+    cast_weights: bool = True  # frozen weights in the compute dtype instead of cast by autocast at every call
+    # compute: the whole LM (embeddings, norms, so the residual stream) in the compute dtype, as on a GPU;
+    # fp32: training's fp32 residual stream with bf16 matmuls (autocast). Not exact: measured, see benchmarks.
+    residual: str = "compute"
+    int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
+    batch_size: int = 256
+    by_length: bool = True  # batch histories of similar length together
+
+
+def autocast(device, dtype):
+    return torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _cache_kwarg(lm):
+    """transformers renamed forward's past_key_values to cache (5.x); use the name this version takes."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+class FastELLMRec:
+    """Scores [B, items + 1] of a trained ELLMRec for left-padded histories [B, L], as ELLMRec.score gives
+    them (tests/test_inference.py checks it), with the optimisations of the module docstring. Takes over the
+    model: LoRA is merged into it and its frozen weights change dtype."""
+
+    def __init__(self, model, cfg: InferenceConfig, device="cpu"):
+        if cfg.residual not in ("compute", "fp32"):
+            raise ValueError(f"residual must be compute or fp32, not {cfg.residual!r}")
+        self.model, self.device = model.eval(), device
+        self.dtype = compute_dtype("fp32" if cfg.int8 else cfg.precision)
+        if cfg.merge_lora or cfg.int8:
+            model.merge_lora()
+        if cfg.int8:
+            if device != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on the CPU only")
+            for layer in decoder_layers(model.base_lm()):
+                torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        elif cfg.residual == "compute" and self.dtype is not None:
+            model.base_lm().to(self.dtype)
+        elif cfg.cast_weights:
+            model.cast_frozen(self.dtype)
+        self.lm = model.lm
+        self.cache_kwarg = _cache_kwarg(self.lm)
+        table = self.lm.get_input_embeddings()
+        with torch.inference_mode(), autocast(device, self.dtype):
+            prefix = table(model.prefix_ids)[None]
+            out = self.lm(inputs_embeds=prefix, use_cache=True)
+            cache = out.to_tuple()[1]
+            self.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+            self.suffix = table(model.suffix_ids) if model.cfg.readout == "response" else prefix[0, :0]
+        self.P = prefix.shape[1]
+
+    def _cache(self, batch):
+        from transformers import DynamicCache
+
+        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.prefix_kv])
+
+    @torch.inference_mode()
+    def __call__(self, history):
+        m = self.model
+        lengths = (history != 0).sum(1)
+        if int(lengths.min()) == 0:
+            raise ValueError("an empty history cannot be scored")
+        L = int(lengths.max())
+        history = history[:, -L:]
+        B, S = history.shape[0], self.suffix.shape[0]
+        with autocast(self.device, self.dtype):
+            items = m.w_in(m.item_embedding[history]).to(self.suffix.dtype)
+            source = torch.cat([items, self.suffix.expand(B, -1, -1)], 1)
+            # Row b wanted: its n_b items (source columns L - n_b .. L-1), the response, then padding (any column).
+            n = lengths[:, None]
+            j = torch.arange(L + S, device=history.device)[None]
+            index = torch.where(j < n, L - n + j, torch.where(j < n + S, j - n + L, 0))
+            x = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+            positions = torch.arange(self.P, self.P + L + S, device=history.device)[None].expand(B, -1)
+            out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True,
+                          **{self.cache_kwarg: self._cache(B)})
+            h = out.last_hidden_state[torch.arange(B, device=history.device), lengths + S - 1]
+            return m.item_scores(h.float())
+
+
+class PlainScorer:
+    """model.score under the precision's autocast: the path training evaluates with."""
+
+    def __init__(self, model, cfg: InferenceConfig, device="cpu"):
+        self.model, self.device = model.eval(), device
+        self.dtype = compute_dtype(cfg.precision)
+
+    @torch.inference_mode()
+    def __call__(self, history):
+        with autocast(self.device, self.dtype):
+            return self.model.score(history).float()
+
+
+def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
+    """(scorer, max_len) for a trained run directory: an E-LLMRec teacher or student (finetune.py, distill.py)
+    or a SASRec/GRU4Rec/BERT4Rec (train_sr_trad.py); checked against the prepared dataset before any work."""
+    cfg = cfg or InferenceConfig()
+    resolve_precision(cfg.precision)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = Path(checkpoint) / MODEL_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint}: not a trained model of this project (no {MODEL_CONFIG})")
+    kind = load_json(path).get("model_type")
+    if kind == "ellmrec":
+        model = load_ellmrec(checkpoint, data).to(device)
+        return (FastELLMRec if cfg.fast else PlainScorer)(model, cfg, device), model.cfg.max_len
+    if kind == "seqrec":
+        model = load_seqrec(checkpoint).to(device)
+        check_same_data(model.cfg, data, checkpoint)
+        # These small models train and evaluate in fp32 (train_sr_trad.py).
+        return PlainScorer(model, InferenceConfig(precision="fp32"), device), model.cfg.max_len
+    raise CheckpointError(f"{checkpoint}: unknown model type {kind!r} in {MODEL_CONFIG}")
+
+
+def length_order(histories, max_len):
+    """Indices of histories sorted by their length as scored (at most max_len), stable."""
+    return np.argsort([min(len(h), max_len) for h in histories], kind="stable")
+
+
+class Recommender:
+    """Top-k items for histories of item indices (1..num_items, oldest first) from a trained model.
+
+        rec = Recommender.from_checkpoint("out/main/student", "data/ml-100k")
+        rec.recommend([[12, 7, 301]], k=10)          # [[(item index, score), ...]]
+    PreparedData.item_index / item_catalog map original ids and titles (recommend.py does it)."""
+
+    def __init__(self, scorer, data, max_len, cfg: InferenceConfig):
+        self.scorer, self.data, self.max_len, self.cfg = scorer, data, max_len, cfg
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, data, cfg: InferenceConfig = None, device=None):
+        from .data import PreparedData
+
+        data = data if isinstance(data, PreparedData) else PreparedData(data)
+        cfg = cfg or InferenceConfig()
+        scorer, max_len = load_scorer(checkpoint, data, cfg, device)
+        return cls(scorer, data, max_len, cfg)
+
+    def check(self, histories):
+        for i, h in enumerate(histories):
+            if len(h) == 0:
+                raise DataError(f"history {i}: empty; at least one item is needed")
+            bad = [int(x) for x in h if not 1 <= int(x) <= self.data.num_items]
+            if bad:
+                raise DataError(f"history {i}: item indices {bad[:5]} outside 1..{self.data.num_items}")
+
+    def batches(self, histories):
+        """(indices, left-padded [B, max_len] LongTensor) per batch, grouped by length when configured."""
+        order = length_order(histories, self.max_len) if self.cfg.by_length else np.arange(len(histories))
+        device = getattr(self.scorer, "device", "cpu")
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start:start + self.cfg.batch_size]
+            padded = left_pad([np.asarray(histories[i], dtype=np.int64) for i in idx], self.max_len)
+            yield idx, torch.from_numpy(padded).to(device)
+
+    @torch.inference_mode()
+    def recommend(self, histories, k=10, keep_seen=False, progress=None):
+        """[[(item index, score), ...] best first] per history: the top k of all items, items already in the
+        history left out unless keep_seen. progress: a callable given each batch's size (e.g. tqdm.update)."""
+        self.check(histories)
+        if not 1 <= k <= self.data.num_items:
+            raise ValueError(f"k must be in 1..{self.data.num_items}, not {k}")
+        out = [None] * len(histories)
+        for idx, padded in self.batches(histories):
+            scores = self.scorer(padded).float()
+            scores[:, 0] = float("-inf")
+            # A NaN score would sort first: never recommend an item the model cannot score.
+            scores = scores.masked_fill(scores.isnan(), float("-inf"))
+            if not keep_seen:
+                for r, i in enumerate(idx):
+                    scores[r, torch.as_tensor(np.asarray(histories[i], dtype=np.int64))] = float("-inf")
+            top = scores.topk(k, dim=1)
+            for r, i in enumerate(idx):
+                out[i] = [(int(item), float(s)) for item, s in zip(top.indices[r], top.values[r])
+                          if s > float("-inf")]
+            if progress:
+                progress(len(idx))
+        return out

@@ -1,0 +1,204 @@
+"""The fast inference path against the plain one, exact weight casts, recommend.py and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate as evaluate_cli
+import recommend
+from slmrec.backbone import load_backbone
+from slmrec.data import DataError, left_pad
+from slmrec.inference import FastELLMRec, InferenceConfig, Recommender, load_scorer
+from slmrec.metrics import evaluate, rank_users
+from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.seqrec import SeqRecConfig, build_seqrec
+from slmrec.training import CheckpointError, save_model
+from slmrec.utils import FlagError, split_flags
+
+PROMPT = dict(instruction="History: a b", response="Next:")
+
+
+def random_ellmrec(num_items, lm=None, fingerprint="", readout="last_item", num_layers=4, max_len=6):
+    """An E-LLMRec with non-zero LoRA and heads, as after training (random:tiny unless lm names a directory)."""
+    base = str(lm) if lm else "random:tiny"
+    torch.manual_seed(0)  # the biases' initialisation
+    table = torch.randn(num_items + 1, 8, generator=torch.Generator().manual_seed(1))
+    cfg = ELLMRecConfig(base_model=base, num_layers=num_layers, max_len=max_len, readout=readout,
+                        data_fingerprint=fingerprint, lora_dropout=0.0, **PROMPT)
+    model = ELLMRec(cfg, table, backbone=None if lm else load_backbone(base, num_layers))
+    g = torch.Generator().manual_seed(2)
+    for p in model.parameters():
+        if p.requires_grad and p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.3, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("readout", ["last_item", "response"])
+def test_fast_path_equals_plain_scores(readout):
+    model = random_ellmrec(20, readout=readout)
+    x = torch.randint(1, 21, (5, 6), generator=torch.Generator().manual_seed(3))
+    x[0, :5], x[1, :2], x[2, :1] = 0, 0, 0  # lengths 1, 4, 5, 6, 6
+    with torch.no_grad():
+        ref = model.score(x)
+    fast = FastELLMRec(model, InferenceConfig(precision="fp32"))  # merges LoRA, caches the instruction
+    assert fast.P == len(model.prefix_ids) and not hasattr(model.lm, "peft_config")
+    torch.testing.assert_close(fast(x), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="empty history"):
+        fast(torch.zeros(1, 6, dtype=torch.long))
+
+
+def test_frozen_weights_in_bf16_change_nothing_under_autocast():
+    """cast_frozen gives the same loss and the same gradients, bit for bit, as autocast's per-call casts."""
+    x = torch.randint(0, 21, (4, 6), generator=torch.Generator().manual_seed(4))
+    x[:, -1] = 3
+    y = torch.randint(1, 21, (4, 6), generator=torch.Generator().manual_seed(5))
+    results = []
+    for cast in (False, True):
+        model = random_ellmrec(20).train()
+        model.cast_frozen(torch.bfloat16 if cast else None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, y)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    base = model.base_lm().layers[0].mlp.up_proj.base_layer
+    assert base.weight.dtype == torch.bfloat16 and model.w_in.weight.dtype == torch.float32
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def test_ranks_do_not_depend_on_length_grouping(tiny_dataset):
+    model = random_ellmrec(tiny_dataset.num_items, fingerprint=tiny_dataset.fingerprint)
+    users = np.arange(tiny_dataset.num_users)
+    with torch.no_grad():
+        a = rank_users(model.score, tiny_dataset, "test", users, 6, 7)[None]
+        b = rank_users(model.score, tiny_dataset, "test", users, 6, 7, by_length=True)[None]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+@pytest.fixture
+def student_dir(tiny_dataset, tiny_lm_dir, tmp_path):
+    """A saved E-LLMRec run directory on tiny_dataset (random trained weights)."""
+    model = random_ellmrec(tiny_dataset.num_items, tiny_lm_dir, tiny_dataset.fingerprint)
+    save_model(model, tmp_path / "student")
+    return tmp_path / "student"
+
+
+def test_recommend_scores_are_evaluates_and_leave_history_out(tiny_dataset, student_dir):
+    cfg = InferenceConfig(precision="fp32")
+    rec = Recommender.from_checkpoint(student_dir, tiny_dataset.path, cfg)
+    histories = [tiny_dataset.history(u, "test").tolist() for u in range(tiny_dataset.num_users)]
+    top = rec.recommend(histories, k=tiny_dataset.num_items)
+    # The same scores as the plain path that evaluate.py --fast false and training use.
+    plain, max_len = load_scorer(student_dir, tiny_dataset, InferenceConfig(precision="fp32", fast=False))
+    ref = plain(torch.from_numpy(left_pad([np.array(h) for h in histories], max_len)))
+    for u, (h, items) in enumerate(zip(histories, top)):
+        assert not set(h) & {i for i, _ in items}  # seen items left out
+        assert len(items) == tiny_dataset.num_items - len(set(h))
+        scores = [s for _, s in items]
+        assert scores == sorted(scores, reverse=True)
+        for i, s in items:
+            assert s == pytest.approx(ref[u, i].item(), abs=1e-4)
+    kept = rec.recommend(histories[:1], k=tiny_dataset.num_items, keep_seen=True)[0]
+    assert len(kept) == tiny_dataset.num_items
+    # evaluate.py scores with the fast path: the same metrics as the plain one in fp32.
+    fast = evaluate_cli.main(str(student_dir), str(tiny_dataset.path), precision="fp32")
+    slow = evaluate_cli.main(str(student_dir), str(tiny_dataset.path), precision="fp32", fast="false")
+    assert {k: round(v, 6) for k, v in fast.items() if k != "full"} == \
+        {k: round(v, 6) for k, v in slow.items() if k != "full"}
+
+
+def test_recommend_cli_reads_ids_and_writes_jsonl(tiny_dataset, student_dir, tmp_path, capsys):
+    item_ids, titles = tiny_dataset.items()
+    users = tiny_dataset.users()
+    lines = [{"user": "a", "history": [item_ids[1], item_ids[2]]}, {"user": users[3]}, {"history": [item_ids[5]]}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    out = tmp_path / "recs.jsonl"
+    recommend.main(str(student_dir), str(tiny_dataset.path), input=str(src), k=3, output=str(out), precision="fp32")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r.get("user") for r in rows] == ["a", users[3], None]
+    assert all(len(r["items"]) == 3 for r in rows)
+    assert not {item_ids[1], item_ids[2]} & {it["item"] for it in rows[0]["items"]}
+    index = {orig: i for i, orig in enumerate(item_ids)}
+    assert all(it["title"] == titles[index[it["item"]]] for r in rows for it in r["items"])
+    # --user: that user's whole sequence; the table on stdout.
+    recommend.main(str(student_dir), str(tiny_dataset.path), user=users[3], k=2, precision="fp32")
+    table = capsys.readouterr().out
+    assert f"# user {users[3]}" in table and rows[1]["items"][0]["item"] in table
+
+
+def test_sasrec_run_directory_recommends(tiny_dataset, tmp_path):
+    model = build_seqrec(SeqRecConfig(tiny_dataset.num_items, max_len=6, data_fingerprint=tiny_dataset.fingerprint))
+    save_model(model, tmp_path / "sasrec")
+    rec = Recommender.from_checkpoint(tmp_path / "sasrec", tiny_dataset)
+    hist = tiny_dataset.history(0, "test")
+    with torch.no_grad():
+        ref = model.eval().score(torch.from_numpy(left_pad([hist], 6)))[0]
+    (item, score), = rec.recommend([hist.tolist()], k=1)[0]
+    ref[torch.from_numpy(hist.astype(np.int64))] = float("-inf")
+    ref[0] = float("-inf")
+    assert item == int(ref.argmax()) and score == pytest.approx(ref.max().item(), abs=1e-5)
+
+
+def test_int8_path_scores_close_to_plain(tiny_dataset):
+    model = random_ellmrec(tiny_dataset.num_items, fingerprint=tiny_dataset.fingerprint)
+    x = torch.from_numpy(left_pad([tiny_dataset.history(u, "test") for u in range(8)], 6))
+    with torch.no_grad():
+        ref = model.score(x)
+    got = FastELLMRec(model, InferenceConfig(int8=True))(x)
+    assert torch.isfinite(got).all() and got.dtype == torch.float32
+    # int8 rounding moves the scores of this small random network a little, not their order at large.
+    corr = torch.corrcoef(torch.stack([got[:, 1:].flatten(), ref[:, 1:].flatten()]))[0, 1]
+    assert corr > 0.9
+
+
+BAD_REQUESTS = [  # (arguments, input file text or None, error message)
+    (dict(history="nope,1"), None, r"--history: item id\(s\) \['nope'\] not in .*items.tsv"),
+    (dict(history=""), None, "--history: empty history"),
+    (dict(input="in.jsonl"), '{"history": ["1"]}\n{"history": [\n', "in.jsonl line 2: not JSON"),
+    (dict(input="in.jsonl"), '{"history": []}\n', "in.jsonl line 1: empty history"),
+    (dict(input="in.jsonl"), '[1, 2]\n', 'line 1: expected an object with "history"'),
+    (dict(input="in.jsonl"), '{"user": "no-such-user"}\n', "line 1: user 'no-such-user' not in"),
+    (dict(input="in.jsonl"), '\n', "no histories in the file"),
+    (dict(user="1", history="1"), None, "exactly one of --user, --history or --input"),
+    (dict(history="1", k=0), None, "--k must be an integer in 1.."),
+    (dict(history="1", output="missing/dir/out.jsonl"), None, "cannot write in"),
+]
+
+
+@pytest.mark.parametrize("args,text,message", BAD_REQUESTS)
+def test_recommend_bad_input_is_a_clear_error_and_writes_nothing(tiny_dataset, student_dir, tmp_path, monkeypatch,
+                                                                 args, text, message):
+    monkeypatch.chdir(tmp_path)
+    item_ids, _ = tiny_dataset.items()
+    if text is not None:
+        (tmp_path / "in.jsonl").write_text(text.replace('"1"', f'"{item_ids[1]}"'))
+    args = {k: (v.replace("1", item_ids[1]) if k == "history" else v) for k, v in args.items()}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises((DataError, ValueError), match=message):
+        recommend.main(str(student_dir), str(tiny_dataset.path), output=args.pop("output", "out.jsonl"), **args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_checkpoint_of_another_dataset_is_refused(tiny_dataset, tiny_lm_dir, tmp_path):
+    model = random_ellmrec(tiny_dataset.num_items, tiny_lm_dir, "0123456789abcdef")
+    save_model(model, tmp_path / "other")
+    with pytest.raises(CheckpointError, match="was trained on dataset 0123456789abcdef"):
+        Recommender.from_checkpoint(tmp_path / "other", tiny_dataset)
+    sr = build_seqrec(SeqRecConfig(tiny_dataset.num_items, data_fingerprint="0123456789abcdef"))
+    save_model(sr, tmp_path / "sr")
+    with pytest.raises(CheckpointError, match="was trained on dataset"):
+        Recommender.from_checkpoint(tmp_path / "sr", tiny_dataset)
+
+
+def test_flags_take_their_dataclass_types():
+    assert split_flags({"fast": "false", "int8": "True", "batch_size": "32"}, InferenceConfig) == \
+        [{"fast": False, "int8": True, "batch_size": 32}]
+    with pytest.raises(FlagError, match="--batch_size: expected int"):
+        split_flags({"batch_size": "many"}, InferenceConfig)
+    with pytest.raises(FlagError, match="--fast: expected bool"):
+        split_flags({"fast": "maybe"}, InferenceConfig)
+    with pytest.raises(FlagError, match="unknown flag"):
+        split_flags({"fsat": True}, InferenceConfig)
