@@ -4,27 +4,26 @@
 """
 
 import json
-from pathlib import Path
 
-import fire
-
+from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec
 from slmrec.training import (ELLMREC_TRAIN, TrainConfig, compute_dtype, fit_and_test, load_checkpoint_files,
-                             load_trained_weights)
+                             load_trained_weights, newest_complete_checkpoint, resume_mode)
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
 def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
-         resume: bool = False, **flags):
+         resume: str = "false", **flags):
     """The student takes the teacher's base LM, prompt, readout, LoRA targets and item embeddings. Other flags
     are the fields of DistillConfig (slmrec/distill.py: --blocks, --lambda_cos, --lambda_norm, --lambda_ms,
     --norm_variant, --feature_positions, --kd_mode, ...), ExampleConfig (slmrec/examples.py: --objective,
     --sampling) and TrainConfig (slmrec/training.py: --epochs, --patience, --learning_rate, --seed, ...;
     defaults ELLMREC_TRAIN there)."""
     setup_logging()
+    resume = resume_mode(resume)
     dflags, eflags, tflags = split_flags(flags, DistillConfig, ExampleConfig, TrainConfig)
     dcfg = DistillConfig(teacher, **dflags)
     dcfg.check()
@@ -39,7 +38,7 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     student = ELLMRec(scfg, teacher_model.item_embedding)
     for m in (student, teacher_model):  # exact: autocast would cast the frozen weights at every call
         m.cast_frozen(compute_dtype(cfg.precision))
-    if resume and dcfg.kd_mode == "online":
+    if resume != "no" and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
@@ -51,12 +50,12 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
 
 
 def _restore_online_teacher(teacher, output_dir):
-    """On resume, online KD's teacher continues from the newest checkpoint's copy."""
-    ckpts = sorted(Path(output_dir).glob("checkpoint-*/teacher"), key=lambda p: int(p.parent.name.split("-")[1]))
-    if ckpts:
-        _, state = load_checkpoint_files(ckpts[-1], "ellmrec")
-        load_trained_weights(teacher, state, ckpts[-1])
+    """On resume, online KD's teacher continues from the copy in the checkpoint the student resumes from."""
+    ckpt = newest_complete_checkpoint(output_dir)
+    if ckpt is not None and (ckpt / "teacher").is_dir():
+        _, state = load_checkpoint_files(ckpt / "teacher", "ellmrec")
+        load_trained_weights(teacher, state, ckpt / "teacher")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

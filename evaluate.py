@@ -13,21 +13,23 @@ test metrics that training writes come from the plain path (benchmarks/README.md
 
 import json
 
-import fire
 import torch
 
+from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.inference import InferenceConfig, autocast, load_scorer
 from slmrec.metrics import evaluate
 from slmrec.model import load_ellmrec
 from slmrec.training import compute_dtype
-from slmrec.utils import parse_ints, save_json, setup_logging, split_flags
+from slmrec.utils import check_writable, parse_ints, save_json, setup_logging, split_flags
 
 
 def main(checkpoint: str, data: str, split: str = "test", layers=None, output: str = None, **flags):
     """Other flags are InferenceConfig's (slmrec/inference.py): --precision, --fast, --int8, --batch_size, ..."""
     setup_logging()
     cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
+    if output:
+        check_writable(output, "--output")
     dataset = PreparedData(data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if layers is None:
@@ -47,4 +49,4 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

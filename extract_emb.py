@@ -4,8 +4,7 @@
     python extract_emb.py --checkpoint out/sasrec --output out/sasrec/item_embedding.pkl
 """
 
-import fire
-
+from slmrec.cli import run
 from slmrec.embeddings import save_item_embedding
 from slmrec.seqrec import load_seqrec
 
@@ -13,9 +12,9 @@ from slmrec.seqrec import load_seqrec
 def main(checkpoint: str, output: str):
     model = load_seqrec(checkpoint)
     table = model.item_table().detach()
-    save_item_embedding(table, output)
+    save_item_embedding(table, output, model.cfg.data_fingerprint)
     print(f"wrote {output}: item_embedding {tuple(table.shape)} (dataset {model.cfg.data_fingerprint})")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -16,12 +16,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import fire
 from tqdm import tqdm
 
+from slmrec.cli import run
 from slmrec.data import DataError, PreparedData
 from slmrec.inference import InferenceConfig, Recommender
-from slmrec.utils import setup_logging, split_flags
+from slmrec.utils import FlagError, check_writable, setup_logging, split_flags
 
 
 def _ids(value):
@@ -35,7 +35,7 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
     """[(label or None, item indices)], every id checked: errors name the input line."""
     given = [x is not None for x in (user, history, input)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of --user, --history or --input")
+        raise FlagError("give exactly one of --user, --history or --input")
     item_ids, _ = data.items()
     index = {orig: i for i, orig in enumerate(item_ids) if i}
     users = {orig: u for u, orig in enumerate(data.users())}
@@ -81,14 +81,6 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
     return requests
 
 
-def check_writable(path):
-    parent = Path(path).resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise DataError(f"--output {path}: cannot write in {parent} (missing or not writable)")
-    if Path(path).is_dir():
-        raise DataError(f"--output {path} is a directory")
-
-
 def write_jsonl(rows, path):
     """All rows to a temporary file beside path, renamed at the end: no half-written output."""
     path = Path(path)
@@ -110,10 +102,10 @@ def main(checkpoint: str, data: str, user=None, history=None, input: str = None,
     cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
     dataset = PreparedData(data)
     if not isinstance(k, int) or not 1 <= k <= dataset.num_items:
-        raise ValueError(f"--k must be an integer in 1..{dataset.num_items}, not {k!r}")
+        raise FlagError(f"--k must be an integer in 1..{dataset.num_items}, not {k!r}")
     requests = read_requests(dataset, user, history, input)
     if output:
-        check_writable(output)
+        check_writable(output, "--output")
     rec = Recommender.from_checkpoint(checkpoint, dataset, cfg)
     item_ids, titles = dataset.items()
     with tqdm(total=len(requests), desc="recommending", unit="history", disable=len(requests) < 2) as bar:
@@ -135,4 +127,4 @@ def main(checkpoint: str, data: str, user=None, history=None, input: str = None,
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

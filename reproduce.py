@@ -13,8 +13,7 @@ interrupted one resumes from its last checkpoint. The plan, budgets and presets:
 import sys
 from pathlib import Path
 
-import fire
-
+from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.efficiency import measure
 from slmrec.experiments import FIRST_SEED, make_config, plan, run_plan, seed_dir
@@ -85,4 +84,4 @@ def efficiency(cfg, recompute=True):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

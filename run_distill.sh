@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the SLMRec student: bash run_distill.sh <teacher_ckpt> <out_dir> [extra distill.py flags]
-# With no extra flags: N = 4 layers, B = 4 blocks, lambda_cos 1, lambda_norm 0.1, lambda_ms 1, offline KD,
-# on the teacher's dataset (DATA=..., default data/ml-100k). Several GPUs run DDP.
+# With no extra flags: N = 4 layers and the DistillConfig defaults (slmrec/distill.py: B = 4 blocks, the loss weights),
+# offline KD, on the teacher's dataset (DATA=..., default data/ml-100k). Several GPUs run DDP.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ $# -ge 2 ] || { echo "usage: bash run_distill.sh <teacher_ckpt> <out_dir> [distill.py flags]" >&2; exit 2; }

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
-exec "${PYTHON:-python3}" -m pytest -q tests "$@"
+exec "$(bash scripts/python.sh)" -m pytest -q tests "$@"

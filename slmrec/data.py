@@ -11,6 +11,7 @@ A prepared dataset is a directory:
     stats.json           users, items, interactions, density, ... and the content fingerprint
 """
 
+import codecs
 import csv
 import dataclasses
 import gzip
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +56,50 @@ class PrepareConfig:
 # ---------------------------------------------------------------- reading raw files
 
 
+def text_encoding(head: bytes) -> str:
+    """The encoding of a file from its first bytes: a byte-order mark (UTF-8 or UTF-16, as spreadsheets export),
+    else UTF-8 when they decode as such, else Windows-1252 (a spreadsheet's "CSV" on Windows; Latin-1 text too)."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return "cp1252"
+    return "utf-8"
+
+
 def _open_text(path: Path):
+    """A text stream over a plain or gzip file in its own encoding (text_encoding)."""
     try:
         with open(path, "rb") as fh:
             gz = fh.read(2) == b"\x1f\x8b"
         raw = gzip.open(path, "rb") if gz else open(path, "rb")
+        try:
+            head = raw.read(1 << 16)
+        except (EOFError, OSError, zlib.error):  # damaged compressed data: read_interactions reports it
+            head = b""
+        raw.seek(0)
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    encoding = text_encoding(head)
+    if encoding != "utf-8":
+        log.info("%s: reading as %s", path, encoding)
+    return io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
+
+
+# What a line that cannot be used raises while it is parsed: it is skipped and counted, whatever it holds.
+BAD_LINE = (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError, AttributeError)
+# What damaged compressed input raises while it is read: what was read before is kept.
+DAMAGED = (EOFError, OSError, zlib.error)
+
+
+def _id(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"an id must be a string or an integer, not {type(value).__name__}")
+    return str(value).strip()
 
 
 def detect_format(path: Path) -> str:
@@ -149,6 +187,7 @@ class Interactions:
     malformed: int
     malformed_examples: list  # line numbers
     rating_filtered: int
+    damaged: str | None = None  # what went wrong reading damaged compressed input, if it was
 
 
 def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
@@ -161,7 +200,7 @@ def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
         raise DataError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     users, items = _Codes(), _Codes()
     out = {k: [] for k in ("user", "item", "time", "line")}
-    malformed, examples, filtered, n = 0, [], 0, 0
+    malformed, examples, filtered, n, damaged = 0, [], 0, 0, None
     with _open_text(path) as fh:
         if fmt == "recbole":
             parse = _recbole_parser(fh.readline(), path)
@@ -175,16 +214,26 @@ def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
             }[fmt]
         first_line = n + 1
         buf = {k: [] for k in out}
-        for line in fh:
+        lines = iter(fh)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except DAMAGED as e:
+                damaged = f"damaged after line {n} ({e}); the {n} lines before are kept"
+                log.warning("%s: %s", path, damaged)
+                break
             n += 1
             if not line.strip():
                 continue
             try:
                 u, i, r, t = parse(line)
+                u, i = _id(u), _id(i)
                 if not u or not i:
                     raise ValueError("empty user or item")
                 r, t = float(r), int(float(t))
-            except (ValueError, KeyError, TypeError) as e:
+            except BAD_LINE as e:
                 malformed += 1
                 if len(examples) < 5:
                     examples.append(n)
@@ -211,7 +260,7 @@ def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
         log.warning("%s: skipped %d malformed lines (first: %s)", path, malformed, examples)
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
     return Interactions(cat["user"], cat["item"], cat["time"], cat["line"], users.names(), items.names(),
-                        n, malformed, examples, filtered)
+                        n, malformed, examples, filtered, damaged)
 
 
 def _flush(buf, out, users, items):
@@ -232,24 +281,27 @@ def read_titles(path) -> dict:
         raise DataError(f"{path}: no such metadata file")
     titles, bad = {}, 0
     with _open_text(path) as fh:
-        if path.name.endswith(".item"):
-            cols = [c.split(":")[0] for c in fh.readline().rstrip("\r\n").split("\t")]
-            tcol = next((c for c in ("title", "movie_title") if c in cols), None)
-            if "item_id" not in cols or tcol is None:
-                raise DataError(f"{path}: expected item_id and title (or movie_title) columns, found {cols}")
-            i, t = cols.index("item_id"), cols.index(tcol)
-            for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
-                if len(row) > max(i, t):
-                    titles[row[i]] = row[t]
-                else:
-                    bad += 1
-        else:
-            for line in fh:
-                try:
-                    d = json.loads(line)
-                    titles[d["asin"]] = str(d.get("title", ""))
-                except (ValueError, KeyError, TypeError):
-                    bad += 1
+        try:
+            if path.name.endswith(".item"):
+                cols = [c.split(":")[0] for c in fh.readline().rstrip("\r\n").split("\t")]
+                tcol = next((c for c in ("title", "movie_title") if c in cols), None)
+                if "item_id" not in cols or tcol is None:
+                    raise DataError(f"{path}: expected item_id and title (or movie_title) columns, found {cols}")
+                i, t = cols.index("item_id"), cols.index(tcol)
+                for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+                    if len(row) > max(i, t):
+                        titles[row[i]] = row[t]
+                    else:
+                        bad += 1
+            else:
+                for line in fh:
+                    try:
+                        d = json.loads(line)
+                        titles[_id(d["asin"])] = str(d.get("title", ""))
+                    except BAD_LINE:
+                        bad += 1
+        except DAMAGED as e:
+            log.warning("%s: damaged after %d titles (%s); keeping those", path, len(titles), e)
     if bad:
         log.warning("%s: skipped %d malformed metadata lines", path, bad)
     return titles
@@ -298,10 +350,40 @@ def sample_candidates(sequences, num_items, positives, num_negatives, rng):
     return table, short
 
 
-def prepare(cfg: PrepareConfig, output_dir) -> dict:
-    """Run the SPEC §4 protocol on cfg.source and write a prepared dataset to output_dir."""
+def is_prepared(path: Path) -> bool:
+    return (path / "stats.json").is_file() and (path / "sequences.npz").is_file()
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
+    """Before any work: output_dir must be new, empty, or a prepared dataset to replace with overwrite. Leftovers
+    of a run killed mid-replacement are put right first (the old dataset back if the new one never arrived)."""
+    parent = output_dir.parent
+    olds = sorted(parent.glob(f".{output_dir.name}.old-*")) if parent.is_dir() else []
+    if olds and not output_dir.exists():
+        log.warning("restoring %s from %s, left by an interrupted replacement", output_dir, olds[-1])
+        os.replace(olds[-1], output_dir)
+    if parent.is_dir():
+        for leftover in [*parent.glob(f".{output_dir.name}.tmp-*"), *parent.glob(f".{output_dir.name}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+    if source is not None and source.resolve().is_relative_to(output_dir.resolve()):
+        raise DataError(f"--output_dir {output_dir} holds the source {source}: choose another output directory")
+    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+        return
+    if not output_dir.is_dir() or not is_prepared(output_dir):
+        raise DataError(f"--output_dir {output_dir} exists and is not a prepared dataset: nothing there is "
+                        f"replaced; choose a new or empty directory")
+    if not overwrite:
+        raise DataError(f"--output_dir {output_dir} already holds a prepared dataset; pass --overwrite to replace "
+                        f"it (the old one stays until the new one is complete)")
+
+
+def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
+    """Run the SPEC §4 protocol on cfg.source and write a prepared dataset to output_dir (new, empty, or a
+    prepared dataset replaced when overwrite)."""
     if cfg.k_core < 1 or cfg.num_negatives < 1:
         raise DataError("k_core and num_negatives must be at least 1")
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite, None if cfg.source == "ml-100k" else Path(cfg.source))
     source, metadata = Path(cfg.source), cfg.metadata
     if cfg.source == "ml-100k":
         source, item_file = fetch_ml100k()
@@ -349,6 +431,7 @@ def prepare(cfg: PrepareConfig, output_dir) -> dict:
         "lines_read": raw.lines_read,
         "malformed_lines": raw.malformed,
         "malformed_examples": raw.malformed_examples,
+        "damaged_input": raw.damaged,
         "ratings_not_above_threshold": raw.rating_filtered,
         "duplicate_pairs_removed": int(duplicates),
         "num_negatives": cfg.num_negatives,
@@ -356,10 +439,9 @@ def prepare(cfg: PrepareConfig, output_dir) -> dict:
         "items_with_title": int(sum(n in titles for n in item_names)),
         "fingerprint": fingerprint(items, offsets, valid, test),
     }
-    output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename at the end: an interrupted run leaves no half dataset.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         np.savez(tmp / "sequences.npz", items=items, offsets=offsets)
         np.savez(tmp / "candidates.npz", valid=valid, test=test)
@@ -374,9 +456,13 @@ def prepare(cfg: PrepareConfig, output_dir) -> dict:
         (tmp / "prepare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        # Swap by renames: the old dataset is whole until the new one is in place (check_output_dir restores it
+        # if a kill falls between the two renames).
+        old = output_dir.parent / f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
         if output_dir.exists():
-            shutil.rmtree(output_dir)
+            os.replace(output_dir, old)
         os.replace(tmp, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats

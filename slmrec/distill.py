@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
-from .training import RecTrainer, load_checkpoint_config, save_model
+from .training import RecTrainer, check_finite, load_checkpoint_config, save_model
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class DistillTrainer(RecTrainer):
         with self.accelerator.autocast():
             loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
                                             inputs["labels"])
+        check_finite(terms, self.state.global_step + 1)
         if model.training:
             for k, v in terms.items():
                 self._terms[k].append(v.detach().item())

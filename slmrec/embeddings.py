@@ -45,14 +45,17 @@ def _storage_from_bytes(b):
     return torch.load(io.BytesIO(b), weights_only=True)
 
 
-def save_item_embedding(table: torch.Tensor, path):
+def save_item_embedding(table: torch.Tensor, path, data_fingerprint=""):
+    """The original pipeline's pickle, {"item_embedding": FloatTensor}, plus the fingerprint of the dataset the
+    table was trained on (an extra key: readers of the original format ignore it)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        pickle.dump({"item_embedding": table.detach().cpu().float().clone()}, fh)
+        pickle.dump({"item_embedding": table.detach().cpu().float().clone(), "data_fingerprint": data_fingerprint}, fh)
 
 
-def load_item_embedding(path, num_items=None) -> torch.Tensor:
-    """FloatTensor[num_items + 1, d] from the pickle; checks the shape against the dataset when given."""
+def load_item_embedding(path, num_items=None, data_fingerprint=None) -> torch.Tensor:
+    """FloatTensor[num_items + 1, d] from the pickle; checks the shape against the dataset when given, and the
+    dataset fingerprint when both the caller and the file have one (a pickle of the original pipeline has none)."""
     path = Path(path)
     if not path.is_file():
         raise EmbeddingFileError(f"{path}: no such item-embedding file (make one with extract_emb.py)")
@@ -63,12 +66,20 @@ def load_item_embedding(path, num_items=None) -> torch.Tensor:
             raise EmbeddingFileError(f"{path}: not a readable pickle ({e})") from e
     if not isinstance(obj, dict) or "item_embedding" not in obj:
         raise EmbeddingFileError(f"{path}: expected a dict with key 'item_embedding'")
+    recorded = obj.get("data_fingerprint")
+    if data_fingerprint and recorded and recorded != data_fingerprint:
+        raise EmbeddingFileError(f"{path}: made from dataset {recorded}, but the data is {data_fingerprint}: use the "
+                                 f"embeddings of a SASRec trained on this dataset (extract_emb.py)")
     table = torch.as_tensor(np.asarray(obj["item_embedding"]), dtype=torch.float32)
     if table.dim() != 2:
         raise EmbeddingFileError(f"{path}: item_embedding must be 2-D, got shape {tuple(table.shape)}")
     if num_items is not None and table.shape[0] != num_items + 1:
         raise EmbeddingFileError(f"{path}: {table.shape[0]} rows, but the dataset has {num_items} items "
                                  f"(+1 padding row): embeddings from another dataset?")
+    bad = (~torch.isfinite(table)).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise EmbeddingFileError(f"{path}: non-finite values (NaN or inf) in the rows of items {bad[:5]}"
+                                 f"{' ...' if len(bad) > 5 else ''}: export the embeddings from a healthy run")
     return table
 
 

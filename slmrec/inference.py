@@ -8,6 +8,7 @@ The fast path (FastELLMRec) computes what ELLMRec.score computes, laid out for i
     those of training (the instruction from 0, the items after it);
   - LoRA merged into the base weights, the LM held in the compute dtype (bf16 where the hardware has it:
     no per-call weight casts, a bf16 residual stream), torch.inference_mode;
+  - on a CPU, transformers' eager attention instead of torch's SDPA kernel (faster there for these short rows);
   - optionally int8 weights (torch's dynamic quantisation, CPU) with fp32 activations.
 Batches are grouped by history length by Recommender and metrics.evaluate(by_length=True), so little is spent
 on padding. Each option can be switched off, so benchmarks/inference_speed.py measures them one by one.
@@ -43,7 +44,10 @@ class InferenceConfig:
     # fp32: training's fp32 residual stream with bf16 matmuls (autocast). Not exact: measured, see benchmarks.
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
-    batch_size: int = 256
+    # auto: eager on a CPU (measured 1.2-1.3x the users/s of torch's SDPA kernel there for the student at batch
+    # 128-256, benchmarks/README.md), SDPA on a GPU; or eager, sdpa
+    attention: str = "auto"
+    batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
     by_length: bool = True  # batch histories of similar length together
 
 
@@ -64,6 +68,8 @@ class FastELLMRec:
     def __init__(self, model, cfg: InferenceConfig, device="cpu"):
         if cfg.residual not in ("compute", "fp32"):
             raise ValueError(f"residual must be compute or fp32, not {cfg.residual!r}")
+        if cfg.attention not in ("auto", "eager", "sdpa"):
+            raise ValueError(f"attention must be auto, eager or sdpa, not {cfg.attention!r}")
         self.model, self.device = model.eval(), device
         self.dtype = compute_dtype("fp32" if cfg.int8 else cfg.precision)
         if cfg.merge_lora or cfg.int8:
@@ -78,6 +84,8 @@ class FastELLMRec:
         elif cfg.cast_weights:
             model.cast_frozen(self.dtype)
         self.lm = model.lm
+        attention = cfg.attention if cfg.attention != "auto" else "eager" if device == "cpu" else "sdpa"
+        model.base_lm().set_attn_implementation(attention)
         self.cache_kwarg = _cache_kwarg(self.lm)
         table = self.lm.get_input_embeddings()
         with torch.inference_mode(), autocast(device, self.dtype):

@@ -1,7 +1,8 @@
 """The one evaluator: HR@k, NDCG@k and MRR over the stored candidates and under full ranking.
 
 The rank of the positive counts every other candidate scoring strictly higher *or equal*:
-ties count against the positive, so a model that scores everything equal gets HR@1 = 0.
+ties count against the positive, so a model that scores everything equal gets HR@1 = 0. A NaN score ranks
+below everything (as -inf, and ties count against it): a broken model can never look good.
 """
 
 import numpy as np
@@ -58,7 +59,7 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
         hist = torch.from_numpy(left_pad([data.history(u, split) for u in us], max_len)).to(device)
         out = score_fn(hist)
         for name, scores in (out.items() if isinstance(out, dict) else [(None, out)]):
-            scores = scores.float()
+            scores = scores.float().masked_fill(scores.isnan(), float("-inf"))
             cand = torch.from_numpy(cand_all[us].astype(np.int64)).to(scores.device)
             exclude = torch.zeros_like(scores, dtype=torch.bool)
             for r, u in enumerate(us):

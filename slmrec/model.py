@@ -58,6 +58,10 @@ class ELLMRecConfig:
     embedding_digest: str = ""
 
 
+# Set by the scripts from the data, the embeddings and the distillation config, never by a flag.
+DERIVED_FIELDS = ("num_items", "item_dim", "adapter_layers", "data_fingerprint", "embedding_digest")
+
+
 class ELLMRec(nn.Module):
     def __init__(self, cfg: ELLMRecConfig, item_embedding: torch.Tensor, backbone=None):
         super().__init__()

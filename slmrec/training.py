@@ -1,5 +1,6 @@
 """transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
 
+import json
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import evaluate, flatten
-from .utils import hardware, load_json, save_json
+from .utils import FlagError, hardware, jsonable, load_json, save_json
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class TrainConfig:
 # epoch 2-3 and declined after, and decaying the rate by epoch 4 gave the best peak.
 ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, learning_rate=2e-3,
                      lr_scheduler="cosine", warmup_steps=50, logging_steps=10)
+
+
+# SASRec's, GRU4Rec's and BERT4Rec's over TrainConfig's: early stopping on validation MRR, in fp32 (small models:
+# bf16 would save little and change their numbers).
+SEQREC_TRAIN = dict(epochs=200, patience=20, precision="fp32")
 
 
 def native_bf16() -> bool:
@@ -141,6 +147,18 @@ class CheckpointError(ValueError):
     pass
 
 
+class NonFiniteError(ValueError):
+    pass
+
+
+def check_finite(terms: dict, step):
+    """Stop training at the first non-finite loss term, naming the step and the term."""
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteError(f"step {step}: the {name} loss is {value.item()}: training diverged (try a lower "
+                                 f"--learning_rate) or the inputs hold non-finite values; nothing was saved from it")
+
+
 def load_checkpoint_config(checkpoint_dir, model_type) -> dict:
     """The config of a checkpoint written by save_model, checked for its files and model type."""
     d = Path(checkpoint_dir)
@@ -199,6 +217,11 @@ class RecTrainer(Trainer):
         self.data, self.max_len = data, max_len
         self.started = time.time()
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        check_finite({"item": out[0] if return_outputs else out}, self.state.global_step + 1)
+        return out
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         model = self.model
         was_training = model.training
@@ -229,26 +252,101 @@ class RecTrainer(Trainer):
             save_model(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
 
-def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume=False,
+RESUME_MODES = {"false": "no", "no": "no", "0": "no", "true": "yes", "yes": "yes", "1": "yes", "force": "force"}
+
+
+def resume_mode(value) -> str:
+    """--resume: false (start afresh), true (continue from the newest complete checkpoint; refused if the run's
+    settings changed) or force (continue anyway; the changes are recorded in run_config.json)."""
+    mode = RESUME_MODES.get(str(value).lower())
+    if mode is None:
+        raise FlagError(f"--resume must be true, false or force, not {value!r}")
+    return mode
+
+
+CHECKPOINT_FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def newest_complete_checkpoint(output_dir):
+    """The newest checkpoint-* holding every file the Trainer writes (trainer_state.json, written last, must
+    parse): one a kill interrupted while it was being written is skipped, with a warning."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and \
+                isinstance(load_json(ckpt / "trainer_state.json"), dict)
+        except ValueError:  # a half-written trainer_state.json
+            complete = False
+        if complete:
+            return ckpt
+        log.warning("skipping %s: incomplete (interrupted while it was being saved)", ckpt)
+    return None
+
+
+# The budget a resumed run may change (to train for longer); any other change is refused without --resume force.
+EXTENDABLE = ("train.max_steps", "train.epochs", "train.patience")
+# Where the run happens and paths to the same files (their fingerprints and digests are compared) may change.
+UNCOMPARED = ("hardware", "data", "item_embedding", "resumed_with_changes")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def settings_changed(previous: dict, current: dict) -> list:
+    """'setting: before -> now' for every setting of run_config.json that a resumed run would change."""
+    before, now = _flat(previous), _flat(current)
+    keys = sorted((before.keys() | now.keys()) - set(EXTENDABLE))
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys
+            if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)]
+
+
+def check_run_dir(output_dir: Path):
+    """A training run writes into a new or empty folder, or one of this project's runs (a run_config.json, a
+    checkpoint, or reproduce.py's command.json): never among other files."""
+    ours = ("run_config.json", "command.json", "checkpoint-*")
+    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not any(
+            any(output_dir.glob(name)) for name in ours))):
+        raise CheckpointError(f"--output_dir {output_dir} exists and holds files this project did not write: "
+                              f"choose a new or empty directory")
+
+
+def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume="no",
                  trainer_cls=RecTrainer, **trainer_kwargs) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
-    output_dir/test_metrics.json (candidates at top level, full ranking under "full")."""
+    output_dir/test_metrics.json (candidates at top level, full ranking under "full"). resume: see resume_mode."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    mode = resume_mode(resume)
+    check_run_dir(output_dir)
     # What "auto" became on this machine, and the machine, so results can say how they were made.
-    run_config = {**run_config, "precision": resolve_precision(cfg.precision), "hardware": hardware()}
+    run_config = json.loads(json.dumps({**run_config, "precision": resolve_precision(cfg.precision),
+                                        "hardware": hardware()}, default=jsonable))
+    checkpoint = newest_complete_checkpoint(output_dir) if mode != "no" else None
+    if mode != "no" and checkpoint is None:
+        log.info("no complete checkpoint in %s to resume from: starting fresh", output_dir)
+    if checkpoint is not None:
+        previous = output_dir / "run_config.json"
+        changes = settings_changed(load_json(previous) if previous.is_file() else {}, run_config)
+        if changes and mode != "force":
+            raise CheckpointError(f"{output_dir}: cannot resume {checkpoint.name} with other settings ("
+                                  f"{'; '.join(changes[:4])}{' ...' if len(changes) > 4 else ''}); give the run's own "
+                                  f"flags, a new --output_dir, or --resume force")
+        if changes:
+            log.warning("resuming %s with changed settings (--resume force): %s", checkpoint, "; ".join(changes))
+            run_config["resumed_with_changes"] = changes
+    output_dir.mkdir(parents=True, exist_ok=True)
     save_json(run_config, output_dir / "run_config.json")
     args = training_arguments(cfg, output_dir, len(train_dataset))
     callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
                           data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
-    if resume and not any(output_dir.glob("checkpoint-*")):
-        log.info("no checkpoint in %s to resume from: starting fresh", output_dir)
-        resume = False
     log.info("training on %s, %d process(es), %d examples, validation every %d steps", args.device,
              args.world_size, len(train_dataset), args.eval_steps)
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - trainer.started
     # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
     trainer.save_model(str(output_dir))

@@ -24,13 +24,13 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def _jsonable(o):
+def jsonable(o):
     return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
 
 
 def save_json(obj, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, default=_jsonable))
+    Path(path).write_text(json.dumps(obj, indent=2, default=jsonable))
 
 
 def load_json(path):
@@ -42,12 +42,16 @@ def is_main_process():
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def split_flags(flags: dict, *configs) -> list:
+def split_flags(flags: dict, *configs, fixed=()) -> list:
     """Share command-line flags out among config dataclasses by field name, each value checked against and
     converted to its field's type, so each default and its validation live in the dataclass alone; a flag no
-    dataclass has, or a value of the wrong type, is an error before any work."""
+    dataclass has, one of the `fixed` fields (set by the script, e.g. from the data), or a value of the wrong
+    type is an error before any work."""
+    given = sorted(set(flags) & set(fixed))
+    if given:
+        raise FlagError(f"{', '.join('--' + k for k in given)}: set from the data and the model, not a flag")
     hints = [typing.get_type_hints(c) for c in configs]
-    names = [{f.name for f in dataclasses.fields(c)} for c in configs]
+    names = [{f.name for f in dataclasses.fields(c)} - set(fixed) for c in configs]
     unknown = sorted(set(flags) - set().union(*names))
     if unknown:
         raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
@@ -100,6 +104,16 @@ def coerce(name, value, kind):
         return [str(v) for v in value] if isinstance(value, (list, tuple)) else \
             [v.strip() for v in str(value).split(",") if v.strip()]
     return value
+
+
+def check_writable(path, flag):
+    """Before any work: a file can be created at path (its folder exists and is writable, path is no folder)."""
+    path = Path(path)
+    parent = path.resolve().parent
+    if path.is_dir():
+        raise FlagError(f"{flag} {path} is a directory, not a file")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise FlagError(f"{flag} {path}: cannot write in {parent} (missing or not writable)")
 
 
 def parse_ints(value) -> list:

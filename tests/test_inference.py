@@ -11,7 +11,7 @@ import recommend
 from slmrec.backbone import load_backbone
 from slmrec.data import DataError, left_pad
 from slmrec.inference import FastELLMRec, InferenceConfig, Recommender, load_scorer
-from slmrec.metrics import evaluate, rank_users
+from slmrec.metrics import rank_users
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec
 from slmrec.training import CheckpointError, save_model

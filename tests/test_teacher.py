@@ -141,8 +141,8 @@ def test_checkpoint_from_other_data_is_refused(tiny_dataset, tiny_embedding, tin
     with open(tmp_path / "small.pkl", "wb") as fh:
         pickle.dump({"item_embedding": torch.zeros(3, 8)}, fh)
     with pytest.raises(EmbeddingFileError, match="another dataset"):
-        finetune.build(tiny_dataset, tmp_path / "small.pkl", str(tiny_lm_dir), 2, 6, 4, 4, 0.0, "gate_proj",
-                       "fp32", None)
+        finetune.main(str(tiny_dataset.path), str(tmp_path / "small.pkl"), str(tmp_path / "t"),
+                      base_model=str(tiny_lm_dir), **TINY_TRAIN)
 
 
 def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
