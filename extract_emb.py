@@ -7,9 +7,11 @@
 from slmrec.cli import run
 from slmrec.embeddings import save_item_embedding
 from slmrec.seqrec import load_seqrec
+from slmrec.utils import check_writable
 
 
 def main(checkpoint: str, output: str):
+    check_writable(output, "--output")
     model = load_seqrec(checkpoint)
     table = model.item_table().detach()
     save_item_embedding(table, output, model.cfg.data_fingerprint)

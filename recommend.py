@@ -84,6 +84,7 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
 def write_jsonl(rows, path):
     """All rows to a temporary file beside path, renamed at the end: no half-written output."""
     path = Path(path)
+    path.resolve().parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

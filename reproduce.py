@@ -18,7 +18,7 @@ from slmrec.data import PreparedData
 from slmrec.efficiency import measure
 from slmrec.experiments import FIRST_SEED, make_config, plan, run_plan, seed_dir
 from slmrec.tables import rows_of, write_all
-from slmrec.utils import load_json, parse_ints, save_json
+from slmrec.utils import FlagError, load_json, parse_ints, save_json
 
 
 def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", source: str = "ml-100k",
@@ -45,7 +45,7 @@ def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", 
         keys = set(only.split(",") if isinstance(only, str) else only)
         unknown = keys - {r.key for r in todo}
         if unknown:
-            raise ValueError(f"--only: no run named {', '.join(sorted(unknown))} in the plan (see --dry_run)")
+            raise FlagError(f"--only: no run named {', '.join(sorted(unknown))} in the plan (see --dry_run)")
         todo = [r for r in todo if r.key in keys]
     if dry_run:
         for r in todo:

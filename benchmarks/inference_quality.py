@@ -7,10 +7,10 @@ and the share of users whose rank of the held-out item changed.
 
 import time
 
-import fire
 import numpy as np
 import torch
 
+from slmrec.cli import run
 from slmrec.data import PreparedData, left_pad
 from slmrec.inference import InferenceConfig, load_scorer
 from slmrec.metrics import evaluate
@@ -20,13 +20,14 @@ VARIANTS = {
     "plain, fp32": dict(fast=False, precision="fp32"),
     "plain, bf16 autocast (training's path)": dict(fast=False, precision="bf16"),
     "fast, fp32": dict(precision="fp32"),
-    "fast, bf16 matmuls, fp32 residual": dict(precision="bf16", residual="fp32"),
-    "fast, bf16 (recommend.py's default)": dict(precision="bf16"),
+    "fast, bf16 matmuls, fp32 residual": dict(precision="bf16", residual="fp32", attention="sdpa"),
+    "fast, bf16, SDPA attention": dict(precision="bf16", attention="sdpa"),
+    "fast, bf16 (recommend.py's default; eager attention on a CPU)": dict(precision="bf16"),
     "fast, int8 weights": dict(int8=True),
 }
 
 
-def main(checkpoint, data="data/ml-100k", split="test", batch_size=256):
+def main(checkpoint: str, data: str = "data/ml-100k", split: str = "test", batch_size: int = 128):
     dataset = PreparedData(data)
     print(f"{checkpoint} on {dataset.path} ({split}, {dataset.num_users} users), {hardware()}\n")
     print("| inference | HR@10 | NDCG@10 | MRR | max abs score diff | users whose rank changed | seconds |")
@@ -51,4 +52,4 @@ def main(checkpoint, data="data/ml-100k", split="test", batch_size=256):
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -29,11 +29,11 @@ head left out (under 2% here).
 
 import time
 
-import fire
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slmrec.cli import run
 from slmrec.backbone import decoder_layers, load_backbone
 from slmrec.data import PreparedData, left_pad
 from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer, length_order
@@ -101,8 +101,9 @@ def build(base_model, layers, num_items, max_len, readout="last_item"):
     return model.eval()
 
 
-def main(data="data/ml-100k", base_model="smollm2-135m", layers="4,8,30", batch_size=128, users=None,
-         batch1_users=48, precision="auto", int8=True, sasrec=None, repeats=2):
+def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4,8,30", batch_size: int = 128,
+         users: int | None = None, batch1_users: int = 48, precision: str = "auto", int8: bool = True,
+         sasrec: str | None = None, repeats: int = 2):
     """layers: the depths timed (4: the student, 8: the teacher, 30: all of SmolLM2); users: test histories
     timed at batch_size (default all), batch1_users: timed one at a time."""
     torch.manual_seed(0)
@@ -185,4 +186,4 @@ def _sync():
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

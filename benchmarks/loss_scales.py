@@ -7,9 +7,9 @@ Values are means over the batches, in eval mode (no dropout), fp32.
 """
 
 
-import fire
 import torch
 
+from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, distill_loss, load_teacher, student_config
 from slmrec.efficiency import sample_batches
@@ -59,4 +59,4 @@ def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 
+from slmrec.cli import run
 
 
 def generate(path, rows, seed=0, chunk=1_000_000):
@@ -65,4 +65,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(sys.argv[2], sys.argv[3])
     else:
-        fire.Fire(main)
+        run(main)

@@ -8,9 +8,9 @@ and real weights. Each configuration is timed in the same process, one after ano
 """
 
 
-import fire
 import torch
 
+from slmrec.cli import run
 from slmrec.backbone import load_backbone
 from slmrec.distill import DistillConfig
 from slmrec.efficiency import autocast_for, median_seconds, train_step
@@ -67,6 +67,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     cast_to = compute_dtype(precision)
     phases = [("", None)] + ([(f", frozen weights {resolve_precision(precision)}", cast_to)] if cast_to else [])
     for tag, to in phases:
+        models = None  # free the previous phase's models first: two sets of a 7B slice need not fit
         models = build_all()
         for n in layers:
             models[n].cast_frozen(to)
@@ -85,4 +86,4 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
               f"inference {u / base[2]:.2f}x the users/s")
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main)

@@ -29,7 +29,7 @@ from .data import DataError, left_pad
 from .model import check_same_data, load_ellmrec
 from .seqrec import load_seqrec
 from .training import MODEL_CONFIG, CheckpointError, compute_dtype, resolve_precision
-from .utils import load_json
+from .utils import FlagError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class InferenceConfig:
     batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
     by_length: bool = True  # batch histories of similar length together
 
+    def __post_init__(self):  # flags are checked when the config is made, before any work
+        resolve_precision(self.precision)
+        if self.residual not in ("compute", "fp32") or self.attention not in ("auto", "eager", "sdpa"):
+            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention auto, eager "
+                            f"or sdpa (not {self.attention!r})")
+        if self.batch_size < 1:
+            raise FlagError(f"--batch_size must be at least 1, not {self.batch_size}")
+
 
 def autocast(device, dtype):
     return torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -66,10 +74,6 @@ class FastELLMRec:
     model: LoRA is merged into it and its frozen weights change dtype."""
 
     def __init__(self, model, cfg: InferenceConfig, device="cpu"):
-        if cfg.residual not in ("compute", "fp32"):
-            raise ValueError(f"residual must be compute or fp32, not {cfg.residual!r}")
-        if cfg.attention not in ("auto", "eager", "sdpa"):
-            raise ValueError(f"attention must be auto, eager or sdpa, not {cfg.attention!r}")
         self.model, self.device = model.eval(), device
         self.dtype = compute_dtype("fp32" if cfg.int8 else cfg.precision)
         if cfg.merge_lora or cfg.int8:
@@ -142,7 +146,6 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
     """(scorer, max_len) for a trained run directory: an E-LLMRec teacher or student (finetune.py, distill.py)
     or a SASRec/GRU4Rec/BERT4Rec (train_sr_trad.py); checked against the prepared dataset before any work."""
     cfg = cfg or InferenceConfig()
-    resolve_precision(cfg.precision)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(checkpoint) / MODEL_CONFIG
     if not path.is_file():

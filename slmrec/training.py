@@ -40,6 +40,17 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"  # auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16
 
+    def __post_init__(self):  # flags are checked when the config is made, before any work
+        for name in ("batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise FlagError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_steps", "max_grad_norm", "eval_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise FlagError(f"--{name} must be at least 0, not {getattr(self, name)}")
+        if not self.learning_rate > 0 or not self.epochs > 0 or self.max_steps == 0:
+            raise FlagError("--learning_rate and --epochs must be above 0, and --max_steps -1 (off) or above 0")
+        resolve_precision(self.precision)
+
 
 # The LM-based models' (teacher and student) training defaults over TrainConfig's: 4 epochs, the cosine
 # schedule reaching zero at the end of the 4th, validation once per epoch, the best checkpoint by validation
@@ -70,7 +81,7 @@ def native_bf16() -> bool:
 
 def resolve_precision(precision: str) -> str:
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        raise FlagError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision

@@ -107,13 +107,16 @@ def coerce(name, value, kind):
 
 
 def check_writable(path, flag):
-    """Before any work: a file can be created at path (its folder exists and is writable, path is no folder)."""
+    """Before any work: a file can be created at path (path is no folder, and its nearest existing ancestor is
+    a writable folder: the missing ones are made when the file is written)."""
     path = Path(path)
-    parent = path.resolve().parent
     if path.is_dir():
         raise FlagError(f"{flag} {path} is a directory, not a file")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise FlagError(f"{flag} {path}: cannot write in {parent} (missing or not writable)")
+        raise FlagError(f"{flag} {path}: cannot write in {parent} (not a writable folder)")
 
 
 def parse_ints(value) -> list:

@@ -50,7 +50,7 @@ CATALOGUE = [
     ("evaluate", "--checkpoint {tmp} --data {data}", "not a trained model of this project"),
     ("evaluate", "--checkpoint {tmp} --data {tmp}/nowhere", "is not a prepared dataset"),
     ("evaluate", "--checkpoint {tmp} --data {data} --batch_sise 3", "unknown flag(s): --batch_sise"),
-    ("evaluate", "--checkpoint {tmp} --data {data} --output {tmp}/no/dir/m.json", "cannot write in"),
+    ("evaluate", "--checkpoint {tmp} --data {data} --output {tmp}/notes.txt/m.json", "not a writable folder"),
     ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --epochs x", "--epochs: expected"),
     ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t", "no such item-embedding file"),
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --resume maybe", "--resume must be true, false or force"),

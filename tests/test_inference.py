@@ -164,7 +164,7 @@ BAD_REQUESTS = [  # (arguments, input file text or None, error message)
     (dict(input="in.jsonl"), '\n', "no histories in the file"),
     (dict(user="1", history="1"), None, "exactly one of --user, --history or --input"),
     (dict(history="1", k=0), None, "--k must be an integer in 1.."),
-    (dict(history="1", output="missing/dir/out.jsonl"), None, "cannot write in"),
+    (dict(history="1", output="FILE/out.jsonl"), None, "not a writable folder"),
 ]
 
 
@@ -176,9 +176,10 @@ def test_recommend_bad_input_is_a_clear_error_and_writes_nothing(tiny_dataset, s
     if text is not None:
         (tmp_path / "in.jsonl").write_text(text.replace('"1"', f'"{item_ids[1]}"'))
     args = {k: (v.replace("1", item_ids[1]) if k == "history" else v) for k, v in args.items()}
+    output = args.pop("output", "out.jsonl").replace("FILE", str(student_dir / "model.safetensors"))
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises((DataError, ValueError), match=message):
-        recommend.main(str(student_dir), str(tiny_dataset.path), output=args.pop("output", "out.jsonl"), **args)
+        recommend.main(str(student_dir), str(tiny_dataset.path), output=output, **args)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
