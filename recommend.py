@@ -21,14 +21,7 @@ from tqdm import tqdm
 from slmrec.cli import run
 from slmrec.data import DataError, PreparedData
 from slmrec.inference import InferenceConfig, Recommender
-from slmrec.utils import FlagError, check_writable, setup_logging, split_flags
-
-
-def _ids(value):
-    """A fire flag given as 474, "474,465" or (474, 465) -> ["474", "465"]."""
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [v.strip() for v in str(value).split(",") if v.strip()]
+from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags
 
 
 def read_requests(data: PreparedData, user=None, history=None, input=None):
@@ -56,7 +49,7 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
     if user is not None:
         return [(str(user), of_user(user, "--user"))]
     if history is not None:
-        return [(None, items_of(_ids(history), "--history"))]
+        return [(None, items_of(coerce("history", history, list), "--history"))]
     requests = []
     with open(input, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from slmrec.cli import run
 from slmrec.backbone import decoder_layers, load_backbone
-from slmrec.data import PreparedData, left_pad
-from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer, length_order
+from slmrec.data import PreparedData, history_batches, left_pad
+from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
 from slmrec.training import compute_dtype, resolve_precision
@@ -47,9 +47,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def batches_of(histories, batch_size, max_len, by_length):
-    order = length_order(histories, max_len) if by_length else np.arange(len(histories))
-    return [torch.from_numpy(left_pad([histories[i] for i in order[s:s + batch_size]], max_len)).to(DEVICE)
-            for s in range(0, len(order), batch_size)]
+    """Every batch, left-padded and on the device beforehand, so the timing is the scoring's alone."""
+    return [torch.from_numpy(p).to(DEVICE) for _, p in history_batches(histories, max_len, batch_size, by_length)]
 
 
 def users_per_second(scorer, batches, repeats=1):

@@ -45,13 +45,14 @@ def check_flags(fn, argv):
 def typed(fn):
     """fn with each argument converted to its annotated type before the call (FlagError if it cannot be)."""
     hints = typing.get_type_hints(fn)
-    params = inspect.signature(fn).parameters
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
         for name, value in list(bound.arguments.items()):
-            if name in hints and params[name].kind is not inspect.Parameter.VAR_KEYWORD and value is not None:
+            kind = signature.parameters[name].kind
+            if name in hints and kind is not inspect.Parameter.VAR_KEYWORD and value is not None:
                 bound.arguments[name] = coerce(name, value, hints[name])
         return fn(*bound.args, **bound.kwargs)
 

@@ -555,6 +555,16 @@ class PreparedData:
         return [r[1] for r in self._table("users.tsv")]
 
 
+def history_batches(histories, max_len, batch_size, by_length=False):
+    """(indices into histories, left-padded int64 array [B, max_len]) per batch; with by_length, histories of
+    similar length (as scored: at most max_len) share a batch, so little of it is padding."""
+    lengths = [min(len(h), max_len) for h in histories]
+    order = np.argsort(lengths, kind="stable") if by_length else np.arange(len(histories))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, left_pad([histories[i] for i in idx], max_len)
+
+
 def left_pad(seqs, length):
     """LongTensor-ready int64 array [len(seqs), length]: the last `length` items, 0-padded on the left."""
     out = np.zeros((len(seqs), length), np.int64)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbone import decoder_layers
-from .data import DataError, left_pad
+from .data import DataError, PreparedData, history_batches
 from .model import check_same_data, load_ellmrec
 from .seqrec import load_seqrec
 from .training import MODEL_CONFIG, CheckpointError, compute_dtype, resolve_precision
@@ -39,9 +39,9 @@ class InferenceConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, as in training), fp32, bf16, fp16
     fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, as training evaluates
     merge_lora: bool = True
-    cast_weights: bool = True  # frozen weights in the compute dtype instead of cast by autocast at every call
     # compute: the whole LM (embeddings, norms, so the residual stream) in the compute dtype, as on a GPU;
-    # fp32: training's fp32 residual stream with bf16 matmuls (autocast). Not exact: measured, see benchmarks.
+    # fp32: training's fp32 residual stream, bf16 matmuls over frozen weights held in bf16 (autocast). In bf16
+    # neither is bit for bit training's path (merged LoRA rounds differently): measured, see benchmarks.
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
     # auto: eager on a CPU (measured 1.2-1.3x the users/s of torch's SDPA kernel there for the student at batch
@@ -85,7 +85,7 @@ class FastELLMRec:
                 torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8, inplace=True)
         elif cfg.residual == "compute" and self.dtype is not None:
             model.base_lm().to(self.dtype)
-        elif cfg.cast_weights:
+        else:
             model.cast_frozen(self.dtype)
         self.lm = model.lm
         attention = cfg.attention if cfg.attention != "auto" else "eager" if device == "cpu" else "sdpa"
@@ -162,11 +162,6 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
     raise CheckpointError(f"{checkpoint}: unknown model type {kind!r} in {MODEL_CONFIG}")
 
 
-def length_order(histories, max_len):
-    """Indices of histories sorted by their length as scored (at most max_len), stable."""
-    return np.argsort([min(len(h), max_len) for h in histories], kind="stable")
-
-
 class Recommender:
     """Top-k items for histories of item indices (1..num_items, oldest first) from a trained model.
 
@@ -179,8 +174,6 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, data, cfg: InferenceConfig = None, device=None):
-        from .data import PreparedData
-
         data = data if isinstance(data, PreparedData) else PreparedData(data)
         cfg = cfg or InferenceConfig()
         scorer, max_len = load_scorer(checkpoint, data, cfg, device)
@@ -194,15 +187,6 @@ class Recommender:
             if bad:
                 raise DataError(f"history {i}: item indices {bad[:5]} outside 1..{self.data.num_items}")
 
-    def batches(self, histories):
-        """(indices, left-padded [B, max_len] LongTensor) per batch, grouped by length when configured."""
-        order = length_order(histories, self.max_len) if self.cfg.by_length else np.arange(len(histories))
-        device = getattr(self.scorer, "device", "cpu")
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start:start + self.cfg.batch_size]
-            padded = left_pad([np.asarray(histories[i], dtype=np.int64) for i in idx], self.max_len)
-            yield idx, torch.from_numpy(padded).to(device)
-
     @torch.inference_mode()
     def recommend(self, histories, k=10, keep_seen=False, progress=None):
         """[[(item index, score), ...] best first] per history: the top k of all items, items already in the
@@ -211,8 +195,8 @@ class Recommender:
         if not 1 <= k <= self.data.num_items:
             raise ValueError(f"k must be in 1..{self.data.num_items}, not {k}")
         out = [None] * len(histories)
-        for idx, padded in self.batches(histories):
-            scores = self.scorer(padded).float()
+        for idx, padded in history_batches(histories, self.max_len, self.cfg.batch_size, self.cfg.by_length):
+            scores = self.scorer(torch.from_numpy(padded).to(self.scorer.device)).float()
             scores[:, 0] = float("-inf")
             # A NaN score would sort first: never recommend an item the model cannot score.
             scores = scores.masked_fill(scores.isnan(), float("-inf"))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import left_pad
+from .data import history_batches
 
 KS = (1, 5, 10)
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -50,14 +50,12 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
     scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named None.
     by_length: batch users of similar history length together (less padding); ranks still follow `users`."""
     cand_all = data.candidates[split]
-    order = np.arange(len(users))
-    if by_length:
-        order = np.argsort([min(len(data.history(u, split)), max_len) for u in users], kind="stable")
-    cand_r, full_r = {}, {}
-    for start in range(0, len(users), batch_size):
-        us = np.asarray(users)[order[start:start + batch_size]]
-        hist = torch.from_numpy(left_pad([data.history(u, split) for u in us], max_len)).to(device)
-        out = score_fn(hist)
+    users = np.asarray(users)
+    cand_r, full_r, order = {}, {}, []
+    for idx, padded in history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length):
+        us = users[idx]
+        order.append(idx)
+        out = score_fn(torch.from_numpy(padded).to(device))
         for name, scores in (out.items() if isinstance(out, dict) else [(None, out)]):
             scores = scores.float().masked_fill(scores.isnan(), float("-inf"))
             cand = torch.from_numpy(cand_all[us].astype(np.int64)).to(scores.device)
@@ -66,7 +64,7 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
                 exclude[r, torch.from_numpy(data.sequences[u].astype(np.int64))] = True
             cand_r.setdefault(name, []).append(candidate_ranks(scores, cand).cpu())
             full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], exclude).cpu())
-    back = np.argsort(order)  # from batch order to the order of `users`
+    back = np.argsort(np.concatenate(order))  # from batch order to the order of `users`
     return {name: (torch.cat(cand_r[name]).numpy()[back], torch.cat(full_r[name]).numpy()[back]) for name in cand_r}
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import evaluate, flatten
-from .utils import FlagError, hardware, jsonable, load_json, save_json
+from .utils import FlagError, coerce, hardware, jsonable, load_json, save_json
 
 log = logging.getLogger(__name__)
 
@@ -263,16 +263,16 @@ class RecTrainer(Trainer):
             save_model(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
 
-RESUME_MODES = {"false": "no", "no": "no", "0": "no", "true": "yes", "yes": "yes", "1": "yes", "force": "force"}
-
-
 def resume_mode(value) -> str:
     """--resume: false (start afresh), true (continue from the newest complete checkpoint; refused if the run's
-    settings changed) or force (continue anyway; the changes are recorded in run_config.json)."""
-    mode = RESUME_MODES.get(str(value).lower())
-    if mode is None:
-        raise FlagError(f"--resume must be true, false or force, not {value!r}")
-    return mode
+    settings changed) or force (continue anyway; the changes are recorded in run_config.json). Returns
+    "no", "yes" or "force"; true and false are spelt as for any boolean flag (utils.coerce)."""
+    if str(value).lower() == "force":
+        return "force"
+    try:
+        return "yes" if coerce("resume", value, bool) else "no"
+    except FlagError:
+        raise FlagError(f"--resume must be true, false or force, not {value!r}") from None
 
 
 CHECKPOINT_FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt", "trainer_state.json")
