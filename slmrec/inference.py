@@ -44,8 +44,8 @@ class InferenceConfig:
     # neither is bit for bit training's path (merged LoRA rounds differently): measured, see benchmarks.
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
-    # auto: eager on a CPU (measured 1.02-1.3x the users/s of torch's SDPA kernel there for the student at batch
-    # 128-256, benchmarks/README.md), SDPA on a GPU; or eager, sdpa
+    # auto: eager on a CPU (measured 1.1-1.3x the users/s of torch's SDPA kernel there for the student at batch
+    # 128, 1.02-1.07x for the teacher and 30 layers, benchmarks/README.md), SDPA on a GPU; or eager, sdpa
     attention: str = "auto"
     batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
     by_length: bool = True  # batch histories of similar length together
