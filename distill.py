@@ -4,14 +4,20 @@
 """
 
 import json
+import time
+from pathlib import Path
+
+import torch
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.distill import DistillConfig, DistillTrainer, load_teacher, student_config
-from slmrec.examples import ExampleConfig, training_examples
+from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_teacher, student_config,
+                            teacher_states)
+from slmrec.examples import ExampleConfig, Indexed, training_examples
+from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
-from slmrec.training import (ELLMREC_TRAIN, TrainConfig, compute_dtype, fit_and_test, load_checkpoint_files,
-                             load_trained_weights, newest_complete_checkpoint, resume_mode)
+from slmrec.training import (ELLMREC_TRAIN, TrainConfig, check_run_dir, compute_dtype, fit_and_test,
+                             load_checkpoint_files, load_trained_weights, newest_complete_checkpoint, resume_mode)
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
@@ -43,8 +49,20 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     examples = training_examples(dataset, scfg.max_len, examples_cfg)
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
                   "examples": examples_cfg, "train_examples": len(examples)}
+    states, extra = None, {}
+    if caches_teacher(dcfg, examples_cfg):  # the frozen teacher runs once, not at every step
+        check_run_dir(Path(output_dir))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)
+        t = time.time()
+        states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision, output_dir,
+                                cfg.eval_batch_size, device)
+        extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
+                 "teacher_states_build_seconds": states.meta["build_seconds"]}
+        examples = Indexed(examples)
     metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config, resume=resume,
-                           trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg)
+                           trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg, states=states,
+                           extra_metrics=extra)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 

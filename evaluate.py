@@ -12,7 +12,9 @@ test metrics that training writes come from the plain path (benchmarks/README.md
 """
 
 import json
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from slmrec.cli import run
@@ -40,8 +42,11 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
         model = load_ellmrec(checkpoint, dataset).to(device)
         with torch.inference_mode(), autocast(device, compute_dtype(cfg.precision)):
             by_layer = evaluate(lambda h: model.score_layers(h, layers), dataset, split, model.cfg.max_len,
-                                cfg.batch_size, device)
+                                cfg.batch_size, device, per_user=True)
+        ranks = {f"layer_{l}": np.asarray(by_layer[l].pop("ranks")["candidates"]) for l in layers}
         results = {f"layer_{l}": by_layer[l] for l in layers}
+        if output:  # per-user ranks beside the metrics (<output stem>_ranks.npz), for paired comparisons
+            np.savez(Path(output).with_name(Path(output).stem + "_ranks.npz"), **ranks)
     if output:
         save_json(results, output)
     print(json.dumps(results, indent=2))

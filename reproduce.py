@@ -11,14 +11,14 @@ interrupted one resumes from its last checkpoint. The plan, budgets and presets:
 """
 
 import sys
-from pathlib import Path
-
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.efficiency import measure
 from slmrec.experiments import FIRST_SEED, make_config, plan, run_plan, seed_dir
+from slmrec.records import RECORD, record_dir, runs_root
 from slmrec.tables import rows_of, write_all
-from slmrec.utils import FlagError, load_json, parse_ints, save_json
+from slmrec.training import ELLMREC_TRAIN, resolve_precision
+from slmrec.utils import FlagError, hardware, load_json, parse_ints, save_json
 
 
 def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", source: str = "ml-100k",
@@ -59,27 +59,32 @@ def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", 
 
 
 def efficiency(cfg, recompute=True):
-    """Table 5 rows (E4SRec with all layers, the teacher, the student of the first seed; those finished), measured
-    side by side; kept in <runs>/efficiency.json and remeasured only when a model is newer or the set changed."""
-    planned = [(row, seed_dir(cfg.runs, FIRST_SEED) / row[0]) for row in rows_of(cfg, "table5")]
-    finished = [(row, d) for row, d in planned if (d / "test_metrics.json").is_file()]
-    if len(finished) < len(planned):
-        print("Table 5 leaves out the runs not finished yet: "
-              + ", ".join(str(d) for row, d in planned if (row, d) not in finished))
-    rows, dirs = [row for row, _ in finished], [d for _, d in finished]
-    if len(rows) < 2:
-        return None
-    cache = Path(cfg.runs) / "efficiency.json"
-    newest = max((d / "test_metrics.json").stat().st_mtime for d in dirs)
-    if cache.is_file() and (cache.stat().st_mtime > newest or not recompute):
-        cached = load_json(cache)
-        if [r["model"] for r in cached] == [label for _, label in rows]:
-            return cached
-    print("Table 5: timing " + ", ".join(label for _, label in rows), flush=True)
+    """Table 5 rows (the full-depth E4SRec, the teacher, E4SRec_N and the student of the first seed; those whose
+    checkpoints are here), measured side by side in this process, kept in <results>/runs/efficiency.json beside
+    the records, and measured again only when a run was recorded after it or the set of models changed.
+    recompute=False (--tables_only): the kept measurement, whatever it is."""
+    kept = runs_root(cfg.results) / "efficiency.json"
+    planned = [(label, key) for key, label in rows_of(cfg, "table5")]
+    if not recompute:
+        return load_json(kept) if kept.is_file() else None
+    here = [(label, seed_dir(cfg.runs, FIRST_SEED) / key) for label, key in planned]
+    here = [(label, d) for label, d in here if (d / "test_metrics.json").is_file()]
+    if len(here) < len(planned):
+        print("Table 5 leaves out the runs whose checkpoints are not here: "
+              + ", ".join(label for label, _ in planned if label not in dict(here)))
+    if len(here) < 2:
+        return load_json(kept) if kept.is_file() else None
+    records = [record_dir(cfg.results, FIRST_SEED, key) / RECORD for _, key in planned]
+    newest = max(f.stat().st_mtime for f in records if f.is_file())
+    if kept.is_file() and kept.stat().st_mtime > newest and [r["model"] for r in load_json(kept)] == \
+            [label for label, _ in here]:
+        return load_json(kept)
+    print("Table 5: timing " + ", ".join(label for label, _ in here) + " (an epoch of each)", flush=True)
     data = PreparedData(cfg.data)
-    batch = cfg.train.get("batch_size", 16)
-    measured = [measure(label, d, data, batch_size=batch) for (_, label), d in zip(rows, dirs)]
-    save_json(measured, cache)
+    batch = {**ELLMREC_TRAIN, **cfg.train}["batch_size"]
+    machine = {"hardware": hardware(), "precision": resolve_precision("auto"), "batch_size": batch}
+    measured = [{**measure(label, d, data, batch_size=batch), **machine} for label, d in here]
+    save_json(measured, kept)
     return measured
 
 

@@ -31,7 +31,8 @@ def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every
     pairs = block_pairs(t.cfg.num_layers, num_layers, blocks)
     sums, norms = {}, {"teacher": [0.0] * len(pairs), "student": [0.0] * len(pairs)}
     examples = training_examples(dataset, t.cfg.max_len, ExampleConfig(objective))
-    for x, y in sample_batches(examples, batch_size, batches, seed=seed):
+    for batch in sample_batches(examples, batch_size, batches, seed=seed):
+        x, y = batch["input_ids"], batch["labels"]
         with torch.no_grad():
             _, terms, out = distill_loss(student, t, dcfg, pairs, x, y)
             t_states = t.supervised(x, y, layer_states=True)["states"]  # distill_loss keeps them to itself

@@ -7,6 +7,7 @@ Synthetic histories of full length (the worst case); random item embeddings; tim
 and real weights. Each configuration is timed in the same process, one after another.
 """
 
+import tempfile
 
 import torch
 
@@ -14,6 +15,8 @@ from slmrec.cli import run
 from slmrec.backbone import load_backbone
 from slmrec.distill import DistillConfig
 from slmrec.efficiency import autocast_for, median_seconds, train_step
+from slmrec.losses import block_pairs
+from slmrec.teacher_cache import STORAGE, load_or_build
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.training import compute_dtype, resolve_precision
 from slmrec.utils import hardware, parse_ints
@@ -43,6 +46,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     y_shape = (batch_size, max_len) if objective == "every_position" else (batch_size,)
     y = torch.randint(1, num_items + 1, y_shape, generator=g).to(device)
     xe = torch.randint(1, num_items + 1, (eval_batch_size, max_len), generator=g).to(device)
+    batches = [{"input_ids": x, "labels": y, "index": torch.arange(batch_size)}]
     autocast = autocast_for(precision, device)
     rows = []  # rows: (name, train step s, eval users/s, eval batch s)
 
@@ -71,15 +75,25 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
         models = build_all()
         for n in layers:
             models[n].cast_frozen(to)
-            row(f"{n} layers{tag}", models[n], median_seconds(train_step(models[n], [(x, y)], autocast), steps))
+            row(f"{n} layers{tag}", models[n], median_seconds(train_step(models[n], batches, autocast), steps))
         if len(layers) > 1:
             teacher, student = models[layers[0]], models[layers[-1]]
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval().cast_frozen(to)
             row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher forward included)", student,
-                median_seconds(train_step(student, [(x, y)], autocast, teacher, DistillConfig("")), steps),
+                median_seconds(train_step(student, batches, autocast, teacher, DistillConfig("")), steps),
                 eval_s=rows[-1][3])
+            # The same step with the teacher's states read from its cache (distill.py's default offline)
+            with tempfile.TemporaryDirectory() as tmp:
+                pairs = block_pairs(layers[0], layers[-1], DistillConfig.blocks)
+                key = {"teacher_layers": [t for t, _ in pairs], "rows": "all", "with_final": False,
+                       "dtype": STORAGE[to or torch.float32][0]}
+                examples = [{"input_ids": x[i], "labels": y[i]} for i in range(batch_size)]
+                states = load_or_build(tmp, key, teacher, examples, autocast, batch_size, device)
+                row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher states cached)", student,
+                    median_seconds(train_step(student, batches, autocast, teacher, DistillConfig(""), states), steps),
+                    eval_s=rows[-1][3])
     base = rows[0]
     for name, s, u, _ in rows[1:]:
         print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "

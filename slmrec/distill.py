@@ -3,6 +3,7 @@ feature terms of eq. 6, from a frozen teacher (offline) or one trained alongside
 
 import dataclasses
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .examples import ExampleConfig
+from .inference import autocast
 from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
-from .training import RecTrainer, check_finite, load_checkpoint_config, save_model
+from .teacher_cache import TeacherStates, cache_key, load_or_build
+from .training import RecTrainer, check_finite, compute_dtype, load_checkpoint_config, save_model
+from .utils import FlagError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,10 @@ class DistillConfig:
     temperature: float = 1.0
     norm_variant: str = "relative"  # squared (paper eq. 4), unsquared (the original code), relative (losses.py)
     feature_positions: str = "all"  # all: the feature terms at every supervised position; final: the readout only
+    # auto: the frozen teacher's states computed once and read from disk where that is exact (offline KD over a
+    # fixed example set: not --sampling user), the live teacher otherwise; cache: insist; live: never cache
+    teacher_states: str = "auto"
+    state_cache: str = ""  # where the teacher-state caches go; "" = <teacher>/state_cache
 
     def check(self):
         if self.kd_mode not in ("offline", "online"):
@@ -39,6 +48,8 @@ class DistillConfig:
             raise ValueError(f"--norm_variant must be one of {NORM_VARIANTS}, not {self.norm_variant!r}")
         if self.feature_positions not in ("all", "final"):
             raise ValueError(f"--feature_positions must be all or final, not {self.feature_positions!r}")
+        if self.teacher_states not in ("auto", "cache", "live"):
+            raise ValueError(f"--teacher_states must be auto, cache or live, not {self.teacher_states!r}")
         if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
             raise ValueError("the lambdas must be >= 0 and the temperature > 0")
 
@@ -65,34 +76,70 @@ def load_teacher(dcfg: DistillConfig, data, student_layers):
     return teacher.eval()
 
 
-def distill_loss(model, teacher, d: DistillConfig, pairs, x, y):
+def needs_teacher(d: DistillConfig) -> bool:
+    return d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
+
+
+def live_teacher_rows(teacher, d: DistillConfig, pairs, x, y, training) -> dict:
+    """The teacher's aligned block states and final state at the supervised rows, from a forward pass (with
+    gradients only for an online teacher in training)."""
+    with torch.set_grad_enabled(d.kd_mode == "online" and training):
+        out = teacher.supervised(x, y, layer_states=True)
+    return {"states": [out["states"][t - 1] for t, _ in pairs], "final": out["h"], "labels": out["labels"],
+            "final_only": False}
+
+
+def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
     """Eq. 6: (total loss, {term: value}, the student's outputs) for histories x and targets y (labels [B] or
     [B, L], as ELLMRec.forward takes them). Teacher and student share the prompt and readout, so their
-    supervised rows are the same positions of the same inputs."""
-    need_teacher = d.lambda_cos > 0 or d.lambda_norm > 0 or d.lambda_kl > 0 or d.kd_mode == "online"
+    supervised rows are the same positions of the same inputs. cached: the teacher's rows for this batch read
+    from its state cache (TeacherStates.rows), instead of running it."""
     out = model(input_ids=x, labels=y, layer_states=True)
     terms = {"ce": out["loss"]}
-    if need_teacher:
-        with torch.set_grad_enabled(d.kd_mode == "online" and model.training):
-            t_out = teacher.supervised(x, y, layer_states=True)
-            t_scores = teacher.item_scores(t_out["h"])
+    if needs_teacher(d):
+        t = cached if cached is not None else live_teacher_rows(teacher, d, pairs, x, y, model.training)
         if d.kd_mode == "online":
-            terms["teacher_ce"] = item_loss(t_scores, t_out["labels"])
-        rows = out["final"] if d.feature_positions == "final" else slice(None)
+            terms["teacher_ce"] = item_loss(teacher.item_scores(t["final"]), t["labels"])
+        final = out["final"] if d.feature_positions == "final" else slice(None)
         # Online, the feature terms train the student towards the teacher, not the teacher towards it.
-        t_feats = [t_out["states"][t - 1][rows].detach() for t, _ in pairs]
-        s_feats = [out["states"][s - 1][rows] for _, s in pairs]
+        t_feats = [s.detach() if t["final_only"] else s[final].detach() for s in t["states"]]
+        s_feats = [out["states"][s - 1][final] for _, s in pairs]
         if d.lambda_cos > 0:
             terms["cos"] = cosine_loss(t_feats, s_feats)
         if d.lambda_norm > 0:
             terms["norm"] = norm_loss(t_feats, s_feats, d.norm_variant)
         if d.lambda_kl > 0:
-            terms["kl"] = logit_kd_loss(t_scores.detach(), out["scores"], d.temperature)
+            terms["kl"] = logit_kd_loss(teacher.item_scores(t["final"]).detach(), out["scores"], d.temperature)
     if d.lambda_ms > 0 and out["adapter_scores"]:
         terms["ms"] = multi_supervision_loss(out["adapter_scores"], out["labels"])
     weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
                "kl": d.lambda_kl}
     return sum(weights[k] * v for k, v in terms.items()), terms, out
+
+
+def caches_teacher(d: DistillConfig, examples_cfg: ExampleConfig) -> bool:
+    """Whether the teacher's states come from a cache: where they are exact (a frozen teacher, and the same
+    examples every epoch) and used at all, unless --teacher_states live."""
+    exact = d.kd_mode == "offline" and examples_cfg.sampling == "target"
+    if d.teacher_states == "cache" and not exact:
+        raise FlagError("--teacher_states cache needs offline KD over a fixed example set (not --kd_mode online "
+                        "or --sampling user, whose teacher states change from step to step)")
+    return d.teacher_states != "live" and exact and needs_teacher(d)
+
+
+def teacher_states(d: DistillConfig, teacher, data, examples, pairs, precision, output_dir, batch_size=64,
+                   device="cpu") -> TeacherStates:
+    """The teacher's state cache for this run, built on first use: under --state_cache, else beside the
+    teacher (<teacher>/state_cache, shared by every student of that teacher), or in the run's own folder
+    when the teacher's is not writable."""
+    root = Path(d.state_cache) if d.state_cache else Path(d.teacher) / "state_cache"
+    if not d.state_cache and not os.access(d.teacher, os.W_OK):
+        root = Path(output_dir) / "teacher_states"
+    rows = "final" if d.feature_positions == "final" and d.lambda_kl == 0 else "all"
+    dtype = compute_dtype(precision) or torch.float32
+    key = cache_key(d.teacher, teacher, data, examples, [t for t, _ in pairs], rows, d.lambda_kl > 0, dtype)
+    return load_or_build(root, key, teacher, examples, autocast(device, compute_dtype(precision)), batch_size,
+                         device)
 
 
 class OnlineTeacherSteps(TrainerCallback):
@@ -113,9 +160,10 @@ class OnlineTeacherSteps(TrainerCallback):
 
 
 class DistillTrainer(RecTrainer):
-    def __init__(self, *args, teacher, distill: DistillConfig, **kwargs):
+    def __init__(self, *args, teacher, distill: DistillConfig, states: TeacherStates = None, **kwargs):
+        """states: the teacher's state cache (teacher_states); the examples then carry their "index"."""
         super().__init__(*args, **kwargs)
-        self.teacher, self.dcfg = teacher.to(self.args.device), distill
+        self.teacher, self.dcfg, self.states = teacher.to(self.args.device), distill, states
         student_cfg = self.model.cfg
         self.pairs = block_pairs(teacher.cfg.num_layers, student_cfg.num_layers, distill.blocks)
         if teacher.lm.config.hidden_size != self.model.lm.config.hidden_size:
@@ -137,9 +185,10 @@ class DistillTrainer(RecTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Accelerate puts autocast on the prepared model's forward only: without this the teacher, which
         # the Trainer never prepares, would run in fp32 (measured 0.9 s instead of 0.6 s per CPU step).
+        cached = self.states.rows(inputs["index"], self.args.device) if self.states is not None else None
         with self.accelerator.autocast():
             loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
-                                            inputs["labels"])
+                                            inputs["labels"], cached)
         check_finite(terms, self.state.global_step + 1)
         if model.training:
             for k, v in terms.items():

@@ -1,18 +1,23 @@
-"""Paper Table 5: training time per epoch, inference time over all test users, trainable and inference
-parameters of trained models, measured one after another in one process so the numbers compare."""
+"""Paper Table 5: training time per epoch, inference speed and parameters of trained models, measured one after
+another in one process so the numbers compare. Training is timed over a whole epoch of each run's own training
+examples (one optimiser step per batch, batches in a shuffled order); a student's epoch is a distillation epoch
+as distill.py trains it (teacher states read from the cache, or the live teacher where the run had one), and
+its teacher-state cache is built again here and timed beside it. Inference: the fast scoring path
+(slmrec/inference.py) over every test user."""
 
-import math
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-from .distill import DistillConfig, distill_loss, load_teacher
+from .distill import DistillConfig, caches_teacher, distill_loss, load_teacher
+from .examples import ExampleConfig, Indexed, training_examples
+from .inference import InferenceConfig, autocast, load_scorer
 from .losses import block_pairs
 from .metrics import evaluate
-from .examples import ExampleConfig, training_examples
 from .model import load_ellmrec
-from .inference import autocast
+from .teacher_cache import cache_key, load_or_build
 from .training import compute_dtype
 from .utils import load_json
 
@@ -37,19 +42,22 @@ def autocast_for(precision, device):
     return autocast(device, compute_dtype(precision))
 
 
-def train_step(model, batches, autocast, teacher=None, dcfg=None):
-    """One optimiser step per call, cycling through batches; with a teacher, the distillation step of
-    distill.py (teacher forward and eq. 6)."""
+def train_step(model, batches, autocast, teacher=None, dcfg=None, states=None):
+    """One optimiser step per call, cycling through batches ({"input_ids", "labels"[, "index"]}); with a
+    teacher, the distillation step of distill.py (eq. 6), its teacher states read from `states` if given."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks) if teacher else None
     state = {"i": 0}
 
     def step():
-        x, y = batches[state["i"] % len(batches)]
+        batch = batches[state["i"] % len(batches)]
         state["i"] += 1
         model.train()
+        x, y = batch["input_ids"], batch["labels"]
+        cached = states.rows(batch["index"], x.device) if states is not None else None
         with autocast:
-            loss = distill_loss(model, teacher, dcfg, pairs, x, y)[0] if teacher else model(x, y)["loss"]
+            loss = (distill_loss(model, teacher, dcfg, pairs, x, y, cached)[0] if teacher
+                    else model(input_ids=x, labels=y)["loss"])
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -66,41 +74,79 @@ def param_counts(model):
     return trainable, inference
 
 
+def collate(items, device="cpu") -> dict:
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+
+
 def sample_batches(examples, batch_size, n, device="cpu", seed=0) -> list:
-    """n (histories, next items) batches of real training examples, drawn at random with a fixed seed."""
+    """n batches of real training examples, drawn at random with a fixed seed."""
     g = np.random.default_rng(seed)
-    batches = []
-    for _ in range(n):
-        items = [examples[int(i)] for i in g.choice(len(examples), batch_size, replace=False)]
-        batches.append((torch.stack([it["input_ids"] for it in items]).to(device),
-                        torch.stack([it["labels"] for it in items]).to(device)))
-    return batches
+    return [collate([examples[int(i)] for i in g.choice(len(examples), batch_size, replace=False)], device)
+            for _ in range(n)]
 
 
-def measure(name, run_dir, data, batch_size=16, eval_batch_size=64, steps=5, precision="auto", device=None):
+def epoch_batches(examples, batch_size, device="cpu", seed=0) -> list:
+    """Every example once, in a shuffled order, cut into batches (the last one shorter): one epoch."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    return [collate([examples[int(i)] for i in order[lo:lo + batch_size]], device)
+            for lo in range(0, len(order), batch_size)]
+
+
+def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
     """One row of Table 5 for a trained run directory (a finetune.py or distill.py output)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_config = load_json(f"{run_dir}/run_config.json")
     model = load_ellmrec(run_dir, data).to(device)
-    teacher = dcfg = None
-    if "distill" in run_config:  # a student: its training step includes the teacher, as in distill.py
+    examples_cfg = ExampleConfig(**run_config.get("examples", {}))
+    examples = training_examples(data, model.cfg.max_len, examples_cfg)
+    teacher = dcfg = states = None
+    row = {"model": name, "layers": model.cfg.num_layers}
+    if "distill" in run_config:  # a student: its training step is distill.py's
         dcfg = DistillConfig(**run_config["distill"])
         teacher = load_teacher(dcfg, data, model.cfg.num_layers).to(device)
     for m in (model, teacher) if teacher else (model,):  # as finetune.py and distill.py train
         m.cast_frozen(compute_dtype(precision))
-    examples = training_examples(data, model.cfg.max_len, ExampleConfig(**run_config.get("examples", {})))
-    batches = sample_batches(examples, batch_size, steps + 2, device)
-    autocast = autocast_for(precision, device)
-    step_s = median_seconds(train_step(model, batches, autocast, teacher, dcfg), steps)
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    model.eval()
+    if teacher is not None and caches_teacher(dcfg, examples_cfg):
+        pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks)
+        rows = "final" if dcfg.feature_positions == "final" and dcfg.lambda_kl == 0 else "all"
+        dtype = compute_dtype(precision) or torch.float32
+        key = cache_key(dcfg.teacher, teacher, data, examples, [t for t, _ in pairs], rows, dcfg.lambda_kl > 0,
+                        dtype)
+        with tempfile.TemporaryDirectory() as tmp:  # built afresh, to be timed beside the epochs
+            _sync()
+            t = time.perf_counter()
+            built = load_or_build(tmp, key, teacher, examples, autocast_for(precision, device), 64, device)
+            _sync()
+            row["cache_build_s"] = time.perf_counter() - t
+            row["cache_mb"] = sum(f.stat().st_size for f in built.path.iterdir()) / 1e6
+            row["cache_rows"] = int(built.meta["total_rows"])
+            states = built
+            row.update(_time_epoch(model, Indexed(examples), batch_size, precision, device, teacher, dcfg, states))
+    else:
+        row.update(_time_epoch(model, examples, batch_size, precision, device, teacher, dcfg))
+    row["train_examples"] = len(examples)
+    del teacher, states
+    scorer, max_len = load_scorer(run_dir, data, InferenceConfig(precision=precision), device)
     _sync()
     t = time.perf_counter()
-    with torch.no_grad(), autocast:
-        evaluate(model.score, data, "test", model.cfg.max_len, eval_batch_size, device)
+    evaluate(scorer, data, "test", max_len, InferenceConfig.batch_size, device, by_length=True)
     _sync()
-    infer_s = time.perf_counter() - t
-    trainable, inference = param_counts(model)
-    return {"model": name, "layers": model.cfg.num_layers, "train_step_s": step_s, "steps_per_epoch": steps_per_epoch,
-            "epoch_s": step_s * steps_per_epoch, "inference_s": infer_s, "test_users": data.num_users,
-            "trainable_params": trainable, "inference_params": inference}
+    row["inference_s"] = time.perf_counter() - t
+    row["test_users"] = data.num_users
+    row["trainable_params"], row["inference_params"] = param_counts(model)
+    return row
+
+
+def _time_epoch(model, examples, batch_size, precision, device, teacher=None, dcfg=None, states=None) -> dict:
+    """Seconds of one whole epoch of optimiser steps, after one warm-up step that is not counted."""
+    batches = epoch_batches(examples, batch_size, device)
+    step = train_step(model, batches, autocast_for(precision, device), teacher, dcfg, states)
+    step()  # warm-up (first-call allocations), then the epoch from its first batch
+    step = train_step(model, batches, autocast_for(precision, device), teacher, dcfg, states)
+    _sync()
+    t = time.perf_counter()
+    for _ in batches:
+        step()
+    _sync()
+    seconds = time.perf_counter() - t
+    return {"epoch_s": seconds, "steps_per_epoch": len(batches), "train_step_s": seconds / len(batches)}

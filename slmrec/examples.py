@@ -107,3 +107,16 @@ class UserTargetDataset(NextItemDataset):
         u = int(self.users[i])
         t = int(torch.randint(1, len(self.data.train_part(u)), ()).item())
         return self.example(u, t)
+
+
+class Indexed(Dataset):
+    """The examples with their position in the set ("index"), which a teacher-state cache is keyed by."""
+
+    def __init__(self, examples):
+        self.examples = examples
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return {**self.examples[i], "index": torch.tensor(i)}

@@ -4,6 +4,7 @@ it was made by the same command (and refused if not); an interrupted training ru
 checkpoint. slmrec/tables.py reads the same declarations."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from .distill import DistillConfig
 from .losses import block_pairs
+from .records import is_recorded, record, record_dir, runs_root
+from .utils import FlagError, load_json, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 42  # seeds are FIRST_SEED, FIRST_SEED + 1, ...; the first seed's SASRec gives every LM model its items
@@ -83,9 +86,9 @@ def make_config(budget="quick", preset=None, train=None, distill_overrides=None,
     """A budget's seed counts, then a preset's hyper-parameters, then the `train` and `distill_overrides`
     flags and the other ReproConfig fields, each overriding the one before."""
     if budget not in BUDGETS:
-        raise ValueError(f"--budget must be one of {sorted(BUDGETS)}, not {budget!r}")
+        raise FlagError(f"--budget must be one of {sorted(BUDGETS)}, not {budget!r}")
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, not {preset!r}")
+        raise FlagError(f"--preset must be one of {sorted(PRESETS)}, not {preset!r}")
     chosen = PRESETS.get(preset, {})
     cfg = ReproConfig(budget=budget, preset=preset, train={**chosen.get("train", {}), **(train or {})},
                       model=dict(chosen.get("model", {})),
@@ -104,14 +107,14 @@ def check(cfg: ReproConfig):
     """Mistakes that would otherwise surface hours into the plan."""
     M, N = cfg.teacher_layers, cfg.student_layers
     if not 0 < N < M:
-        raise ValueError(f"need 0 < student_layers < teacher_layers, got {N} and {M}")
+        raise FlagError(f"need 0 < student_layers < teacher_layers, got {N} and {M}")
     missing = {M, N} - set(cfg.depths)
     if missing:
-        raise ValueError(f"--depths {cfg.depths} must include the teacher's and student's depths {sorted(missing)}")
+        raise FlagError(f"--depths {cfg.depths} must include the teacher's and student's depths {sorted(missing)}")
     for b in {*cfg.block_sweep, cfg.blocks}:
         block_pairs(M, N, b)  # B must divide both depths: fails here with the reason
     if cfg.seeds < 1:
-        raise ValueError("--seeds must be >= 1")
+        raise FlagError("--seeds must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ def declare(cfg: ReproConfig) -> list:
                             "E4SRec (all layers)", (e4[M],)))
     specs += [
         e4srec(M, "main", {"main": f"E4SRec_{M}", "table5": f"E4SRec_{M}"}, "E4SRec_8", (e4[N], "sasrec")),
-        e4srec(N, "main", {"main": f"E4SRec_{N}", "table4": f"none (E4SRec_{N})"}, "E4SRec_4"),
+        e4srec(N, "main", {"main": f"E4SRec_{N}", "table4": f"none (E4SRec_{N})", "table5": f"E4SRec_{N}"},
+               "E4SRec_4"),
         slmrec("slmrec", "", {}, {"main": S, "table4": "+D_cos,D_norm,L_ms", "fig4": f"B={B}", "table5": S},
                "SLMRec_4<-8", (e4[N], e4[M])),
         slmrec("slmrec_cos", "+D_cos", {"lambda_norm": 0, "lambda_ms": 0}, {"table4": "+D_cos"}, "+D_cos",
@@ -244,46 +248,92 @@ def _prepare_data(cfg):
     if not (Path(cfg.data) / "stats.json").is_file():
         cmd = [sys.executable, str(ROOT / "datasets/process.py"), "--source", cfg.source, "--output_dir", cfg.data]
         subprocess.run(cmd, check=True)
+    stats, kept = load_json(Path(cfg.data) / "stats.json"), runs_root(cfg.results) / "dataset.json"
+    if kept.is_file() and load_json(kept)["fingerprint"] != stats["fingerprint"]:
+        raise FlagError(f"{cfg.data} is dataset {stats['fingerprint']}, but the runs recorded in {kept.parent} were "
+                        f"made on {load_json(kept)['fingerprint']}: use another --results folder")
+    save_json(stats, kept)
 
 
 def _ensure_embedding(cfg):
+    """The first seed's SASRec item table, exported from its run, or put back from its record (a run on another
+    machine or in an earlier sitting), so every LM-based model of a reproduction uses the same table."""
     emb = embedding_path(cfg)
+    kept = record_dir(cfg.results, FIRST_SEED, "sasrec") / emb.name
+    if not emb.is_file() and kept.is_file():
+        emb.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kept, emb)
     if not emb.is_file():
         subprocess.run([sys.executable, str(ROOT / "extract_emb.py"), "--checkpoint", str(emb.parent),
                         "--output", str(emb)], check=True)
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(emb, kept)
 
 
-def execute(run: Run, runs_dir, index, total):
-    """Run one step unless done; a finished run made by another command is an error, not a silent reuse."""
-    out = run.dir(runs_dir)
-    cmd = run.command(runs_dir)
-    stamp = out / "command.json"
+def dependency(cfg, run: Run):
+    """(seed, key) of the run whose checkpoint this one reads: a student's teacher, the layer-by-layer
+    evaluation's full-depth model; None otherwise."""
+    if run.spec.script == "distill.py":
+        return run.seed, f"e4srec_{cfg.teacher_layers}"
+    if run.spec.script == "evaluate.py":
+        return run.seed, f"e4srec_{cfg.full_depth}"
+    return None
+
+
+def execute(run: Run, cfg, index, total, needed=False):
+    """Run one step unless it is recorded already (or done in <runs>, then recorded); a run made by another
+    command is an error, not a silent reuse. needed: its checkpoint is missing and a later run reads it, so
+    it runs again even when recorded (and its record is replaced by the new run's)."""
+    out, rec = run.dir(cfg.runs), record_dir(cfg.results, run.seed, run.key)
+    cmd = run.command(cfg.runs)
     label = f"[{index}/{total}] seed {run.seed} {run.key}"
-    if stamp.is_file() and json.loads(stamp.read_text()) != cmd:
-        raise SystemExit(f"{out} was made by another command:\n  {json.loads(stamp.read_text())}\nnot\n  {cmd}\n"
-                         f"Remove it, or use another --runs directory.")
+    for stamp in (out / "command.json", rec / "command.json"):
+        if stamp.is_file() and load_json(stamp) != cmd:
+            raise FlagError(f"{stamp.parent} was made by another command: {load_json(stamp)}, not {cmd}; remove "
+                            f"it, or use other --runs and --results folders")
+    if is_recorded(rec, run.spec.done_file) and not needed:
+        print(f"{label}: recorded already ({rec})", flush=True)
+        return
     if (out / run.spec.done_file).is_file():
-        print(f"{label}: done already", flush=True)
+        record(out, rec)
+        print(f"{label}: done already; recorded in {rec}", flush=True)
         return
     resume = run.spec.script != "evaluate.py" and any(out.glob("checkpoint-*"))
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(cmd))
-    print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}\n"
+    (out / "command.json").write_text(json.dumps(cmd))
+    print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}"
+          f"{' (its checkpoint is needed by a later run)' if needed else ''}\n"
           f"    progress: tail -f {out / 'log.txt'}", flush=True)
     t = time.time()
     with open(out / "log.txt", "a") as log:
         res = subprocess.run([sys.executable, str(ROOT / cmd[0]), *cmd[1:], *(["--resume"] if resume else [])],
                              stdout=log, stderr=subprocess.STDOUT)
     if res.returncode != 0:
-        raise SystemExit(f"{label} failed ({res.returncode}) after {time.time() - t:.0f}s; see {out / 'log.txt'}")
-    print(f"{label}: finished in {time.time() - t:.0f}s", flush=True)
+        raise FlagError(f"{label} failed ({res.returncode}) after {time.time() - t:.0f}s; see {out / 'log.txt'}")
+    record(out, rec, time.time() - t)
+    print(f"{label}: finished in {time.time() - t:.0f}s; recorded in {rec}", flush=True)
 
 
 def run_plan(cfg: ReproConfig, runs: list):
+    """Run what is not recorded yet, each run after the runs whose checkpoints it reads: a recorded teacher
+    whose checkpoint is gone (another machine, a lost out/) is trained again first."""
     _prepare_data(cfg)
+    everything = {(r.seed, r.key): r for r in plan(cfg)}
+    todo, needed = [], set()
+    for run in runs:
+        if is_recorded(record_dir(cfg.results, run.seed, run.key), run.spec.done_file):
+            todo.append(run)
+            continue
+        dep = dependency(cfg, run)
+        if dep and not (everything[dep].dir(cfg.runs) / "model.safetensors").is_file():
+            needed.add(dep)
+            if everything[dep] not in todo:
+                todo.append(everything[dep])
+        todo.append(run)
     t = time.time()
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(todo, 1):
         if run.spec.script != "train_sr_trad.py":
             _ensure_embedding(cfg)
-        execute(run, cfg.runs, i, len(runs))
-    print(f"all {len(runs)} runs done in {time.time() - t:.0f}s", flush=True)
+        execute(run, cfg, i, len(todo), needed=(run.seed, run.key) in needed)
+    print(f"all {len(todo)} runs done in {time.time() - t:.0f}s", flush=True)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiments import ReproConfig, declare, labels, seed_dir, seed_list
+from .experiments import ReproConfig, declare, labels, seed_list
 from .metrics import METRICS
 from .examples import ExampleConfig
 from .model import ELLMRecConfig
-from .training import ELLMREC_TRAIN, resolve_precision
-from .utils import hardware, save_json
+from .records import machine, record_dir, runs_root
+from .training import ELLMREC_TRAIN
+from .utils import load_json, save_json
 
 # Paper numbers (%), Amazon 2018 with LLaMA-7B on an A100 (Tables 2, 4, 5), for the rows we reproduce.
 PAPER_METRICS = ("HR@1", "HR@5", "NDCG@5", "MRR")
@@ -48,10 +49,10 @@ def rows_of(cfg, output) -> list:
 
 
 def collect(cfg: ReproConfig, key, seeds=None):
-    """(test metrics, per-user candidate ranks, seeds) of every finished seed (of `seeds`) of one run key."""
+    """(test metrics, per-user candidate ranks, seeds) of every recorded seed (of `seeds`) of one run key."""
     metrics, ranks, found = [], [], []
     for seed in seeds or seed_list(cfg.seeds):
-        d = seed_dir(cfg.runs, seed) / key
+        d = record_dir(cfg.results, seed, key)
         if (d / "test_metrics.json").is_file():
             metrics.append(json.loads((d / "test_metrics.json").read_text()))
             ranks.append(np.load(d / "test_ranks.npz")["candidates"])
@@ -65,13 +66,28 @@ def mean_se(values):
 
 
 def summary(cfg, key, seeds=None):
-    metrics, _, seeds = collect(cfg, key, seeds)
+    """Mean and standard error over seeds of each metric; "NDCG@10_user_se", the standard error over test
+    users of a single run's NDCG@10 (for one seed: the uncertainty from which users are in the test set);
+    "machines", the recorded hardware and precision of its runs."""
+    metrics, ranks, seeds = collect(cfg, key, seeds)
     if not metrics:
         return None
-    row = {"seeds": len(seeds)}
+    row = {"seeds": len(seeds), "NDCG@10_user_se": user_se(ranks[0]),
+           "machines": sorted({machine(record_dir(cfg.results, s, key)) for s in seeds})}
     for k in METRICS:
         row[k], row[k + "_se"] = mean_se([m[k] for m in metrics])
     return row
+
+
+def user_se(ranks):
+    """Standard error over users of NDCG@10 from one run's per-user ranks."""
+    v = ndcg10(ranks)
+    return v.std(ddof=1) / np.sqrt(len(v))
+
+
+def bar(row):
+    """The error bar of a point's NDCG@10: the standard error over seeds, or with one seed, over users."""
+    return row["NDCG@10_user_se"] if np.isnan(row["NDCG@10_se"]) else row["NDCG@10_se"]
 
 
 def _pm(row, k, scale=1.0, digits=4):
@@ -79,8 +95,18 @@ def _pm(row, k, scale=1.0, digits=4):
     return f"{row[k] * scale:.{digits}f} ± " + ("—" if np.isnan(se) else f"{se * scale:.{digits}f}")
 
 
+def dataset_stats(cfg) -> dict:
+    """The statistics of the dataset the recorded runs were made on (kept with them, so tables need no data)."""
+    return load_json(runs_root(cfg.results) / "dataset.json")
+
+
+def recorded_machines(cfg) -> list:
+    return sorted({machine(rec.parent) for rec in runs_root(cfg.results).glob("seed*/*/record.json")})
+
+
 def setting(cfg: ReproConfig, command) -> str:
-    stats = json.loads((Path(cfg.data) / "stats.json").read_text())
+    stats = dataset_stats(cfg)
+    machines = recorded_machines(cfg)
     t = {**ELLMREC_TRAIN, **cfg.train}
     if t.get("max_steps", -1) > 0:
         steps = f"{t['max_steps']} steps"
@@ -89,9 +115,11 @@ def setting(cfg: ReproConfig, command) -> str:
                                                  f"MRR" if t.get("patience") else "")
     objective = t.get("objective", ExampleConfig.objective)
     readout = cfg.model.get("readout", ELLMRecConfig.readout)
+    where = (f"Hardware and precision: {machines[0]} (every run)" if len(machines) == 1 else
+             f"Hardware and precision: the runs ran on {len(machines)} machines ({'; '.join(machines)}): "
+             f"each row names its own")
     return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
-            f"999 stored negatives). LM: {cfg.base_model}. Hardware: {hardware()}, {resolve_precision('auto')} "
-            f"autocast for the LM-based models. Budget: '{cfg.budget}'"
+            f"{stats['num_negatives']} stored negatives). LM: {cfg.base_model}. {where}. Budget: '{cfg.budget}'"
             f"{' + preset ' + cfg.preset if cfg.preset else ''}: LM-based models trained with the {objective} "
             f"objective ({readout} readout), {steps} of batch {t['batch_size']}, validation "
             f"{'every ' + str(t['eval_steps']) + ' steps' if t.get('eval_steps') else 'once per epoch'} "
@@ -102,15 +130,17 @@ def setting(cfg: ReproConfig, command) -> str:
 
 def metric_table(cfg, keyed_labels, title="", head="", note="", seeds=None) -> tuple:
     """keyed_labels: [(run key, row label)]."""
-    lines = [title, "", head, "", "| model | seeds | " + " | ".join(METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
+    per_row = len(recorded_machines(cfg)) > 1
+    lines = [title, "", head, "", "| model | seeds | " + " | ".join(METRICS) + " |" + (" ran on |" if per_row else ""),
+             "|---|---|" + "---|" * (len(METRICS) + per_row)]
     rows = []
     for key, label in keyed_labels:
         row = summary(cfg, key, seeds)
         if row is None:
             continue
         rows.append((label, row))
-        lines.append(f"| {label} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |")
+        lines.append(f"| {label} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |"
+                     + (f" {'; '.join(row['machines'])} |" if per_row else ""))
     lines += ["", "Mean ± standard error over seeds (— : one seed, no standard error)." + note]
     return "\n".join(lines) + "\n", rows
 
@@ -177,7 +207,7 @@ def ndcg10(ranks):
 
 
 def write_table1(cfg, out):
-    stats = json.loads((Path(cfg.data) / "stats.json").read_text())
+    stats = dataset_stats(cfg)
     save_json(stats, out / "table1.json")
     text = ("# Table 1: dataset statistics (ours)\n\n| dataset | users | items | interactions | density | avg. length |"
             f"\n|---|---|---|---|---|---|\n| {Path(cfg.data).name} | {stats['users']:,} | {stats['items']:,} | "
@@ -189,29 +219,52 @@ def write_table1(cfg, out):
 
 
 def write_table5(cfg, out, head, rows):
-    """rows: slmrec.efficiency.measure dicts, the first one the reference (all layers, or the deepest timed)."""
+    """rows: slmrec.efficiency.measure dicts of the first seed's runs, the first one the reference (the full-depth
+    model, or the deepest timed); whole-run times come from the runs' records."""
     save_json(rows, out / "table5_efficiency.json")
     ref = rows[0]
+    keys = dict((label, key) for key, label in rows_of(cfg, "table5"))
     lines = ["# Table 5: efficiency (ours)", "", head, "",
-             "Measured one model after another in one process (`slmrec/efficiency.py`). Training: median of timed "
-             "optimiser steps (batch 16, a distillation step includes the frozen teacher's forward pass) times "
-             "the steps in one epoch of the run's training examples (extrapolated, not a full epoch). Inference: one "
-             "pass over all test users, 1,000 candidates each. Parameters: trainable (LoRA, W_in, W_out, "
-             "adapters) and needed at inference (the LM slice with its token embeddings, the item table, the "
-             "heads; the L_ms adapters are dropped).", "",
-             "| model | train step s | epoch time | inference s | trainable params | inference params | "
-             "training speed-up | inference speed-up | trainable % | inference % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Measured one model after another in one process (`slmrec/efficiency.py`) on "
+             f"{ref.get('hardware', 'the hardware above')}, {ref.get('precision', '')}. Epoch: one whole epoch of "
+             f"the run's own training examples, one optimiser step per batch of {ref.get('batch_size', 16)} (a "
+             "student's epoch is its distillation epoch; its teacher states are read from the cache, whose build "
+             "was timed here too). Inference: the fast scoring path over all test users. Parameters: trainable "
+             "(LoRA, W_in, W_out, L_ms adapters) and needed at inference (the LM slice with its token embeddings, "
+             "the item table, the head). Whole run and time to the best validation: the recorded training runs "
+             f"(first seed; validations included). Ratios are against {ref['model']}.", "",
+             "| model | layers | epoch s | step s | training speed-up | inference users/s | inference speed-up | "
+             "trainable params | trainable % | inference params | inference % | whole run min | to best min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['train_step_s']:.3f} | {r['epoch_s'] / 3600:.2f} h | "
-                     f"{r['inference_s']:.1f} | {r['trainable_params'] / 1e6:.2f} M | "
-                     f"{r['inference_params'] / 1e6:.1f} M | {ref['epoch_s'] / r['epoch_s']:.1f}x | "
-                     f"{ref['inference_s'] / r['inference_s']:.1f}x | "
-                     f"{r['trainable_params'] / ref['trainable_params']:.0%} | "
-                     f"{r['inference_params'] / ref['inference_params']:.0%} |")
+        metrics = _first_seed_metrics(cfg, keys.get(r["model"]))
+        extra = (metrics.get("teacher_states_seconds") or 0) / 60
+        whole = (f"{metrics['train_seconds'] / 60:.1f}" + (f" + {extra:.1f} cache" if extra else "")
+                 if "train_seconds" in metrics else "")
+        best = f"{metrics['seconds_to_best'] / 60:.1f}" if metrics.get("seconds_to_best") else ""
+        users = r["test_users"] / r["inference_s"]
+        lines.append(f"| {r['model']} | {r['layers']} | {r['epoch_s']:.0f}"
+                     + (f" + {r['cache_build_s']:.0f} cache" if "cache_build_s" in r else "")
+                     + f" | {r['train_step_s']:.3f} | {ref['epoch_s'] / r['epoch_s']:.1f}x | {users:.0f} | "
+                     f"{ref['inference_s'] / r['inference_s']:.1f}x | {r['trainable_params'] / 1e6:.2f} M | "
+                     f"{r['trainable_params'] / ref['trainable_params']:.0%} | {r['inference_params'] / 1e6:.1f} M | "
+                     f"{r['inference_params'] / ref['inference_params']:.0%} | {whole} | {best} |")
+    e4, slm = PAPER_TABLE5["E4SRec (32 layers)"], PAPER_TABLE5["SLMRec_4<-8"]
+    lines += ["", f"Paper (Table 5, LLaMA-7B on an A100, mean of four Amazon datasets), SLMRec_4<-8 against E4SRec "
+              f"with all 32 layers: training {e4[0] / slm[0]:.1f}x faster per epoch, inference {e4[1] / slm[1]:.1f}x "
+              f"faster, {slm[2] / e4[2]:.0%} of the trainable and {slm[3] / e4[3]:.0%} of the inference parameters."]
+    for r in rows:
+        if "cache_build_s" in r:
+            lines.append(f"\n{r['model']}'s teacher-state cache: {r['cache_rows']:,} rows, {r['cache_mb']:.0f} MB, "
+                         f"built in {r['cache_build_s']:.0f} s (one teacher forward pass over the training examples).")
     text = "\n".join(lines) + "\n"
     (out / "table5_efficiency.md").write_text(text)
     return text
+
+
+def _first_seed_metrics(cfg, key) -> dict:
+    f = record_dir(cfg.results, seed_list(1)[0], key) / "test_metrics.json" if key else None
+    return load_json(f) if f and f.is_file() else {}
 
 
 def _pyplot():
@@ -223,66 +276,89 @@ def _pyplot():
     return plt
 
 
-def _save_figure(plt, fig, ax, cfg, path, prefix=""):
-    """NDCG@10 axis, legend, and a title with the setting (data, LM, hardware, budget, seeds)."""
-    ax.set_ylabel("test NDCG@10")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{prefix}{Path(cfg.data).name}, {cfg.base_model}, {hardware()},\nbudget '{cfg.budget}', "
-                 f"{cfg.sweep_seeds} seed(s)", fontsize=8)
+def _title(cfg, prefix=""):
+    """The setting in a figure's title: data, LM, where the runs ran, budget, seeds."""
+    return (f"{prefix}{Path(cfg.data).name}, {cfg.base_model}, {'; '.join(recorded_machines(cfg))},\nbudget "
+            f"'{cfg.budget}', {cfg.sweep_seeds} seed(s); error bars: standard error over seeds, or over test users "
+            f"for one seed")
+
+
+def _save_figure(plt, fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _pm_bar(row, digits=4):
+    """NDCG@10 ± its error bar, saying which kind the bar is."""
+    kind = "users" if np.isnan(row["NDCG@10_se"]) else "seeds"
+    return f"{row['NDCG@10']:.{digits}f} ± {bar(row):.{digits}f} ({kind})"
+
+
+def direct_inference(cfg, spec, seeds) -> dict:
+    """{layer: summary-like row} of the recorded layer-by-layer evaluations of the full-depth model."""
+    found = {}
+    for seed in seeds:
+        rec = record_dir(cfg.results, seed, spec.key)
+        if (rec / spec.done_file).is_file():
+            ranks = np.load(rec / "layers_ranks.npz") if (rec / "layers_ranks.npz").is_file() else {}
+            for name, m in load_json(rec / spec.done_file).items():
+                found.setdefault(int(name.split("_")[1]), []).append((m["NDCG@10"], ranks[name] if name in ranks
+                                                                       else None))
+    out = {}
+    for layer, runs in found.items():
+        mean, se = mean_se([v for v, _ in runs])
+        user = user_se(runs[0][1]) if runs[0][1] is not None else float("nan")
+        out[layer] = {"NDCG@10": mean, "NDCG@10_se": se, "NDCG@10_user_se": user, "seeds": len(runs)}
+    return out
+
+
 def write_figure2(cfg, out, head):
-    """NDCG@10 against depth: trained at each depth, and read from the intermediate layers of the deepest."""
+    """NDCG@10 against depth, as the paper's Figure 2 panels: (a) E4SRec trained on its first l layers, (b)
+    direct inference from layer l of the trained full-depth model; SASRec as a line with its band."""
     plt = _pyplot()
     L = cfg.full_depth
     sweep = seed_list(cfg.sweep_seeds)
     specs = [s for s in declare(cfg) if "fig2" in s.rows]
-    trained = [(int(s.flags["num_layers"]), summary(cfg, s.key, sweep)) for s in specs if s.script == "finetune.py"]
-    trained = sorted((d, r) for d, r in trained if r)
+    trained = {int(s.flags["num_layers"]): summary(cfg, s.key, sweep) for s in specs if s.script == "finetune.py"}
+    trained = {d: r for d, r in sorted(trained.items()) if r}
     direct = {}
     for spec in specs:
-        for seed in sweep:
-            f = seed_dir(cfg.runs, seed) / spec.key / spec.done_file
-            if spec.script == "evaluate.py" and f.is_file():
-                for name, m in json.loads(f.read_text()).items():
-                    direct.setdefault(int(name.split("_")[1]), []).append(m["NDCG@10"])
+        if spec.script == "evaluate.py":
+            direct = direct_inference(cfg, spec, sweep)
     sasrec = summary(cfg, "sasrec")
-    lines = ["# Figure 2: depth (ours)", "", head, "", "| layers l | E4SRec_l trained: NDCG@10 | seeds | "
-             f"direct inference from layer l of E4SRec_{L}: NDCG@10 | seeds |", "|---|---|---|---|---|"]
+    lines = ["# Figure 2: depth (ours)", "", head, "",
+             f"| layers l | E4SRec_l trained: NDCG@10 | seeds | direct inference from layer l of E4SRec_{L}: "
+             "NDCG@10 | seeds |", "|---|---|---|---|---|"]
     for d in cfg.depths:
-        r = dict(trained).get(d)
-        dv = direct.get(d, [])
-        lines.append(f"| {d} | {_pm(r, 'NDCG@10') if r else ''} | {r['seeds'] if r else 0} | "
-                     f"{f'{np.mean(dv):.4f}' if dv else ''} | {len(dv)} |")
+        r, q = trained.get(d), direct.get(d)
+        lines.append(f"| {d} | {_pm_bar(r) if r else ''} | {r['seeds'] if r else 0} | {_pm_bar(q) if q else ''} | "
+                     f"{q['seeds'] if q else 0} |")
+    lines.append("\n± : the standard error over seeds, or, for one seed (marked users), over the test users of that "
+                 "run: the uncertainty from which users are tested, a lower bound on the run-to-run noise.")
     if sasrec:
-        lines.append(f"\nSASRec: NDCG@10 {_pm(sasrec, 'NDCG@10')} ({sasrec['seeds']} seed(s)).")
+        lines.append(f"\nSASRec: NDCG@10 {_pm_bar(sasrec)} ({sasrec['seeds']} seed(s)).")
     lines.append(sweep_note(cfg))
     (out / "figure2_depth.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if trained:
-        ax.errorbar([d for d, _ in trained], [r["NDCG@10"] for _, r in trained],
-                    yerr=_ndcg_se(r for _, r in trained), marker="o", capsize=3,
-                    label="E4SRec_l: first l layers, trained")
-    if direct:
-        ls = sorted(direct)
-        ax.plot(ls, [np.mean(direct[l]) for l in ls], marker="s", linestyle="--",
-                label=f"direct inference from layer l of trained E4SRec_{L}")
-    if sasrec:
-        ax.axhline(sasrec["NDCG@10"], color="gray", linestyle=":", label="SASRec")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(cfg.depths, [str(d) for d in cfg.depths])
-    ax.set_xlabel("decoder layers l")
-    _save_figure(plt, fig, ax, cfg, out / "figure2_depth.png")
-
-
-def _ndcg_se(rows):
-    """Error bars of NDCG@10: none at all when every point has one seed (a zero-length bar would read as
-    no noise), else the standard error, 0 for one-seed points."""
-    se = [r["NDCG@10_se"] for r in rows]
-    return None if all(np.isnan(se)) else [0 if np.isnan(v) else v for v in se]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    panels = [(axes[0], trained, "o", f"(a) E4SRec_l: its first l layers, trained"),
+              (axes[1], direct, "s", f"(b) direct inference from layer l of the trained E4SRec_{L}")]
+    for ax, points, marker, label in panels:
+        ls = sorted(points)
+        if ls:
+            ax.errorbar(ls, [points[l]["NDCG@10"] for l in ls], yerr=[bar(points[l]) for l in ls], marker=marker,
+                        capsize=3, label=label.split(" ", 1)[1])
+        if sasrec:
+            ax.axhline(sasrec["NDCG@10"], color="gray", linestyle=":", label="SASRec")
+            ax.axhspan(sasrec["NDCG@10"] - bar(sasrec), sasrec["NDCG@10"] + bar(sasrec), color="gray", alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cfg.depths, [str(d) for d in cfg.depths])
+        ax.set_xlabel("decoder layers l")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("test NDCG@10")
+    fig.suptitle(_title(cfg), fontsize=8)
+    _save_figure(plt, fig, out / "figure2_depth.png")
 
 
 def write_figure4(cfg, out, head):
@@ -293,19 +369,24 @@ def write_figure4(cfg, out, head):
     bars = [(label, summary(cfg, key, sweep)) for key, label in rows_of(cfg, "fig4")]
     bars = [(label, r) for label, r in bars if r]
     lines = ["# Figure 4: block number B and online KD (ours)", "", head, "",
-             "| SLMRec variant | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    lines += [f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + " |" for label, r in bars]
+             "| SLMRec variant | seeds | " + " | ".join(METRICS) + " | NDCG@10 error bar |",
+             "|---|---|" + "---|" * (len(METRICS) + 1)]
+    lines += [f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + f" | {_pm_bar(r)} |"
+              for label, r in bars]
     lines.append(sweep_note(cfg))
     (out / "figure4_blocks.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(bars))
-    ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=_ndcg_se(r for _, r in bars), capsize=4, color="tab:blue")
+    ax.bar(x, [r["NDCG@10"] for _, r in bars], yerr=[bar(r) for _, r in bars], capsize=4, color="tab:blue")
     ax.set_xticks(x, [label for label, _ in bars])
     for d, style in [(M, "--"), (N, ":")]:
         r = summary(cfg, f"e4srec_{d}", sweep)
         if r:
             ax.axhline(r["NDCG@10"], color="gray", linestyle=style, label=f"E4SRec_{d}")
-    _save_figure(plt, fig, ax, cfg, out / "figure4_blocks.png", f"SLMRec_{N}<-{M}: ")
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title(_title(cfg, f"SLMRec_{N}<-{M}: "), fontsize=8)
+    _save_figure(plt, fig, out / "figure4_blocks.png")
 
 
 def write_vs_paper(cfg, out, head):

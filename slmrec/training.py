@@ -1,5 +1,7 @@
 """transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -13,6 +15,7 @@ import safetensors.torch
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
+from .data import cache_dir
 from .metrics import evaluate, flatten
 from .utils import FlagError, coerce, hardware, jsonable, load_json, save_json
 
@@ -66,17 +69,52 @@ ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, le
 SEQREC_TRAIN = dict(epochs=200, patience=20, precision="fp32")
 
 
+@functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
-    """A GPU with bf16, or a CPU with bf16 instructions (AVX512-BF16 or AMX): there bf16 autocast measured
-    1.7x faster training steps and 2.8x faster scoring than fp32 for 8 SmolLM2 layers on a 2-core AMD EPYC (Zen 5)
-    (benchmarks/README.md)."""
+    """Whether bf16 autocast is the faster precision here: a GPU with bf16, or a CPU whose bf16 matrix products
+    measure faster than its fp32 ones. CPU flags alone mislead: a 2-core AMD EPYC (Zen 5, AVX512-BF16)
+    multiplies about 2x faster in bf16 and trains 1.7x faster, an Intel Xeon whose AMX is hidden by the
+    hypervisor (AVX512-BF16 listed, model 207) multiplies 0.55x as fast in bf16 as in fp32 (measured, README).
+    The measurement is kept in the project cache per CPU and torch version, so every run on a machine decides
+    alike (a resumed or compared run never flips precision on timing noise)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no cheap way to ask, stay in fp32
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = info.split()
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    head = info.split("\n\n")[0]
+    key = hashlib.sha256(f"{head.split('flags')[0]}{sorted(set(flags))}{torch.__version__}".encode()).hexdigest()[:16]
+    path = cache_dir() / "bf16_speed.json"
+    known = load_json(path) if path.is_file() else {}
+    if key not in known:
+        known[key] = {"bf16_over_fp32": _bf16_speedup(), "cpu": _cpu_name(head), "torch": torch.__version__}
+        save_json(known, path)
+    return known[key]["bf16_over_fp32"] >= BF16_MIN_SPEEDUP
+
+
+BF16_MIN_SPEEDUP = 1.2  # bf16 must be clearly faster: it also rounds
+
+
+def _cpu_name(head):
+    return next((line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("model name")), "")
+
+
+def _bf16_speedup(reps=20) -> float:
+    """fp32 time over bf16 time of a matrix product of an LM layer's shape (SmolLM2's MLP, 800 rows)."""
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(800, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        times[dtype] = time.perf_counter() - t
+    return times[torch.float32] / times[torch.bfloat16]
 
 
 def resolve_precision(precision: str) -> str:
@@ -326,9 +364,10 @@ def check_run_dir(output_dir: Path):
 
 
 def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume="no",
-                 trainer_cls=RecTrainer, **trainer_kwargs) -> dict:
+                 trainer_cls=RecTrainer, extra_metrics=None, **trainer_kwargs) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
-    output_dir/test_metrics.json (candidates at top level, full ranking under "full"). resume: see resume_mode."""
+    output_dir/test_metrics.json (candidates at top level, full ranking under "full", and extra_metrics: what
+    the caller measured before training). resume: see resume_mode."""
     output_dir = Path(output_dir)
     mode = resume_mode(resume)
     check_run_dir(output_dir)
@@ -366,7 +405,7 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
         test = evaluate(model.score, data, "test", max_len, cfg.eval_batch_size, args.device, per_user=True)
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
-    test.update(_seconds(trainer, test["best_step"], train_seconds))
+    test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
     if trainer.is_world_process_zero():
         # Per-user ranks allow paired comparisons between models on the same users.
         np.savez(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),

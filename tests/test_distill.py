@@ -1,7 +1,9 @@
+import dataclasses
 import json
 import math
 
 import pytest
+import safetensors.torch
 import torch
 
 import distill
@@ -9,10 +11,14 @@ import finetune
 from benchmarks import loss_scales
 from conftest import synthetic_rows, write_amazon_csv
 from slmrec.data import PrepareConfig, prepare
-from slmrec.distill import DistillConfig, DistillTrainer, student_config
+from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, distill_loss, student_config,
+                            teacher_states)
+from slmrec.examples import ExampleConfig, training_examples
 from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from slmrec.model import ELLMRec, load_ellmrec
+from slmrec.metrics import METRICS
 from slmrec.training import CheckpointError, TrainConfig, training_arguments
+from slmrec.utils import FlagError
 from test_teacher import TINY_TRAIN
 
 
@@ -195,3 +201,107 @@ def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
     unsquared = float(rows["norm (unsquared)"][1].replace(",", ""))
     assert squared > 0 and unsquared > 0 and float(rows["norm (unsquared)"][2]) == DistillConfig.lambda_norm
     assert 0.5 < float(rows["norm (relative)"][1]) < 4  # of the item loss's order, unlike the squared form
+
+
+# ---------------------------------------------------------------- the teacher-state cache
+
+
+def _student_and_teacher(tiny_dataset, tiny_teacher, dcfg, num_layers=4):
+    teacher = load_ellmrec(tiny_teacher, tiny_dataset)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    student = ELLMRec(student_config(teacher.cfg, num_layers, dcfg), teacher.item_embedding)
+    with torch.no_grad():  # heads away from zero, so every gradient is non-trivial
+        for head in [student.w_out, *student.adapters]:
+            head.weight.normal_(0, 0.1)
+    return teacher, student.train()
+
+
+@pytest.mark.parametrize("objective,positions,lambda_kl", [("every_position", "all", 0.0),
+                                                            ("every_position", "final", 0.0),
+                                                            ("every_position", "final", 0.5),
+                                                            ("last_target", "final", 0.0)])
+def test_cached_teacher_states_give_the_live_losses_and_gradients_bit_for_bit(
+        tiny_dataset, tiny_teacher, tmp_path, objective, positions, lambda_kl):
+    dcfg = DistillConfig(str(tiny_teacher), blocks=2, feature_positions=positions, lambda_kl=lambda_kl,
+                         state_cache=str(tmp_path / "cache"))
+    teacher, student = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    examples = training_examples(tiny_dataset, 6, ExampleConfig(objective=objective))
+    pairs = block_pairs(8, 4, 2)
+    states = teacher_states(dcfg, teacher, tiny_dataset, examples, pairs, "fp32", tmp_path, batch_size=16)
+    assert caches_teacher(dcfg, ExampleConfig(objective=objective))
+    index = torch.randperm(len(examples), generator=torch.Generator().manual_seed(1))[:8]  # a shuffled batch
+    x = torch.stack([examples[int(i)]["input_ids"] for i in index])
+    y = torch.stack([examples[int(i)]["labels"] for i in index])
+    results = []
+    for cached in (None, states.rows(index)):
+        student.zero_grad()
+        torch.manual_seed(2)  # the same LoRA dropout masks
+        loss, terms, _ = distill_loss(student, teacher, dcfg, pairs, x, y, cached)
+        loss.backward()
+        results.append((loss, terms, {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}))
+    (live, live_terms, live_grads), (read, read_terms, read_grads) = results
+    assert set(live_terms) == set(read_terms) and ("kl" in live_terms) == (lambda_kl > 0)
+    assert torch.equal(live, read) and all(torch.equal(live_terms[k], read_terms[k]) for k in live_terms)
+    assert live_grads.keys() == read_grads.keys() and all(torch.equal(live_grads[k], read_grads[k])
+                                                          for k in live_grads)
+
+
+def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
+    from slmrec import teacher_cache
+
+    builds = []
+    build = teacher_cache.build
+    monkeypatch.setattr(teacher_cache, "build", lambda path, key, *a, **k: builds.append(key) or build(path, key, *a,
+                                                                                                          **k))
+    dcfg = DistillConfig(str(tiny_teacher), blocks=2, state_cache=str(tmp_path / "cache"))
+    teacher, _ = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    examples = training_examples(tiny_dataset, 6, ExampleConfig())
+    pairs = block_pairs(8, 4, 2)
+
+    def states(**changes):
+        d = dataclasses.replace(dcfg, **changes.pop("dcfg", {}))
+        args = {**dict(examples=examples, pairs=pairs, precision="fp32"), **changes}
+        return teacher_states(d, teacher, tiny_dataset, args["examples"], args["pairs"], args["precision"], tmp_path)
+
+    first = states()
+    assert len(builds) == 1 and states().path == first.path and len(builds) == 1  # the same inputs: read
+    states(pairs=block_pairs(8, 4, 4))  # other layers
+    states(dcfg={"feature_positions": "final"})  # other rows
+    states(precision="bf16")  # another dtype
+    states(examples=training_examples(tiny_dataset, 5, ExampleConfig()))  # other examples
+    assert len(builds) == 5 and len({json.dumps(k, sort_keys=True) for k in builds}) == 5
+    # the teacher's weights change (same path): another key
+    weights = tiny_teacher / "model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    state["w_out.weight"] = state["w_out.weight"] + 1
+    safetensors.torch.save_file(state, weights, metadata={"format": "pt"})
+    assert states().path != first.path and len(builds) == 6
+    # a folder whose recorded key is not the one its name stands for, or a truncated file: rebuilt
+    meta = json.loads((first.path / "meta.json").read_text())
+    meta["key"]["rows"] = "final"
+    (first.path / "meta.json").write_text(json.dumps(meta))
+    restored = teacher_cache.load_or_build(first.path.parent, first.meta["key"], teacher, examples,
+                                           torch.autocast("cpu", enabled=False))
+    assert len(builds) == 7 and restored.path == first.path
+    with open(first.path / "states.bin", "r+b") as fh:
+        fh.truncate(8)
+    teacher_cache.load_or_build(first.path.parent, first.meta["key"], teacher, examples,
+                                torch.autocast("cpu", enabled=False))
+    assert len(builds) == 8
+
+
+def test_distillation_with_the_cache_trains_exactly_as_with_the_live_teacher(tiny_dataset, tiny_teacher, tmp_path):
+    train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "live"), teacher_states="live", **train)
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "cached"), **train)
+    live, cached = (json.loads((tmp_path / d / "test_metrics.json").read_text()) for d in ("live", "cached"))
+    assert "teacher_states" not in live and cached["teacher_states"].startswith(str(tiny_teacher / "state_cache"))
+    assert cached["teacher_states_build_seconds"] > 0
+    assert {k: live[k] for k in METRICS} == {k: cached[k] for k in METRICS}
+    a, b = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("live", "cached"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FlagError, match="teacher_states cache needs offline"):
+        distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "x"), teacher_states="cache",
+                     kd_mode="online", **train)

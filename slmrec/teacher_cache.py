@@ -1,0 +1,215 @@
+"""The frozen teacher's states, computed once per distillation setting and read back at every step.
+
+In offline KD the teacher never changes and runs in eval mode (no dropout), so its states for a training
+example are a function of that example alone; with a fixed example set (every-position windows, or every
+target of last_target) they are the same every epoch. Running the teacher again at every distillation step
+then costs a teacher forward pass per step for nothing: here it runs once over the example set, and the
+states the loss needs (the B aligned block states at the supervised rows, and the final state for logit KD)
+go to disk, memory-mapped, in the compute dtype. A step reads its examples' rows by index.
+
+A cache lives in a folder named by a digest of everything its states depend on (cache_key): the teacher's
+weights, its base LM, the dataset, the examples, the aligned layers, the rows kept, the precision and the
+torch version. A changed input gives another folder, so stale states can never be read; a folder whose
+recorded key or file sizes do not match is rebuilt.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import SMOLLM2, smollm2_path
+from .training import MODEL_CONFIG, WEIGHTS
+from .utils import load_json, save_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the layout of the files changes
+# numpy has no bf16: bf16 states are stored as their raw 16 bits
+STORAGE = {torch.float32: ("float32", np.float32), torch.bfloat16: ("bfloat16", np.int16),
+           torch.float16: ("float16", np.float16)}
+
+
+def _file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def base_model_identity(base_model: str) -> dict:
+    """The teacher's frozen LM: a random preset by name, a file or folder by its files' names, sizes and
+    modification times (hashing a 13 GB LLaMA directory at every start would cost minutes)."""
+    if base_model.startswith("random:"):
+        return {"base_model": base_model}
+    path = smollm2_path() if base_model == SMOLLM2 else Path(base_model)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {"base_model": base_model,
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def examples_digest(examples) -> str:
+    """What the training examples hold, in order (histories and targets)."""
+    h = hashlib.sha256()
+    for i in range(len(examples)):
+        ex = examples[i]
+        h.update(ex["input_ids"].numpy().tobytes())
+        h.update(ex["labels"].numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teacher_dir, teacher, data, examples, teacher_layers, rows, with_final, dtype) -> dict:
+    """Everything the cached states depend on. rows: "all" supervised rows or the "final" (readout) one per
+    example; with_final: also the final state after the norm (logit KD)."""
+    teacher_dir = Path(teacher_dir)
+    return {
+        "format": FORMAT,
+        "teacher_weights": _file_digest(teacher_dir / WEIGHTS),
+        "teacher_config": _file_digest(teacher_dir / MODEL_CONFIG),
+        "base_model": base_model_identity(teacher.cfg.base_model),
+        "data_fingerprint": data.fingerprint,
+        "examples": {"type": type(examples).__name__, "count": len(examples), "digest": examples_digest(examples)},
+        "teacher_layers": list(teacher_layers),
+        "rows": rows,
+        "with_final": with_final,
+        "dtype": STORAGE[dtype][0],
+        "torch": torch.__version__,
+    }
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def rows_per_example(example, readout, rows) -> int:
+    """How many rows ELLMRec.supervised gives one example: one per target (every_position: each nonzero
+    label, and the response marker's when it is the readout), or one when only the final row is kept."""
+    labels = example["labels"]
+    if rows == "final" or labels.dim() == 0:
+        return 1
+    return int((labels != 0).sum()) + (readout == "response")
+
+
+class TeacherStates:
+    """A built cache, memory-mapped. rows(index) gives the states of a batch of example indices, in the order
+    ELLMRec.supervised gives them for that batch (example by example, position by position)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.meta = load_json(self.path / "meta.json")
+        self.offsets = np.load(self.path / "offsets.npy")
+        total, B, d = self.meta["total_rows"], len(self.meta["key"]["teacher_layers"]), self.meta["hidden_size"]
+        name = self.meta["key"]["dtype"]
+        self.dtype = next(t for t, (n, _) in STORAGE.items() if n == name)
+        np_type = STORAGE[self.dtype][1]
+        self.states = np.memmap(self.path / "states.bin", np_type, "r", shape=(total, B, d))
+        self.final = (np.memmap(self.path / "final.bin", np_type, "r", shape=(total, d))
+                      if self.meta["key"]["with_final"] else None)
+
+    def _tensor(self, array):
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        return (t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t).float()
+
+    def rows(self, index, device="cpu") -> dict:
+        """{"states": [B tensors [n, d]] (one per aligned teacher layer), "final": [n, d] or None, "final_only":
+        whether the rows are each example's final (readout) row alone}, in fp32."""
+        index = index.tolist()
+        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
+        states = self._tensor(self.states[take]).to(device)
+        return {"states": list(states.unbind(1)),
+                "final": self._tensor(self.final[take]).to(device) if self.final is not None else None,
+                "final_only": self.meta["key"]["rows"] == "final"}
+
+
+def _complete(path: Path, key: dict) -> bool:
+    """A cache folder whose recorded key is this one and whose files have their full sizes."""
+    try:
+        meta = load_json(path / "meta.json")
+    except (OSError, ValueError):
+        return False
+    if meta.get("key") != key:
+        return False
+    item = np.dtype(STORAGE[next(t for t, (n, _) in STORAGE.items() if n == key["dtype"])][1]).itemsize
+    total, B, d = meta["total_rows"], len(key["teacher_layers"]), meta["hidden_size"]
+    sizes = {"states.bin": total * B * d * item, **({"final.bin": total * d * item} if key["with_final"] else {})}
+    return (path / "offsets.npy").is_file() and all(
+        (path / f).is_file() and (path / f).stat().st_size == n for f, n in sizes.items())
+
+
+@torch.no_grad()
+def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu"):
+    """Run the teacher once over the examples, in order, and write their states (see TeacherStates)."""
+    path = Path(path)
+    readout, rows = teacher.cfg.readout, key["rows"]
+    counts = np.array([rows_per_example(examples[i], readout, rows) for i in range(len(examples))], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total, d = int(offsets[-1]), teacher.lm.config.hidden_size
+    dtype = next(t for t, (n, _) in STORAGE.items() if n == key["dtype"])
+    np_type = STORAGE[dtype][1]
+    layers = key["teacher_layers"]
+    states = np.memmap(path / "states.bin", np_type, "w+", shape=(total, len(layers), d))
+    final = np.memmap(path / "final.bin", np_type, "w+", shape=(total, d)) if key["with_final"] else None
+
+    def store(t):
+        t = t.to(dtype)
+        return (t.view(torch.int16) if dtype == torch.bfloat16 else t).cpu().numpy()
+
+    teacher.eval()
+    start = 0
+    for lo in tqdm(range(0, len(examples), batch_size), desc="teacher states", unit="batch"):
+        batch = [examples[i] for i in range(lo, min(lo + batch_size, len(examples)))]
+        x = torch.stack([b["input_ids"] for b in batch]).to(device)
+        y = torch.stack([b["labels"] for b in batch]).to(device)
+        with autocast:
+            out = teacher.supervised(x, y, layer_states=True)
+        keep = out["final"] if rows == "final" else slice(None)
+        block = torch.stack([out["states"][t - 1][keep] for t in layers], 1)
+        end = start + block.shape[0]
+        if end != offsets[lo + len(batch)]:
+            raise RuntimeError(f"teacher cache: batch at example {lo} gave {block.shape[0]} rows, expected "
+                               f"{offsets[lo + len(batch)] - start}")
+        states[start:end] = store(block)
+        if final is not None:
+            final[start:end] = store(out["h"][keep])
+        start = end
+    states.flush()
+    if final is not None:
+        final.flush()
+    np.save(path / "offsets.npy", offsets)
+    return total, d
+
+
+def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, device="cpu") -> TeacherStates:
+    """The cache for key under cache_root: read if complete, else built (into a temporary folder renamed into
+    place, so a killed build leaves nothing that could be read)."""
+    path = Path(cache_root) / key_digest(key)
+    if _complete(path, key):
+        log.info("teacher states: reading %s", path)
+        return TeacherStates(path)
+    if path.exists():
+        log.warning("teacher states: %s is incomplete or was made for other inputs: rebuilding it", path)
+        shutil.rmtree(path)
+    tmp = Path(cache_root) / f".tmp-{os.getpid()}-{key_digest(key)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t = time.time()
+    total, d = build(tmp, key, teacher, examples, autocast, batch_size, device)
+    seconds = time.time() - t
+    save_json({"key": key, "total_rows": total, "hidden_size": d, "build_seconds": seconds}, tmp / "meta.json")
+    try:
+        tmp.rename(path)
+    except OSError:  # another process (a DDP rank) finished the same cache first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _complete(path, key):
+            raise
+    size = sum(f.stat().st_size for f in path.iterdir())
+    log.info("teacher states: built %s in %.0fs, %d rows, %.0f MB", path, seconds, total, size / 1e6)
+    return TeacherStates(path)
