@@ -327,7 +327,8 @@ def run_plan(cfg: ReproConfig, runs: list):
             continue
         dep = dependency(cfg, run)
         if dep and not (everything[dep].dir(cfg.runs) / "model.safetensors").is_file():
-            needed.add(dep)
+            if is_recorded(record_dir(cfg.results, *dep), everything[dep].spec.done_file):
+                needed.add(dep)
             if everything[dep] not in todo:
                 todo.append(everything[dep])
         todo.append(run)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import SMOLLM2, smollm2_path
+from .backbone import SMOLLM2, file_digest, smollm2_path
 from .training import MODEL_CONFIG, WEIGHTS
 from .utils import load_json, save_json
 
@@ -35,14 +35,6 @@ FORMAT = 1  # bump when the layout of the files changes
 # numpy has no bf16: bf16 states are stored as their raw 16 bits
 STORAGE = {torch.float32: ("float32", np.float32), torch.bfloat16: ("bfloat16", np.int16),
            torch.float16: ("float16", np.float16)}
-
-
-def _file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_model_identity(base_model: str) -> dict:
@@ -72,8 +64,8 @@ def cache_key(teacher_dir, teacher, data, examples, teacher_layers, rows, with_f
     teacher_dir = Path(teacher_dir)
     return {
         "format": FORMAT,
-        "teacher_weights": _file_digest(teacher_dir / WEIGHTS),
-        "teacher_config": _file_digest(teacher_dir / MODEL_CONFIG),
+        "teacher_weights": file_digest(teacher_dir / WEIGHTS),
+        "teacher_config": file_digest(teacher_dir / MODEL_CONFIG),
         "base_model": base_model_identity(teacher.cfg.base_model),
         "data_fingerprint": data.fingerprint,
         "examples": {"type": type(examples).__name__, "count": len(examples), "digest": examples_digest(examples)},

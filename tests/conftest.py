@@ -5,6 +5,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def project_cache(tmp_path_factory):
+    """The project cache (converted GGUF models, the bf16 speed measurement) in a temporary folder, so tests
+    neither read nor fill the user's ~/.cache/slmrec."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLMREC_CACHE", str(tmp_path_factory.mktemp("slmrec_cache")))
+    yield
+    mp.undo()
+
+
 def write_amazon_csv(path, rows):
     """rows: (item, user, rating, timestamp) tuples."""
     path.write_text("".join(f"{i},{u},{r},{t}\n" for i, u, r, t in rows))

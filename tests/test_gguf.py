@@ -11,8 +11,8 @@ from slmrec.model import ELLMRec, ELLMRecConfig
 HIDDEN, INTER, HEADS, KV_HEADS, LAYERS = 32, 64, 4, 2, 3
 
 
-def write_tiny_gguf(path):
-    rng = np.random.default_rng(0)
+def write_tiny_gguf(path, seed=0):
+    rng = np.random.default_rng(seed)
     # Byte-level BPE with one merge (the converter needs at least one).
     tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["\u0120t", "<s>", "</s>"]
     w = gguf.GGUFWriter(str(path), "llama")
@@ -67,3 +67,31 @@ def test_gguf_backbone_loads_truncated_with_its_tokenizer(tmp_path):
                     torch.randn(11, 8)).eval()
     scores = model.score(torch.tensor([[0, 0, 1, 2, 3]]))
     assert scores.shape == (1, 11) and torch.isfinite(scores).all()
+
+
+def test_gguf_is_converted_once_and_read_back_with_the_same_weights_and_tokens(tmp_path, monkeypatch):
+    from transformers import AutoModel, AutoTokenizer
+
+    from slmrec import backbone
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    direct = AutoModel.from_pretrained(str(tmp_path), gguf_file=path.name, local_files_only=True, dtype=torch.float32)
+    direct_tok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name, local_files_only=True)
+    lm, tok = load_backbone(str(path), 2)
+    converted = list((backbone.cache_dir() / "models").glob("tiny-*"))
+    assert len(converted) == 1 and (converted[0] / backbone.CONVERTED).is_file()
+    expected = direct.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in lm.state_dict().items())  # the first 2 layers, exactly
+    text = "Below is a user's history.\n### Next item:"
+    assert tok(text)["input_ids"] == direct_tok(text)["input_ids"]
+    # the second load reads the directory: the GGUF is not parsed again
+    parsed = []
+    real = AutoModel.from_pretrained
+    monkeypatch.setattr(AutoModel, "from_pretrained", lambda *a, **k: parsed.append(k.get("gguf_file")) or real(*a, **k))
+    lm2, _ = load_backbone(str(path), 2)
+    assert parsed == [None] and all(torch.equal(v, lm.state_dict()[k]) for k, v in lm2.state_dict().items())
+    # another file (same name, other content) gets its own conversion
+    write_tiny_gguf(path, seed=1)
+    load_backbone(str(path), 2)
+    assert len(list((backbone.cache_dir() / "models").glob("tiny-*"))) == 2
