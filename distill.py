@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
                   "examples": examples_cfg, "train_examples": len(examples)}
     states, extra = None, {}
-    if caches_teacher(dcfg, examples_cfg):  # the frozen teacher runs once, not at every step
+    planned = (cfg.max_steps * cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1")) if cfg.max_steps > 0
+               else cfg.epochs * len(examples))
+    if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once, not every step
         check_run_dir(Path(output_dir))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)

@@ -117,13 +117,20 @@ def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
     return sum(weights[k] * v for k, v in terms.items()), terms, out
 
 
-def caches_teacher(d: DistillConfig, examples_cfg: ExampleConfig) -> bool:
+def caches_teacher(d: DistillConfig, examples_cfg: ExampleConfig, num_examples=None, planned_examples=None) -> bool:
     """Whether the teacher's states come from a cache: where they are exact (a frozen teacher, and the same
-    examples every epoch) and used at all, unless --teacher_states live."""
+    examples every epoch) and used at all, unless --teacher_states live. With auto, also only where training
+    visits at least num_examples examples (planned_examples, counting repeats): the cache costs one teacher
+    pass over every example, which a run of a fraction of an epoch (the paper presets on Amazon) would not
+    repay."""
     exact = d.kd_mode == "offline" and examples_cfg.sampling == "target"
     if d.teacher_states == "cache" and not exact:
         raise FlagError("--teacher_states cache needs offline KD over a fixed example set (not --kd_mode online "
                         "or --sampling user, whose teacher states change from step to step)")
+    if d.teacher_states == "auto" and planned_examples is not None and planned_examples < num_examples:
+        log.info("teacher states: live (training visits %d of %d examples, less than the one pass a cache costs)",
+                 planned_examples, num_examples)
+        return False
     return d.teacher_states != "live" and exact and needs_teacher(d)
 
 

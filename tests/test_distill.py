@@ -231,6 +231,9 @@ def test_cached_teacher_states_give_the_live_losses_and_gradients_bit_for_bit(
     pairs = block_pairs(8, 4, 2)
     states = teacher_states(dcfg, teacher, tiny_dataset, examples, pairs, "fp32", tmp_path, batch_size=16)
     assert caches_teacher(dcfg, ExampleConfig(objective=objective))
+    # a run shorter than one pass over the examples would pay more for the cache than it saves
+    assert not caches_teacher(dcfg, ExampleConfig(objective=objective), len(examples), len(examples) - 1)
+    assert caches_teacher(dcfg, ExampleConfig(objective=objective), len(examples), len(examples))
     index = torch.randperm(len(examples), generator=torch.Generator().manual_seed(1))[:8]  # a shuffled batch
     x = torch.stack([examples[int(i)]["input_ids"] for i in index])
     y = torch.stack([examples[int(i)]["labels"] for i in index])
@@ -294,14 +297,17 @@ def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_te
 
 def test_distillation_with_the_cache_trains_exactly_as_with_the_live_teacher(tiny_dataset, tiny_teacher, tmp_path):
     train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+    train["max_steps"] = 8  # 64 examples: at least the one pass over the 60 windows that a cache costs
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "live"), teacher_states="live", **train)
-    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "cached"), **train)
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "cached"), **train)  # auto
     live, cached = (json.loads((tmp_path / d / "test_metrics.json").read_text()) for d in ("live", "cached"))
     assert "teacher_states" not in live and cached["teacher_states"].startswith(str(tiny_teacher / "state_cache"))
     assert cached["teacher_states_build_seconds"] > 0
     assert {k: live[k] for k in METRICS} == {k: cached[k] for k in METRICS}
     a, b = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("live", "cached"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "short"), **{**train, "max_steps": 4})
+    assert "teacher_states" not in json.loads((tmp_path / "short" / "test_metrics.json").read_text())
     with pytest.raises(FlagError, match="teacher_states cache needs offline"):
         distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "x"), teacher_states="cache",
                      kd_mode="online", **train)
