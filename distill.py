@@ -17,9 +17,11 @@ from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
-from slmrec.training import (ELLMREC_TRAIN, TrainConfig, check_run_dir, compute_dtype, fit_and_test,
-                             load_checkpoint_files, load_trained_weights, newest_complete_checkpoint, resume_mode)
-from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
+from slmrec.checkpoints import (check_run_dir, load_checkpoint_files, load_trained_weights, newest_complete_checkpoint,
+                                resume_mode)
+from slmrec.precision import compute_dtype
+from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
+from slmrec.utils import is_main_process, run_lock, seed_everything, setup_logging, split_flags
 
 
 def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
@@ -33,9 +35,8 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     resume = resume_mode(resume)
     dflags, eflags, tflags = split_flags(flags, DistillConfig, ExampleConfig, TrainConfig)
     dcfg = DistillConfig(teacher, **dflags)
-    dcfg.check()
     examples_cfg = ExampleConfig(**eflags)
-    examples_cfg.check()
+    caches_teacher(dcfg, examples_cfg)  # a cache insisted on where it cannot be exact: refused before any work
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
@@ -50,22 +51,23 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     examples = training_examples(dataset, scfg.max_len, examples_cfg)
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
                   "examples": examples_cfg, "train_examples": len(examples)}
-    states, extra = None, {}
     planned = (cfg.max_steps * cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1")) if cfg.max_steps > 0
                else cfg.epochs * len(examples))
-    if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once, not every step
-        check_run_dir(Path(output_dir))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)
-        t = time.time()
-        states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision, output_dir,
-                                cfg.eval_batch_size, device)
-        extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
-                 "teacher_states_build_seconds": states.meta["build_seconds"]}
-        examples = Indexed(examples)
-    metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config, resume=resume,
-                           trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg, states=states,
-                           extra_metrics=extra)
+    check_run_dir(Path(output_dir))
+    with run_lock(output_dir):  # one run per folder, from before the teacher's states are computed
+        states, extra = None, {}
+        if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)
+            t = time.time()
+            states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision,
+                                    output_dir, cfg.eval_batch_size, device)
+            extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
+                     "teacher_states_build_seconds": states.meta["build_seconds"]}
+            examples = Indexed(examples)
+        metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config,
+                               resume=resume, trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg,
+                               states=states, extra_metrics=extra)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 
@@ -79,4 +81,4 @@ def _restore_online_teacher(teacher, output_dir):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(DistillConfig, ExampleConfig, TrainConfig), defaults=ELLMREC_TRAIN)

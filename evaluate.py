@@ -22,8 +22,8 @@ from slmrec.data import PreparedData
 from slmrec.inference import InferenceConfig, autocast, load_scorer
 from slmrec.metrics import evaluate
 from slmrec.model import load_ellmrec
-from slmrec.training import compute_dtype
-from slmrec.utils import check_writable, parse_ints, save_json, setup_logging, split_flags
+from slmrec.precision import compute_dtype
+from slmrec.utils import check_writable, parse_ints, save_json, save_npz, setup_logging, split_flags
 
 
 def main(checkpoint: str, data: str, split: str = "test", layers=None, output: str = None, **flags):
@@ -31,7 +31,7 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
     setup_logging()
     cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
     if output:
-        check_writable(output, "--output")
+        check_writable(output, "--output", reads=[checkpoint, data])
     dataset = PreparedData(data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if layers is None:
@@ -46,7 +46,7 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
         ranks = {f"layer_{l}": np.asarray(by_layer[l].pop("ranks")["candidates"]) for l in layers}
         results = {f"layer_{l}": by_layer[l] for l in layers}
         if output:  # per-user ranks beside the metrics (<output stem>_ranks.npz), for paired comparisons
-            np.savez(Path(output).with_name(Path(output).stem + "_ranks.npz"), **ranks)
+            save_npz(Path(output).with_name(Path(output).stem + "_ranks.npz"), **ranks)
     if output:
         save_json(results, output)
     print(json.dumps(results, indent=2))
@@ -54,4 +54,4 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(InferenceConfig,))

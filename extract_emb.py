@@ -4,14 +4,18 @@
     python extract_emb.py --checkpoint out/sasrec --output out/sasrec/item_embedding.pkl
 """
 
+from pathlib import Path
+
 from slmrec.cli import run
-from slmrec.embeddings import save_item_embedding
+from slmrec.embeddings import DEFAULT_SASREC, save_item_embedding
 from slmrec.seqrec import load_seqrec
 from slmrec.utils import check_writable
 
 
-def main(checkpoint: str, output: str):
-    check_writable(output, "--output")
+def main(checkpoint: str = DEFAULT_SASREC, output: str = None):
+    """With no flags: the main job's SASRec (out/main/sasrec), its table beside it (item_embedding.pkl)."""
+    output = output or str(Path(checkpoint) / "item_embedding.pkl")
+    check_writable(output, "--output", reads=[checkpoint])
     model = load_seqrec(checkpoint)
     table = model.item_table().detach()
     save_item_embedding(table, output, model.cfg.data_fingerprint)

@@ -4,6 +4,7 @@
         --base_model smollm2-135m --num_layers 8 --output_dir out/teacher
 """
 
+import dataclasses
 import json
 
 from slmrec.cli import run
@@ -11,7 +12,9 @@ from slmrec.data import PreparedData
 from slmrec.embeddings import file_digest, load_item_embedding
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import DERIVED_FIELDS, ELLMRec, ELLMRecConfig
-from slmrec.training import ELLMREC_TRAIN, TrainConfig, compute_dtype, fit_and_test, resume_mode
+from slmrec.checkpoints import resume_mode
+from slmrec.precision import compute_dtype
+from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
@@ -23,14 +26,14 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     setup_logging()
     resume = resume_mode(resume)
     mflags, eflags, tflags = split_flags(flags, ELLMRecConfig, ExampleConfig, TrainConfig, fixed=DERIVED_FIELDS)
+    model_cfg = ELLMRecConfig(**mflags)  # every flag checked before any work
     examples_cfg = ExampleConfig(**eflags)
-    examples_cfg.check()
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
     table = load_item_embedding(item_embedding, dataset.num_items, dataset.fingerprint)
-    model_cfg = ELLMRecConfig(**mflags, data_fingerprint=dataset.fingerprint,
-                              embedding_digest=file_digest(item_embedding))
+    model_cfg = dataclasses.replace(model_cfg, data_fingerprint=dataset.fingerprint,
+                                    embedding_digest=file_digest(item_embedding))
     model = ELLMRec(model_cfg, table)
     model.cast_frozen(compute_dtype(cfg.precision))  # exact: autocast would cast them at every call
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
@@ -42,4 +45,4 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(ELLMRecConfig, ExampleConfig, TrainConfig), defaults=ELLMREC_TRAIN)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from slmrec.cli import run
 from slmrec.data import DataError, PreparedData
-from slmrec.inference import InferenceConfig, Recommender
+from slmrec.inference import InferenceConfig, Recommender, item_rows, parse_history, user_history
 from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags
 
 
@@ -29,27 +29,10 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
     given = [x is not None for x in (user, history, input)]
     if sum(given) != 1:
         raise FlagError("give exactly one of --user, --history or --input")
-    item_ids, _ = data.items()
-    index = {orig: i for i, orig in enumerate(item_ids) if i}
-    users = {orig: u for u, orig in enumerate(data.users())}
-
-    def items_of(ids, where):
-        unknown = [i for i in ids if i not in index]
-        if unknown:
-            raise DataError(f"{where}: item id(s) {unknown[:5]} not in {data.path / 'items.tsv'}")
-        if not ids:
-            raise DataError(f"{where}: empty history; at least one item is needed")
-        return [index[i] for i in ids]
-
-    def of_user(u, where):
-        if str(u) not in users:
-            raise DataError(f"{where}: user {u!r} not in {data.path / 'users.tsv'}")
-        return [int(x) for x in data.sequences[users[str(u)]]]
-
     if user is not None:
-        return [(str(user), of_user(user, "--user"))]
+        return [(str(user), user_history(data, user, "--user"))]
     if history is not None:
-        return [(None, items_of(coerce("history", history, list), "--history"))]
+        return [(None, parse_history(data, coerce("history", history, list), "--history"))]
     requests = []
     with open(input, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -66,9 +49,9 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
             if "history" in obj:
                 if not isinstance(obj["history"], list):
                     raise DataError(f'{where}: "history" must be a list of item ids')
-                requests.append((label, items_of([str(i) for i in obj["history"]], where)))
+                requests.append((label, parse_history(data, [str(i) for i in obj["history"]], where)))
             else:
-                requests.append((label, of_user(label, where)))
+                requests.append((label, user_history(data, label, where)))
     if not requests:
         raise DataError(f"{input}: no histories in the file")
     return requests
@@ -94,21 +77,17 @@ def main(checkpoint: str, data: str, user=None, history=None, input: str = None,
     """Other flags are InferenceConfig's (slmrec/inference.py): --precision, --fast, --int8, --batch_size."""
     setup_logging()
     cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
+    if output:
+        check_writable(output, "--output", reads=[checkpoint, data, *([input] if input else [])])
     dataset = PreparedData(data)
     if not isinstance(k, int) or not 1 <= k <= dataset.num_items:
         raise FlagError(f"--k must be an integer in 1..{dataset.num_items}, not {k!r}")
     requests = read_requests(dataset, user, history, input)
-    if output:
-        check_writable(output, "--output")
     rec = Recommender.from_checkpoint(checkpoint, dataset, cfg)
-    item_ids, titles = dataset.items()
     with tqdm(total=len(requests), desc="recommending", unit="history", disable=len(requests) < 2) as bar:
         top = rec.recommend([h for _, h in requests], k, keep_seen, progress=bar.update)
-    rows = []
-    for (label, _), items in zip(requests, top):
-        row = {"user": label} if label is not None else {}
-        row["items"] = [{"item": item_ids[i], "title": titles[i], "score": round(s, 6)} for i, s in items]
-        rows.append(row)
+    rows = [{**({"user": label} if label is not None else {}), "items": item_rows(dataset, items)}
+            for (label, _), items in zip(requests, top)]
     if output:
         write_jsonl(rows, output)
         print(f"wrote {len(rows)} recommendation lists to {output}")
@@ -121,4 +100,4 @@ def main(checkpoint: str, data: str, user=None, history=None, input: str = None,
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(InferenceConfig,))

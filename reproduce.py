@@ -17,7 +17,8 @@ from slmrec.efficiency import measure
 from slmrec.experiments import FIRST_SEED, make_config, plan, run_plan, seed_dir
 from slmrec.records import RECORD, record_dir, runs_root
 from slmrec.tables import rows_of, write_all
-from slmrec.training import ELLMREC_TRAIN, resolve_precision
+from slmrec.precision import resolve_precision
+from slmrec.training import ELLMREC_TRAIN
 from slmrec.utils import FlagError, hardware, load_json, parse_ints, save_json
 
 

@@ -6,5 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ $# -ge 2 ] || { echo "usage: bash run_distill.sh <teacher_ckpt> <out_dir> [distill.py flags]" >&2; exit 2; }
 TEACHER=$1; OUT_DIR=$2; shift 2
+REST=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) DATA=$2; shift 2 ;;
+    --data=*) DATA=${1#*=}; shift ;;
+    *) REST+=("$1"); shift ;;
+  esac
+done
 source scripts/common.sh
-launch distill.py --teacher "$TEACHER" --data "$DATA" --output_dir "$OUT_DIR" "$@"
+launch distill.py --teacher "$TEACHER" --data "$DATA" --output_dir "$OUT_DIR" "${REST[@]}"

@@ -8,15 +8,18 @@ keep the best checkpoint by validation MRR; write test metrics.
 import json
 
 from slmrec.cli import run
-from slmrec.data import PreparedData
+from slmrec.data import DEFAULT_DATA, default_prepared
+from slmrec.embeddings import DEFAULT_SASREC
 from slmrec.examples import WindowDataset
 from slmrec.seqrec import SeqRecConfig, build_seqrec
-from slmrec.training import SEQREC_TRAIN, TrainConfig, fit_and_test, resume_mode
+from slmrec.checkpoints import resume_mode
+from slmrec.training import SEQREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
 
-def main(data: str, output_dir: str, resume: str = "false", **flags):
-    """Flags are the fields of SeqRecConfig (slmrec/seqrec.py: --model, --max_len, --hidden_size, --num_layers,
+def main(data: str = DEFAULT_DATA, output_dir: str = DEFAULT_SASREC, resume: str = "false", **flags):
+    """With no flags: SASRec on the embedded default (ml-100k, prepared first if missing) into out/main/sasrec, as
+    the main job's first stage. Flags are the fields of SeqRecConfig (slmrec/seqrec.py: --model, --max_len, --hidden_size, --num_layers,
     --num_heads, --dropout, --mask_prob) and TrainConfig (slmrec/training.py: --epochs, --batch_size,
     --learning_rate, --eval_steps (default 0: once per epoch), --patience, --seed, ...)."""
     setup_logging()
@@ -24,7 +27,7 @@ def main(data: str, output_dir: str, resume: str = "false", **flags):
     mflags, tflags = split_flags(flags, SeqRecConfig, TrainConfig, fixed=("num_items", "data_fingerprint"))
     cfg = TrainConfig(**{**SEQREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
-    dataset = PreparedData(data)
+    dataset = default_prepared(data)
     model_cfg = SeqRecConfig(dataset.num_items, **mflags, data_fingerprint=dataset.fingerprint)
     net = build_seqrec(model_cfg)
     windows = WindowDataset(dataset, model_cfg.max_len)
@@ -35,4 +38,4 @@ def main(data: str, output_dir: str, resume: str = "false", **flags):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(SeqRecConfig, TrainConfig), defaults=SEQREC_TRAIN)

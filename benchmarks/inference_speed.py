@@ -39,7 +39,7 @@ from slmrec.data import PreparedData, history_batches, left_pad
 from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
-from slmrec.training import compute_dtype, resolve_precision
+from slmrec.precision import compute_dtype, resolve_precision
 from slmrec.utils import hardware, parse_ints
 
 

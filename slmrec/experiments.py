@@ -14,7 +14,7 @@ from pathlib import Path
 from .distill import DistillConfig
 from .losses import block_pairs
 from .records import is_recorded, record, record_dir, runs_root
-from .utils import FlagError, load_json, save_json
+from .utils import FlagError, load_json, run_lock, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 42  # seeds are FIRST_SEED, FIRST_SEED + 1, ...; the first seed's SASRec gives every LM model its items
@@ -57,7 +57,7 @@ class ReproConfig:
     budget: str = "quick"
     preset: str | None = None
     data: str = "data/ml-100k"
-    source: str = "ml-100k"  # what datasets/process.py prepares into `data` when it is missing
+    source: str = "ml-100k"  # what prepare_data.py prepares into `data` when it is missing
     base_model: str = "smollm2-135m"
     teacher_layers: int = 8
     student_layers: int = 4
@@ -246,7 +246,7 @@ def plan(cfg: ReproConfig) -> list:
 
 def _prepare_data(cfg):
     if not (Path(cfg.data) / "stats.json").is_file():
-        cmd = [sys.executable, str(ROOT / "datasets/process.py"), "--source", cfg.source, "--output_dir", cfg.data]
+        cmd = [sys.executable, str(ROOT / "prepare_data.py"), "--source", cfg.source, "--output_dir", cfg.data]
         subprocess.run(cmd, check=True)
     stats, kept = load_json(Path(cfg.data) / "stats.json"), runs_root(cfg.results) / "dataset.json"
     if kept.is_file() and load_json(kept)["fingerprint"] != stats["fingerprint"]:
@@ -333,8 +333,9 @@ def run_plan(cfg: ReproConfig, runs: list):
                 todo.append(everything[dep])
         todo.append(run)
     t = time.time()
-    for i, run in enumerate(todo, 1):
-        if run.spec.script != "train_sr_trad.py":
-            _ensure_embedding(cfg)
-        execute(run, cfg, i, len(todo), needed=(run.seed, run.key) in needed)
+    with run_lock(cfg.runs):  # one reproduction per runs folder
+        for i, run in enumerate(todo, 1):
+            if run.spec.script != "train_sr_trad.py":
+                _ensure_embedding(cfg)
+            execute(run, cfg, i, len(todo), needed=(run.seed, run.key) in needed)
     print(f"all {len(todo)} runs done in {time.time() - t:.0f}s", flush=True)

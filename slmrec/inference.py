@@ -26,10 +26,11 @@ from torch import nn
 
 from .backbone import decoder_layers
 from .data import DataError, PreparedData, history_batches
-from .model import check_same_data, load_ellmrec
+from .model import check_same_data, load_ellmrec, take_columns
 from .seqrec import load_seqrec
-from .training import MODEL_CONFIG, CheckpointError, compute_dtype, resolve_precision
-from .utils import FlagError, load_json
+from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
+from .precision import compute_dtype, resolve_precision
+from .utils import FlagError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class FastELLMRec:
             model.merge_lora()
         if cfg.int8:
             if device != "cpu":
-                raise ValueError("int8 dynamic quantisation runs on the CPU only")
+                raise FlagError("--int8: dynamic int8 quantisation runs on the CPU only")
             for layer in decoder_layers(model.base_lm()):
                 torch.ao.quantization.quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8, inplace=True)
         elif cfg.residual == "compute" and self.dtype is not None:
@@ -110,7 +111,7 @@ class FastELLMRec:
         m = self.model
         lengths = (history != 0).sum(1)
         if int(lengths.min()) == 0:
-            raise ValueError("an empty history cannot be scored")
+            raise DataError("an empty history cannot be scored")
         L = int(lengths.max())
         history = history[:, -L:]
         B, S = history.shape[0], self.suffix.shape[0]
@@ -121,7 +122,7 @@ class FastELLMRec:
             n = lengths[:, None]
             j = torch.arange(L + S, device=history.device)[None]
             index = torch.where(j < n, L - n + j, torch.where(j < n + S, j - n + L, 0))
-            x = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+            x = take_columns(source, index)
             positions = torch.arange(self.P, self.P + L + S, device=history.device)[None].expand(B, -1)
             out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True,
                           **{self.cache_kwarg: self._cache(B)})
@@ -150,7 +151,7 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
     path = Path(checkpoint) / MODEL_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{checkpoint}: not a trained model of this project (no {MODEL_CONFIG})")
-    kind = load_json(path).get("model_type")
+    kind = read_model_config(checkpoint).get("model_type")
     if kind == "ellmrec":
         model = load_ellmrec(checkpoint, data).to(device)
         return (FastELLMRec if cfg.fast else PlainScorer)(model, cfg, device), model.cfg.max_len
@@ -160,6 +161,34 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
         # These small models train and evaluate in fp32 (train_sr_trad.py).
         return PlainScorer(model, InferenceConfig(precision="fp32"), device), model.cfg.max_len
     raise CheckpointError(f"{checkpoint}: unknown model type {kind!r} in {MODEL_CONFIG}")
+
+
+class UnknownUser(DataError):
+    pass
+
+
+def parse_history(data: PreparedData, ids, where) -> list:
+    """Original item ids (oldest first) -> item indices; an unknown id or an empty history is an error naming
+    where it came from."""
+    unknown = [i for i in ids if i not in data.item_index]
+    if unknown:
+        raise DataError(f"{where}: item id(s) {unknown[:5]} not in {data.path / 'items.tsv'}")
+    if not ids:
+        raise DataError(f"{where}: empty history; at least one item is needed")
+    return [data.item_index[i] for i in ids]
+
+
+def user_history(data: PreparedData, user, where) -> list:
+    """A dataset user's whole stored sequence, as item indices."""
+    if str(user) not in data.user_index:
+        raise UnknownUser(f"{where}: user {user!r} not in {data.path / 'users.tsv'}")
+    return [int(x) for x in data.sequences[data.user_index[str(user)]]]
+
+
+def item_rows(data: PreparedData, top) -> list:
+    """[(item index, score)] -> [{"item": original id, "title", "score"}], as recommend.py and serve.py answer."""
+    item_ids, titles = data.catalog
+    return [{"item": item_ids[i], "title": titles[i], "score": round(s, 6)} for i, s in top]
 
 
 class Recommender:
@@ -190,22 +219,26 @@ class Recommender:
     @torch.inference_mode()
     def recommend(self, histories, k=10, keep_seen=False, progress=None):
         """[[(item index, score), ...] best first] per history: the top k of all items, items already in the
-        history left out unless keep_seen. progress: a callable given each batch's size (e.g. tqdm.update)."""
+        history left out unless keep_seen. k and keep_seen: one for all, or a list with one per history (the
+        server's batches mix requests). progress: a callable given each batch's size (e.g. tqdm.update)."""
         self.check(histories)
-        if not 1 <= k <= self.data.num_items:
-            raise ValueError(f"k must be in 1..{self.data.num_items}, not {k}")
+        ks = k if isinstance(k, list) else [k] * len(histories)
+        keep = keep_seen if isinstance(keep_seen, list) else [keep_seen] * len(histories)
+        bad = [x for x in ks if not 1 <= x <= self.data.num_items]
+        if bad:
+            raise FlagError(f"--k must be in 1..{self.data.num_items}, not {bad[0]}")
         out = [None] * len(histories)
         for idx, padded in history_batches(histories, self.max_len, self.cfg.batch_size, self.cfg.by_length):
             scores = self.scorer(torch.from_numpy(padded).to(self.scorer.device)).float()
             scores[:, 0] = float("-inf")
             # A NaN score would sort first: never recommend an item the model cannot score.
             scores = scores.masked_fill(scores.isnan(), float("-inf"))
-            if not keep_seen:
-                for r, i in enumerate(idx):
-                    scores[r, torch.as_tensor(np.asarray(histories[i], dtype=np.int64))] = float("-inf")
-            top = scores.topk(k, dim=1)
             for r, i in enumerate(idx):
-                out[i] = [(int(item), float(s)) for item, s in zip(top.indices[r], top.values[r])
+                if not keep[i]:
+                    scores[r, torch.as_tensor(np.asarray(histories[i], dtype=np.int64))] = float("-inf")
+            top = scores.topk(max(ks[i] for i in idx), dim=1)
+            for r, i in enumerate(idx):
+                out[i] = [(int(item), float(s)) for item, s in zip(top.indices[r, :ks[i]], top.values[r, :ks[i]])
                           if s > float("-inf")]
             if progress:
                 progress(len(idx))

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from .model import item_loss
+from .utils import FlagError
 
 
 def block_pairs(teacher_layers: int, student_layers: int, blocks: int):
     """[(teacher layer, student layer)] for k = 1..B, 1-based; B must divide both depths."""
     if blocks < 1 or teacher_layers % blocks or student_layers % blocks:
-        raise ValueError(f"--blocks {blocks} must divide both the teacher's {teacher_layers} layers and the "
+        raise FlagError(f"--blocks {blocks} must divide both the teacher's {teacher_layers} layers and the "
                          f"student's {student_layers}")
     m, n = teacher_layers // blocks, student_layers // blocks
     return [(k * m, k * n) for k in range(1, blocks + 1)]
@@ -38,7 +39,7 @@ def norm_loss(teacher_states, student_states, variant="squared"):
               LM's hidden states can have norms in the hundreds (SmolLM2: 200-370), which makes the squared
               form thousands of times the item loss; this one is of the item loss's order whatever the scale."""
     if variant not in NORM_VARIANTS:
-        raise ValueError(f"norm variant must be one of {NORM_VARIANTS}, not {variant!r}")
+        raise FlagError(f"--norm_variant must be one of {NORM_VARIANTS}, not {variant!r}")
     terms = []
     for t, s in zip(teacher_states, student_states):
         d = (t - s).pow(2).sum(-1)

@@ -27,7 +27,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from .backbone import decoder_layers, load_backbone
-from .training import CheckpointError, load_checkpoint_files, load_trained_weights
+from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
+from .utils import FlagError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ class ELLMRecConfig:
     data_fingerprint: str = ""
     embedding_digest: str = ""
 
+    def __post_init__(self):  # flags are checked when the config is made, before any work
+        if self.readout not in READOUTS:
+            raise FlagError(f"--readout must be one of {READOUTS}, not {self.readout!r}")
+        if self.max_len < 1 or self.num_layers < 1:
+            raise FlagError(f"--max_len and --num_layers must be at least 1, not {self.max_len}, {self.num_layers}")
+
 
 # Set by the scripts from the data, the embeddings and the distillation config, never by a flag.
 DERIVED_FIELDS = ("num_items", "item_dim", "adapter_layers", "data_fingerprint", "embedding_digest")
@@ -65,10 +72,13 @@ DERIVED_FIELDS = ("num_items", "item_dim", "adapter_layers", "data_fingerprint",
 class ELLMRec(nn.Module):
     def __init__(self, cfg: ELLMRecConfig, item_embedding: torch.Tensor, backbone=None):
         super().__init__()
-        if cfg.readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, not {cfg.readout!r}")
         self.cfg = cfg
         lm, tokenizer = backbone or load_backbone(cfg.base_model, cfg.num_layers, cfg.dtype, cfg.quantization)
+        prompt = len(tokenizer(cfg.instruction)["input_ids"]) + len(tokenizer(cfg.response)["input_ids"])
+        limit = getattr(lm.config, "max_position_embeddings", None)
+        if limit and cfg.max_len + prompt > limit:
+            raise FlagError(f"--max_len {cfg.max_len}: with the prompt's {prompt} tokens the input exceeds the LM's "
+                            f"{limit} positions; use at most {limit - prompt}")
         cfg.num_items, cfg.item_dim = item_embedding.shape[0] - 1, item_embedding.shape[1]
         d0, d1 = cfg.item_dim, lm.config.hidden_size
         # Frozen and saved with the checkpoint, so a trained model scores without the pickle.
@@ -77,10 +87,10 @@ class ELLMRec(nn.Module):
             p.requires_grad_(False)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none")
-        self.lm = get_peft_model(lm, lora)
+        self.lm = _with_lora(lm, lora, cfg.lora_targets)
         self.w_in = nn.Linear(d0, d1)
         # Zero heads: uniform scores, loss = ln|I| at the start. A random head on SASRec's large-scale
-        # embeddings starts far above that and stalls for hundreds of steps (SPEC §2).
+        # embeddings starts far above that and stalls for hundreds of steps (README, "The teacher").
         self.w_out = nn.Linear(d1, d0, bias=False)
         self.adapters = nn.ModuleList(nn.Linear(d1, d0, bias=False) for _ in cfg.adapter_layers)
         for head in [self.w_out, *self.adapters]:
@@ -115,7 +125,7 @@ class ELLMRec(nn.Module):
         # from k + P on already hold the right token; positions k..k+P-1 take the prefix; pads take anything.
         # So history column c sits at position P + c in every row.
         index = torch.where(j < pads + P, (j - pads).clamp(min=0), j)
-        embeds = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+        embeds = take_columns(source, index)
         mask = (j >= pads).long()
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         return embeds, mask, position_ids
@@ -156,7 +166,7 @@ class ELLMRec(nn.Module):
         {layer: scores}, the state after each layer through the final norm and W_out, without retraining."""
         bad = [l for l in layers if not 1 <= l <= self.cfg.num_layers]
         if bad:
-            raise ValueError(f"layers {bad} outside 1..{self.cfg.num_layers}")
+            raise FlagError(f"--layers {bad} outside 1..{self.cfg.num_layers}")
         _, states = self.encode(trim_padding(history)[0], layer_states=True)
         norm = self.base_lm().norm
         return {l: self.item_scores(norm(states[l - 1].to(norm.weight.dtype)).float()) for l in layers}
@@ -225,12 +235,29 @@ class ELLMRec(nn.Module):
         return self
 
 
+def _with_lora(lm, lora, targets):
+    """peft's LoRA on the named projections; names that match no module are a flag error listing the names
+    there are (peft would raise deep inside, or adapt nothing)."""
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in decoder_layers(lm)[0].named_modules() if isinstance(m, nn.Linear)})
+    unknown = [t for t in targets if t not in names]
+    if unknown or not targets:
+        raise FlagError(f"--lora_targets {','.join(targets) or '(none)'}: {', '.join(unknown) or 'nothing given'} "
+                        f"matches no projection of the LM's layers; they are {', '.join(names)}")
+    return get_peft_model(lm, lora)
+
+
 def item_loss(scores, labels):
     """Cross-entropy over all items (paper eq. 1), scores [n, items + 1]; column 0 is padding and never a
     prediction."""
     scores = scores.clone()
     scores[:, 0] = float("-inf")
     return F.cross_entropy(scores, labels)
+
+
+def take_columns(x, index):
+    """x [B, T, d] rearranged along T: row b's column j is x[b, index[b, j]]. Both prompt layouts (training's
+    here, padding first; the fast path's, padding last after a cached instruction) are built with it."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def trim_padding(history, *aligned):

@@ -9,7 +9,7 @@ import datetime
 import shutil
 from pathlib import Path
 
-from .training import resolve_precision
+from .precision import resolve_precision
 from .utils import hardware, load_json, save_json
 
 # What a run directory holds that is worth keeping (what exists of it): the command and configuration, the test

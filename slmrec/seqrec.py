@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import FlagError, check_memory
+
 
 @dataclass
 class SeqRecConfig:
@@ -25,6 +27,15 @@ class SeqRecConfig:
     dropout: float = 0.2
     mask_prob: float = 0.2  # BERT4Rec: share of items masked in training
     data_fingerprint: str = ""
+
+    def __post_init__(self):  # flags are checked when the config is made, before any work
+        if self.model not in MODELS:
+            raise FlagError(f"--model must be one of {sorted(MODELS)}, not {self.model!r}")
+        if min(self.max_len, self.hidden_size, self.num_layers, self.num_heads) < 1:
+            raise FlagError("--max_len, --hidden_size, --num_layers and --num_heads must be at least 1")
+        # the position table and its optimiser states (4 copies of max_len x hidden_size floats)
+        check_memory(4 * 4 * (self.max_len + self.num_items) * self.hidden_size, f"--max_len {self.max_len} with "
+                     f"--hidden_size {self.hidden_size}")
 
 
 class SeqRec(nn.Module):
@@ -154,14 +165,12 @@ MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
 
 
 def build_seqrec(cfg: SeqRecConfig) -> SeqRec:
-    if cfg.model not in MODELS:
-        raise ValueError(f"--model must be one of {sorted(MODELS)}, not {cfg.model!r}")
     return MODELS[cfg.model](cfg)
 
 
 def load_seqrec(checkpoint_dir) -> SeqRec:
     """Rebuild a trained SASRec/GRU4Rec/BERT4Rec from its output directory (weights + slmrec_config.json)."""
-    from .training import load_checkpoint_files
+    from .checkpoints import load_checkpoint_files
 
     cfg, state = load_checkpoint_files(checkpoint_dir, "seqrec")
     model = build_seqrec(SeqRecConfig(**cfg))

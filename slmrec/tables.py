@@ -1,7 +1,6 @@
 """results/: the paper's tables and figures from finished reproduction runs, each stating its setting."""
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from .experiments import ReproConfig, declare, labels, seed_list
 from .metrics import METRICS
 from .examples import ExampleConfig
 from .model import ELLMRecConfig
-from .records import machine, record_dir, runs_root
+from .records import RECORD, machine, record_dir, runs_root
 from .training import ELLMREC_TRAIN
 from .utils import load_json, save_json
 
@@ -54,7 +53,7 @@ def collect(cfg: ReproConfig, key, seeds=None):
     for seed in seeds or seed_list(cfg.seeds):
         d = record_dir(cfg.results, seed, key)
         if (d / "test_metrics.json").is_file():
-            metrics.append(json.loads((d / "test_metrics.json").read_text()))
+            metrics.append(net_times(load_json(d / "test_metrics.json"), d))
             ranks.append(np.load(d / "test_ranks.npz")["candidates"])
             found.append(seed)
     return metrics, ranks, found
@@ -125,7 +124,7 @@ def setting(cfg: ReproConfig, command) -> str:
             f"{'every ' + str(t['eval_steps']) + ' steps' if t.get('eval_steps') else 'once per epoch'} "
             f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
             f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
-            f"model uses the seed-42 SASRec item table. Command: `{command}`")
+            f"model uses the seed-{seed_list(1)[0]} SASRec item table. Command: `{command}`")
 
 
 def metric_table(cfg, keyed_labels, title="", head="", note="", seeds=None) -> tuple:
@@ -162,6 +161,10 @@ def write_main(cfg, out, head):
     text, rows = metric_table(cfg, rows_of(cfg, "main"), title="# Tables 2/3: main comparison (ours)", head=head)
     text += ("\nTraining time on the hardware above (wall clock, validations included; a distilled student's "
              "excludes its teacher's training):\n\n" + training_time(cfg, rows_of(cfg, "main")))
+    spent = compute_spent(cfg)
+    if spent:
+        text += (f"\nEvery recorded run of this reproduction (all tables), wall clock from start to record: {spent}"
+                 " (runs recorded without a time, such as runs made before records existed, are not counted).\n")
     (out / "main_table.md").write_text(text)
     with open(out / "main_table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -263,8 +266,29 @@ def write_table5(cfg, out, head, rows):
 
 
 def _first_seed_metrics(cfg, key) -> dict:
-    f = record_dir(cfg.results, seed_list(1)[0], key) / "test_metrics.json" if key else None
-    return load_json(f) if f and f.is_file() else {}
+    d = record_dir(cfg.results, seed_list(1)[0], key) if key else None
+    return net_times(load_json(d / "test_metrics.json"), d) if d and (d / "test_metrics.json").is_file() else {}
+
+
+def net_times(metrics, rec) -> dict:
+    """A run's training times without the time it was stopped (kill -STOP) while it ran, where its record says
+    so (record.json: paused_seconds in all, paused_before_best_seconds before its best validation)."""
+    r = load_json(rec / RECORD) if (rec / RECORD).is_file() else {}
+    out = dict(metrics)
+    for k, paused in (("train_seconds", "paused_seconds"), ("seconds_to_best", "paused_before_best_seconds")):
+        if out.get(k) is not None and r.get(paused):
+            out[k] -= r[paused]
+    return out
+
+
+def compute_spent(cfg) -> str:
+    """The recorded runs' wall-clock time in all, per machine: what the reproduction cost."""
+    spent = {}
+    for rec in runs_root(cfg.results).glob("seed*/*/" + RECORD):
+        r = load_json(rec)
+        if r.get("seconds"):
+            spent.setdefault(machine(rec.parent), []).append(r["seconds"] - r.get("paused_seconds", 0))
+    return "; ".join(f"{len(v)} runs, {sum(v) / 3600:.2f} h on {m}" for m, v in sorted(spent.items()))
 
 
 def _pyplot():
@@ -341,7 +365,7 @@ def write_figure2(cfg, out, head):
     lines.append(sweep_note(cfg))
     (out / "figure2_depth.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    panels = [(axes[0], trained, "o", f"(a) E4SRec_l: its first l layers, trained"),
+    panels = [(axes[0], trained, "o", "(a) E4SRec_l: its first l layers, trained"),
               (axes[1], direct, "s", f"(b) direct inference from layer l of the trained E4SRec_{L}")]
     for ax, points, marker, label in panels:
         ls = sorted(points)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import SMOLLM2, file_digest, smollm2_path
-from .training import MODEL_CONFIG, WEIGHTS
+from .checkpoints import MODEL_CONFIG, WEIGHTS
 from .utils import load_json, save_json
 
 log = logging.getLogger(__name__)

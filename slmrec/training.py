@@ -1,7 +1,5 @@
 """transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
 
-import functools
-import hashlib
 import json
 import logging
 import math
@@ -11,18 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .data import cache_dir
+from .checkpoints import (WEIGHTS, CheckpointError, check_run_dir, load_trained_weights, load_weights,
+                          newest_complete_checkpoint, resume_mode, save_model, settings_changed)
 from .metrics import evaluate, flatten
-from .utils import FlagError, coerce, hardware, jsonable, load_json, save_json
+from .precision import resolve_precision
+from .utils import FlagError, hardware, jsonable, load_json, run_lock, save_json, save_npz
 
 log = logging.getLogger(__name__)
-
-WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "slmrec_config.json"  # not config.json: the Trainer reads that one as a transformers config
 
 
 @dataclass
@@ -67,67 +63,6 @@ ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, le
 # SASRec's, GRU4Rec's and BERT4Rec's over TrainConfig's: early stopping on validation MRR, in fp32 (small models:
 # bf16 would save little and change their numbers).
 SEQREC_TRAIN = dict(epochs=200, patience=20, precision="fp32")
-
-
-@functools.lru_cache(maxsize=None)
-def native_bf16() -> bool:
-    """Whether bf16 autocast is the faster precision here: a GPU with bf16, or a CPU whose bf16 matrix products
-    measure faster than its fp32 ones. CPU flags alone mislead: a 2-core AMD EPYC (Zen 5, AVX512-BF16)
-    multiplies about 2x faster in bf16 and trains 1.7x faster, an Intel Xeon whose AMX is hidden by the
-    hypervisor (AVX512-BF16 listed, model 207) multiplies 0.55x as fast in bf16 as in fp32 (measured, README).
-    The measurement is kept in the project cache per CPU and torch version, so every run on a machine decides
-    alike (a resumed or compared run never flips precision on timing noise)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to ask, stay in fp32
-        return False
-    flags = info.split()
-    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
-        return False
-    head = info.split("\n\n")[0]
-    key = hashlib.sha256(f"{head.split('flags')[0]}{sorted(set(flags))}{torch.__version__}".encode()).hexdigest()[:16]
-    path = cache_dir() / "bf16_speed.json"
-    known = load_json(path) if path.is_file() else {}
-    if key not in known:
-        known[key] = {"bf16_over_fp32": _bf16_speedup(), "cpu": _cpu_name(head), "torch": torch.__version__}
-        save_json(known, path)
-    return known[key]["bf16_over_fp32"] >= BF16_MIN_SPEEDUP
-
-
-BF16_MIN_SPEEDUP = 1.2  # bf16 must be clearly faster: it also rounds
-
-
-def _cpu_name(head):
-    return next((line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("model name")), "")
-
-
-def _bf16_speedup(reps=20) -> float:
-    """fp32 time over bf16 time of a matrix product of an LM layer's shape (SmolLM2's MLP, 800 rows)."""
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(800, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        times[dtype] = time.perf_counter() - t
-    return times[torch.float32] / times[torch.bfloat16]
-
-
-def resolve_precision(precision: str) -> str:
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise FlagError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
-    if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
-    return precision
-
-
-def compute_dtype(precision: str):
-    """The torch dtype autocast computes in for a precision (None: fp32, no autocast)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision))
 
 
 def steps_per_epoch(cfg: TrainConfig, num_examples) -> int:
@@ -176,26 +111,6 @@ def training_arguments(cfg: TrainConfig, output_dir, num_examples=None) -> Train
     )
 
 
-def trainable_state_dict(model):
-    """What training changes, plus persistent buffers (the frozen item table): the frozen LM is not saved,
-    it is rebuilt from its source named in the checkpoint config."""
-    state = model.state_dict()
-    keep = {k for k, p in model.named_parameters() if p.requires_grad}
-    keep |= {k for k, _ in model.named_buffers()} & state.keys()
-    return {k: state[k].detach().contiguous() for k in state if k in keep}
-
-
-def save_model(model, output_dir):
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(trainable_state_dict(model), output_dir / WEIGHTS, metadata={"format": "pt"})
-    save_json(model.checkpoint_config(), output_dir / MODEL_CONFIG)
-
-
-class CheckpointError(ValueError):
-    pass
-
-
 class NonFiniteError(ValueError):
     pass
 
@@ -206,35 +121,6 @@ def check_finite(terms: dict, step):
         if not torch.isfinite(value).all():
             raise NonFiniteError(f"step {step}: the {name} loss is {value.item()}: training diverged (try a lower "
                                  f"--learning_rate) or the inputs hold non-finite values; nothing was saved from it")
-
-
-def load_checkpoint_config(checkpoint_dir, model_type) -> dict:
-    """The config of a checkpoint written by save_model, checked for its files and model type."""
-    d = Path(checkpoint_dir)
-    if not (d / WEIGHTS).is_file() or not (d / MODEL_CONFIG).is_file():
-        raise CheckpointError(f"{d}: not a checkpoint of this project (needs {WEIGHTS} and {MODEL_CONFIG})")
-    cfg = load_json(d / MODEL_CONFIG)
-    found = cfg.pop("model_type", None)
-    if found != model_type:
-        raise CheckpointError(f"{d}: holds a {found!r} model, expected {model_type!r}")
-    return cfg
-
-
-def load_checkpoint_files(checkpoint_dir, model_type):
-    """(config dict, state dict) of a checkpoint written by save_model."""
-    cfg = load_checkpoint_config(checkpoint_dir, model_type)
-    return cfg, safetensors.torch.load_file(Path(checkpoint_dir) / WEIGHTS, device="cpu")
-
-
-def load_trained_weights(model, state, where):
-    """Load a checkpoint's weights (trained ones only, frozen ones come from their source): anything
-    unexpected, or a trainable weight missing, means the checkpoint does not fit this model."""
-    result = model.load_state_dict(state, strict=False)
-    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(trainable & set(result.missing_keys))
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{where}: weights do not fit the model (unexpected: {result.unexpected_keys[:3]}, "
-                              f"missing: {missing[:3]})")
 
 
 class ValidationLine(TrainerCallback):
@@ -258,7 +144,26 @@ class ValidationLine(TrainerCallback):
                  m.get("NDCG@10", float("nan")), m.get("HR@10", float("nan")), best, loss, m.get("train_seconds", 0))
 
 
-class RecTrainer(Trainer):
+class SmallCheckpoints(Trainer):
+    """The project's checkpoint format (slmrec/checkpoints.py: trained weights only) in the Trainer's saving and
+    loading. transformers has no public hook for these three, so this is the one place that overrides its private
+    methods; checked against transformers 4.56 and 5.24 (requirements.txt bounds it below 6)."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        if self.args.should_save:
+            save_model(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Checkpoints hold only trained weights: the Trainer's own loader would warn about every frozen weight
+        # and accept a checkpoint of another model.
+        state = load_weights(Path(resume_from_checkpoint) / WEIGHTS)
+        load_trained_weights(self.accelerator.unwrap_model(model or self.model), state, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+class RecTrainer(SmallCheckpoints):
     """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
 
     def __init__(self, *args, data, max_len, **kwargs):
@@ -287,81 +192,6 @@ class RecTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # Checkpoints hold only trained weights (see save_model): the Trainer's own loader would warn about
-        # every frozen weight and accept a checkpoint of another model.
-        state = safetensors.torch.load_file(Path(resume_from_checkpoint) / WEIGHTS, device="cpu")
-        load_trained_weights(self.accelerator.unwrap_model(model or self.model), state, resume_from_checkpoint)
-
-    def _load_best_model(self):
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-
-    def _save(self, output_dir=None, state_dict=None):
-        if self.args.should_save:
-            save_model(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
-
-
-def resume_mode(value) -> str:
-    """--resume: false (start afresh), true (continue from the newest complete checkpoint; refused if the run's
-    settings changed) or force (continue anyway; the changes are recorded in run_config.json). Returns
-    "no", "yes" or "force"; true and false are spelt as for any boolean flag (utils.coerce)."""
-    if str(value).lower() == "force":
-        return "force"
-    try:
-        return "yes" if coerce("resume", value, bool) else "no"
-    except FlagError:
-        raise FlagError(f"--resume must be true, false or force, not {value!r}") from None
-
-
-CHECKPOINT_FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt", "trainer_state.json")
-
-
-def newest_complete_checkpoint(output_dir):
-    """The newest checkpoint-* holding every file the Trainer writes (trainer_state.json, written last, must
-    parse): one a kill interrupted while it was being written is skipped, with a warning."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for ckpt in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        try:
-            complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and \
-                isinstance(load_json(ckpt / "trainer_state.json"), dict)
-        except ValueError:  # a half-written trainer_state.json
-            complete = False
-        if complete:
-            return ckpt
-        log.warning("skipping %s: incomplete (interrupted while it was being saved)", ckpt)
-    return None
-
-
-# The budget a resumed run may change (to train for longer); any other change is refused without --resume force.
-EXTENDABLE = ("train.max_steps", "train.epochs", "train.patience")
-# Where the run happens and paths to the same files (their fingerprints and digests are compared) may change.
-UNCOMPARED = ("hardware", "data", "item_embedding", "resumed_with_changes")
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def settings_changed(previous: dict, current: dict) -> list:
-    """'setting: before -> now' for every setting of run_config.json that a resumed run would change."""
-    before, now = _flat(previous), _flat(current)
-    keys = sorted((before.keys() | now.keys()) - set(EXTENDABLE))
-    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys
-            if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)]
-
-
-def check_run_dir(output_dir: Path):
-    """A training run writes into a new or empty folder, or one of this project's runs (a run_config.json, a
-    checkpoint, or reproduce.py's command.json): never among other files."""
-    ours = ("run_config.json", "command.json", "checkpoint-*")
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not any(
-            any(output_dir.glob(name)) for name in ours))):
-        raise CheckpointError(f"--output_dir {output_dir} exists and holds files this project did not write: "
-                              f"choose a new or empty directory")
-
 
 def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume="no",
                  trainer_cls=RecTrainer, extra_metrics=None, **trainer_kwargs) -> dict:
@@ -371,6 +201,13 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     output_dir = Path(output_dir)
     mode = resume_mode(resume)
     check_run_dir(output_dir)
+    with run_lock(output_dir):  # one run per folder
+        return _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
+                             extra_metrics, **trainer_kwargs)
+
+
+def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
+                  extra_metrics, **trainer_kwargs) -> dict:
     # What "auto" became on this machine, and the machine, so results can say how they were made.
     run_config = json.loads(json.dumps({**run_config, "precision": resolve_precision(cfg.precision),
                                         "hardware": hardware()}, default=jsonable))
@@ -408,7 +245,7 @@ def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_l
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
     if trainer.is_world_process_zero():
         # Per-user ranks allow paired comparisons between models on the same users.
-        np.savez(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),
+        save_npz(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),
                  full=np.asarray(ranks["full"]))
         save_json(test, output_dir / "test_metrics.json")
         trainer.log({f"test_{k}": v for k, v in flatten(test).items()})

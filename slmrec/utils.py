@@ -1,11 +1,14 @@
 """Small helpers shared by the command-line scripts."""
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import platform
 import random
+import socket
+import time
 import typing
 from pathlib import Path
 
@@ -29,8 +32,21 @@ def jsonable(o):
 
 
 def save_json(obj, path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, default=jsonable))
+    """Written to a temporary name beside path and renamed: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=jsonable))
+    os.replace(tmp, path)
+
+
+def save_npz(path, **arrays):
+    """numpy's .npz, written to a temporary name beside path and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def load_json(path):
@@ -106,17 +122,117 @@ def coerce(name, value, kind):
     return value
 
 
-def check_writable(path, flag):
+# Files that mark a folder the project made for a purpose of its own: a checkpoint, a prepared dataset.
+PROJECT_FOLDERS = ("slmrec_config.json", "stats.json")
+
+
+def check_writable(path, flag, reads=()):
     """Before any work: a file can be created at path (path is no folder, and its nearest existing ancestor is
-    a writable folder: the missing ones are made when the file is written)."""
+    a writable folder: the missing ones are made when the file is written), and writing it loses nothing: it is
+    none of the inputs the command reads (`reads`: files or folders), and no file already inside one of them or
+    inside a checkpoint or prepared dataset."""
     path = Path(path)
     if path.is_dir():
         raise FlagError(f"{flag} {path} is a directory, not a file")
+    target = path.resolve()
+    for r in map(Path, reads):
+        if target == r.resolve():
+            raise FlagError(f"{flag} {path} is an input of this command ({r}): write somewhere else")
+    if target.exists():
+        owners = [Path(r).resolve() for r in reads] + [p for p in target.parents
+                                                       if any((p / m).is_file() for m in PROJECT_FOLDERS)]
+        inside = [o for o in owners if o in target.parents]
+        if inside:
+            raise FlagError(f"{flag} {path} exists inside {inside[0]}, which this command reads or this project made "
+                            f"(a checkpoint or a prepared dataset): write to a new path")
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise FlagError(f"{flag} {path}: cannot write in {parent} (not a writable folder)")
+
+
+def check_memory(nbytes, what):
+    """Refuse, before allocating, what cannot fit in this machine's available memory."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split()
+        available = int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024
+    except (OSError, ValueError, IndexError):  # not Linux: no check
+        return
+    if nbytes > available:
+        raise FlagError(f"{what} needs about {nbytes / 1e9:,.1f} GB, more than the {available / 1e9:.1f} GB of memory "
+                        f"available")
+
+
+LOCK = ".lock"  # in a run's output folder while the run is alive: {"pid", "host"}
+
+
+@contextlib.contextmanager
+def run_lock(folder):
+    """One run per output folder: a second run on a folder in use is refused, naming the first one's process;
+    a lock whose process is gone (a killed run) is taken over. Taken by the main process only (DDP ranks share
+    the folder), again by the same process without harm (nested), and released at exit."""
+    if not is_main_process():
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    holder = _lock_holder(path)
+    if holder == me:  # nested: the outer one releases it
+        yield
+        return
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and holder.get("host") != me["host"]:
+                raise FlagError(f"{folder} is in use by a run on {holder.get('host')} (pid {holder.get('pid')}); if "
+                                f"that run is gone, remove {path}") from None
+            if holder is not None and _alive(holder.get("pid")):
+                raise FlagError(f"{folder} is in use by another run (pid {holder['pid']}): wait for it to finish, or "
+                                f"choose another output folder") from None
+            logging.getLogger(__name__).warning("%s: taking over the lock of a run that is gone (pid %s)", folder,
+                                                holder and holder.get("pid"))
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise FlagError(f"{folder}: could not take its lock {path}")
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == me:
+            path.unlink(missing_ok=True)
+
+
+def _lock_holder(path):
+    try:
+        holder = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written by a run taking it now, or half-written by one killed then
+        fresh = time.time() - Path(path).stat().st_mtime < 5
+        return {"pid": "unknown (taking it now)", "host": socket.gethostname(), "fresh": True} if fresh else None
+    return holder if isinstance(holder, dict) else None
+
+
+def _alive(pid) -> bool:
+    if pid == "unknown (taking it now)":
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def parse_ints(value) -> list:

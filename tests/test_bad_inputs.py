@@ -5,8 +5,9 @@ name {data} (a prepared tiny dataset), {tmp} (an empty folder) and {src} (its ra
 exit 2 with one line of error, no traceback, and leave {tmp} as it was.
 """
 
-import importlib.util
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,29 +17,26 @@ import pytest
 import torch
 
 import evaluate as evaluate_cli
+import prepare_data
 import extract_emb
 import finetune
+import distill
 import recommend
+import reproduce
 import train_sr_trad
 from conftest import ROOT, synthetic_rows, write_amazon_csv
 from slmrec import cli
 from slmrec.data import DataError, PrepareConfig, PreparedData, prepare
 from slmrec.embeddings import EmbeddingFileError, load_item_embedding, save_item_embedding
 from slmrec.metrics import evaluate
-from slmrec.training import CheckpointError, NonFiniteError, check_finite
-from slmrec.utils import FlagError
+from slmrec.seqrec import SeqRecConfig
+from slmrec.checkpoints import CheckpointError
+from slmrec.training import SEQREC_TRAIN, NonFiniteError, TrainConfig, check_finite
+from slmrec.utils import FlagError, run_lock
 
-def _load(path):
-    """A script by path: datasets/ is not importable as a package (Hugging Face's `datasets` wins the name)."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-process = _load("datasets/process.py")
-SCRIPTS = {"process": process.main, "evaluate": evaluate_cli.main, "finetune": finetune.main,
-           "recommend": recommend.main, "train_sr_trad": train_sr_trad.main, "extract_emb": extract_emb.main}
+SCRIPTS = {"process": prepare_data.main, "evaluate": evaluate_cli.main, "finetune": finetune.main,
+           "recommend": recommend.main, "train_sr_trad": train_sr_trad.main, "extract_emb": extract_emb.main,
+           "distill": distill.main, "reproduce": reproduce.main}
 
 CATALOGUE = [
     ("process", "--source {src} --output_dir {tmp}/p --k_cor 3", "unknown flag(s): --k_cor"),
@@ -57,6 +55,44 @@ CATALOGUE = [
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --num_items 3", "--num_items: set from the data"),
     ("recommend", "--checkpoint {tmp} --data {data} --history 1 --k 0", "--k must be an integer"),
     ("train_sr_trad", "--data {data} --output_dir {tmp} --max_steps 1", "holds files this project did not write"),
+    # every choice-valued flag, a wrong choice: one line naming the flag and the choices
+    ("train_sr_trad", "--data {data} --output_dir {tmp}/s --model x", "--model must be one of"),
+    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --objective everything",
+     "--objective must be one of"),
+    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --sampling all",
+     "--sampling must be one of"),
+    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --readout middle",
+     "--readout must be one of"),
+    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --precision fp8",
+     "precision must be auto, fp32, bf16 or fp16"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --kd_mode sideways", "--kd_mode must be"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --norm_variant cubed", "--norm_variant must be"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --feature_positions some",
+     "--feature_positions must be"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states sometimes",
+     "--teacher_states must be"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --lambda_cos -1", "the lambdas must be >= 0"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --blocks 3", "not a checkpoint"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states cache --kd_mode online",
+     "--teacher_states cache needs offline KD"),
+    ("reproduce", "--budget x --dry_run", "--budget must be one of"),
+    ("reproduce", "--preset paper-books --dry_run", "--preset must be one of"),
+    ("reproduce", "--block_sweep 3 --dry_run", "--blocks 3 must divide"),
+    ("reproduce", "--depths 1,2,16 --dry_run", "must include the teacher's and student's depths"),
+    ("reproduce", "--only nothing --dry_run", "no run named nothing"),
+    ("evaluate", "--checkpoint {tmp} --data {data} --precision fp8", "precision must be auto"),
+    ("finetune", "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --lora_targets "
+     "gate_proj,mlp_in", "mlp_in matches no projection of the LM's layers; they are down_proj, gate_proj, k_proj"),
+    ("finetune", "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --max_len 1000000",
+     "--max_len 1000000"),
+    ("train_sr_trad", "--data {data} --output_dir {tmp}/s --max_len 10000000000", "--max_len 10000000000"),
+    # an output that would overwrite what the command reads, or what the project made
+    ("evaluate", "--checkpoint {tmp} --data {data} --output {data}/stats.json", "exists inside"),
+    ("evaluate", "--checkpoint {tmp} --data {data} --output {tmp}/notes.txt", "exists inside"),
+    ("recommend", "--checkpoint {tmp} --data {data} --history 1 --output {data}/items.tsv", "exists inside"),
+    ("recommend", "--checkpoint {tmp} --data {data} --input {tmp}/notes.txt --output {tmp}/notes.txt",
+     "is an input of this command"),
+    ("extract_emb", "--checkpoint {tmp} --output {tmp}/notes.txt", "exists inside"),
 ]
 
 
@@ -67,7 +103,9 @@ def places(tiny_dataset, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("mine")
-    return {"data": str(tiny_dataset.path), "tmp": str(empty), "src": str(src)}
+    save_item_embedding(torch.randn(tiny_dataset.num_items + 1, 8), tmp_path / "src" / "emb.pkl",
+                        tiny_dataset.fingerprint)
+    return {"data": str(tiny_dataset.path), "tmp": str(empty), "src": str(src), "emb": str(tmp_path / "src" / "emb.pkl")}
 
 
 @pytest.mark.parametrize("script,args,message", CATALOGUE, ids=[f"{s}: {m}" for s, _, m in CATALOGUE])
@@ -240,3 +278,82 @@ def test_spreadsheet_encodings_are_read(tmp_path, encoding):
     assert stats["malformed_lines"] == 0
     names = PreparedData(tmp_path / "p").items()[0][1:]
     assert all(n.startswith("Ité") for n in names)
+
+
+def test_one_run_per_output_folder(tiny_dataset, tmp_path, capsys):
+    """A second run on a folder in use is refused with the first one's pid; a lock left by a killed run is taken
+    over; the lock is gone when the run ends."""
+    out = tmp_path / "s"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        with pytest.raises(SystemExit):
+            cli.run(train_sr_trad.main, ["--data", str(tiny_dataset.path), "--output_dir", str(out), "--max_steps", "1"])
+        assert f"in use by another run (pid {live.pid})" in capsys.readouterr().err
+        assert not (out / "run_config.json").exists()
+    finally:
+        live.kill()
+        live.wait()
+    # the same lock now names a process that is gone: taken over, the run completes, the lock is released
+    train_sr_trad.main(str(tiny_dataset.path), str(out), max_steps=1, eval_steps=1)
+    assert (out / "test_metrics.json").is_file() and not (out / ".lock").exists()
+    with run_lock(out):
+        with run_lock(out):  # nested in one process: fine
+            assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+    assert not (out / ".lock").exists()
+
+
+def test_damaged_files_are_one_line_errors(tiny_dataset, tmp_path, capsys):
+    """A checkpoint or prepared dataset whose files are cut short or broken: one line naming the file and what to
+    do, never a traceback."""
+    run_dir = tmp_path / "s"
+    train_sr_trad.main(str(tiny_dataset.path), str(run_dir), max_steps=1, eval_steps=1)
+    capsys.readouterr()
+
+    def refused(path, cut, message):
+        original = path.read_bytes()
+        path.write_bytes(original[:cut] if isinstance(cut, int) else cut)
+        try:
+            with pytest.raises(SystemExit):
+                cli.run(evaluate_cli.main, ["--checkpoint", str(run_dir), "--data", str(tiny_dataset.path)])
+            err = capsys.readouterr().err
+            assert message in err and str(path.name) in err and "Traceback" not in err
+        finally:
+            path.write_bytes(original)
+
+    refused(run_dir / "model.safetensors", 100, "damaged or incomplete weights")
+    refused(run_dir / "slmrec_config.json", b"{not json", "damaged")
+    for name in ("sequences.npz", "candidates.npz", "stats.json"):
+        refused(tiny_dataset.path / name, 50, "damaged or incomplete")
+    cli.run(evaluate_cli.main, ["--checkpoint", str(run_dir), "--data", str(tiny_dataset.path)])  # restored: scores
+
+
+def test_help_lists_every_flag_with_its_default_and_meaning(capsys):
+    cli.run(train_sr_trad.main, ["--help"], configs=(SeqRecConfig, TrainConfig), defaults=SEQREC_TRAIN)
+    out = capsys.readouterr().out
+    assert "--data (default 'data/ml-100k')" in out and "--output_dir (default 'out/main/sasrec')" in out
+    assert "--mask_prob (default 0.2): BERT4Rec: share of items masked in training" in out
+    assert "--patience (default 20): stop after this many evaluations" in out  # the script's default over the field's
+    for script in ("finetune.py", "distill.py", "train_sr_trad.py", "prepare_data.py", "evaluate.py", "recommend.py"):
+        out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+        assert "(default " in out and out.count("\n  --") >= 4, script
+
+
+def test_run_finetune_prepares_only_what_the_flags_leave_unset(tiny_dataset, tiny_lm_dir, tmp_path):
+    emb = tmp_path / "emb.pkl"
+    save_item_embedding(torch.randn(tiny_dataset.num_items + 1, 8), emb, tiny_dataset.fingerprint)
+    work = tmp_path / "work"  # a copy of the scripts, so out/ lands in the temporary folder
+    work.mkdir()
+    for name in ("run_finetune.sh", "finetune.py"):
+        (work / name).write_text((ROOT / name).read_text())
+    (work / "scripts").mkdir()
+    for name in ("common.sh", "python.sh"):
+        (work / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    res = subprocess.run(["bash", "run_finetune.sh", "out/t", "--data", str(tiny_dataset.path), "--item_embedding",
+                          str(emb), "--base_model", str(tiny_lm_dir), "--num_layers", "2", "--max_len", "6",
+                          "--max_steps", "1", "--eval_steps", "1", "--precision", "fp32"],
+                         cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (work / "out" / "t" / "test_metrics.json").is_file()
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["t"]  # no SASRec trained, no data prepared

@@ -1,5 +1,6 @@
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,17 +161,20 @@ def test_missing_file_and_nothing_left(tmp_path):
 
 def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows())
-    calls = []
+    calls, written = [], []
+    savez = np.savez  # the real one: the patched name would call itself and stop at the first file
 
     def failing_savez(path, **arrays):
         calls.append(path)
         if len(calls) == 2:
+            written.extend(p.name for p in Path(path).parent.iterdir())
             raise KeyboardInterrupt
-        np.savez(path, **arrays)
+        savez(path, **arrays)
 
     monkeypatch.setattr(D.np, "savez", failing_savez)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(str(src)), tmp_path / "out")
+    assert len(calls) == 2 and Path(calls[0]).name in written  # interrupted after the first file was written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
 
 
@@ -180,3 +184,14 @@ def test_edited_dataset_is_refused(tiny_dataset):
     (tiny_dataset.path / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(DataError, match="fingerprint"):
         PreparedData(tiny_dataset.path)
+
+
+def test_huge_values_and_undecodable_bytes_are_skipped_and_counted(tmp_path):
+    rows = synthetic_rows(num_users=400, num_items=30, per_user=12)
+    head = "".join(f"{i},{u},{r},{t}\n" for i, u, r, t in rows).encode()  # UTF-8 past the 64 KB the encoding is
+    assert len(head) > 1 << 16  # guessed from, so the bad bytes below are read as UTF-8 that does not decode
+    (tmp_path / "r.csv").write_bytes(head + b"I1,U1,5,1e30\n" + b"I\xff\xfe1,U1,5,100\n" + b"I2,U2,5,-1e300\n")
+    raw = read_interactions(tmp_path / "r.csv")
+    n = len(rows)
+    assert raw.malformed == 3 and raw.malformed_examples == [n + 1, n + 2, n + 3]
+    assert len(raw.user) == n  # every good line kept

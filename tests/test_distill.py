@@ -17,7 +17,8 @@ from slmrec.examples import ExampleConfig, training_examples
 from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from slmrec.model import ELLMRec, load_ellmrec
 from slmrec.metrics import METRICS
-from slmrec.training import CheckpointError, TrainConfig, training_arguments
+from slmrec.checkpoints import CheckpointError
+from slmrec.training import TrainConfig, training_arguments
 from slmrec.utils import FlagError
 from test_teacher import TINY_TRAIN
 
@@ -308,6 +309,6 @@ def test_distillation_with_the_cache_trains_exactly_as_with_the_live_teacher(tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "short"), **{**train, "max_steps": 4})
     assert "teacher_states" not in json.loads((tmp_path / "short" / "test_metrics.json").read_text())
-    with pytest.raises(FlagError, match="teacher_states cache needs offline"):
+    with pytest.raises(FlagError, match="teacher_states cache needs offline KD"):
         distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "x"), teacher_states="cache",
                      kd_mode="online", **train)

@@ -14,7 +14,7 @@ from slmrec.inference import FastELLMRec, InferenceConfig, Recommender, load_sco
 from slmrec.metrics import rank_users
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec
-from slmrec.training import CheckpointError, save_model
+from slmrec.checkpoints import CheckpointError, save_model
 from slmrec.utils import FlagError, split_flags
 
 PROMPT = dict(instruction="History: a b", response="Next:")

@@ -9,7 +9,7 @@ import train_sr_trad
 from slmrec.embeddings import EmbeddingFileError, load_item_embedding
 from slmrec.metrics import METRICS
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
-from slmrec.training import CheckpointError
+from slmrec.checkpoints import CheckpointError
 
 TINY = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, epochs=3, batch_size=8, eval_steps=4,
             logging_steps=4)
@@ -61,17 +61,23 @@ def test_other_baselines_train_and_export(name, tiny_dataset, tmp_path):
 
 def test_bert4rec_masks_only_real_items_and_always_one_per_row():
     torch.manual_seed(0)
-    model = build_seqrec(SeqRecConfig(num_items=20, model="bert4rec", max_len=6, hidden_size=8, mask_prob=0.0))
     seen = {}
 
     def fake_hidden(seq):
         seen["inputs"] = seq.clone()
         return torch.zeros(*seq.shape, 8)
 
-    model.hidden = fake_hidden
     labels = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    # nothing drawn: one mask per row all the same, on its last (real) item
+    model = build_seqrec(SeqRecConfig(num_items=20, model="bert4rec", max_len=6, hidden_size=8, mask_prob=0.0))
+    model.hidden = fake_hidden
     model(labels, labels)
     assert seen["inputs"].tolist() == [[0, 0, 3, 4, 5, 21], [1, 2, 3, 4, 5, 21]]
+    # everything drawn: every real item is masked, the padding never
+    model = build_seqrec(SeqRecConfig(num_items=20, model="bert4rec", max_len=6, hidden_size=8, mask_prob=1.0))
+    model.hidden = fake_hidden
+    model(labels, labels)
+    assert seen["inputs"].tolist() == [[0, 0, 21, 21, 21, 21], [21] * 6]
 
 
 def test_embedding_pickle_safety(tmp_path):

@@ -18,7 +18,7 @@ from slmrec.metrics import METRICS, evaluate
 from slmrec import report
 from slmrec.examples import NextItemDataset, WindowDataset
 from slmrec.model import ELLMRec, ELLMRecConfig, load_ellmrec
-from slmrec.training import CheckpointError
+from slmrec.checkpoints import CheckpointError
 
 SHORT_PROMPT = dict(instruction="History:", response="Next:")
 # fp32: scores compared across runs must not depend on whether this CPU has bf16.

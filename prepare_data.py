@@ -1,7 +1,7 @@
-"""Prepare a dataset by the paper's protocol (SPEC §4).
+"""Prepare a dataset by the paper's protocol (§5.1; README "Data preparation").
 
-    python datasets/process.py --source ml-100k --output_dir data/ml-100k
-    python datasets/process.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
+    python prepare_data.py --source ml-100k --output_dir data/ml-100k
+    python prepare_data.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
 """
 
 import json
@@ -24,4 +24,4 @@ def main(source: str, output_dir: str, overwrite: bool = False, **flags):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(PrepareConfig,))

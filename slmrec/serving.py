@@ -1,0 +1,226 @@
+"""A trained model behind HTTP: FastAPI on uvicorn, with dynamic micro-batching.
+
+FastAPI (on Starlette, served by uvicorn) for its request models, which give validation and an OpenAPI page
+(/docs) from one declaration, and because uvicorn's worker model and graceful shutdown are what a deployment
+already knows. Concurrent requests wait in one queue; a background task takes the first, then whatever arrives
+within max_wait_ms, up to max_batch, and scores them in one forward pass on the fast path in one worker thread,
+so requests never race on the model and the event loop never blocks on it.
+"""
+
+import asyncio
+import os
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from .data import DataError
+from .inference import UnknownUser, item_rows, parse_history, user_history
+from .utils import FlagError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64  # histories scored in one forward pass at most
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join it
+    max_body_bytes: int = 1_000_000  # a larger request body is refused (413)
+    max_list: int = 256  # histories in one call at most
+    max_history: int = 10_000  # items in one history at most (the model reads the last max_len of them)
+
+    def __post_init__(self):  # flags are checked when the config is made, before any work
+        if self.max_batch < 1 or self.max_wait_ms < 0 or self.max_body_bytes < 1 or self.max_list < 1:
+            raise FlagError("--max_batch, --max_body_bytes and --max_list must be at least 1, --max_wait_ms at least 0")
+
+
+class RecRequest(BaseModel):
+    """A history of original item ids (oldest first), or a dataset user whose whole sequence is the history."""
+
+    history: list[str | int] | None = Field(None, description="original item ids, oldest first")
+    user: str | int | None = Field(None, description="a dataset user (users.tsv); echoed back with a history")
+    k: int = Field(10, description="how many items to recommend")
+    keep_seen: bool = Field(False, description="keep items already in the history")
+
+
+class BadRequest(ValueError):
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+class MicroBatcher:
+    """Groups concurrent jobs: fn(list of jobs) -> list of results runs in one worker thread, one batch at a time.
+    `sizes` records each batch's size."""
+
+    def __init__(self, fn, max_batch, max_wait_s):
+        self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_s
+        self.queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.sizes = []
+        self.task = None
+
+    async def submit(self, job):
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((job, future))
+        return await future
+
+    async def _next_batch(self):
+        batch = [await self.queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                batch.append(self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left))
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                break
+        return batch
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, [job for job, _ in batch])
+            except Exception as e:  # noqa: BLE001 - reported to each waiting request as a 500, and the loop goes on
+                log.exception("scoring a batch of %d failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.sizes.append(len(batch))
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    async def drain(self, timeout=30.0):
+        """Wait until every queued job is scored (graceful shutdown), then stop."""
+        t = time.monotonic()
+        while not self.queue.empty() and time.monotonic() - t < timeout:
+            await asyncio.sleep(0.01)
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+
+def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
+    """The HTTP app over a loaded slmrec.inference.Recommender."""
+    cfg = cfg or ServeConfig()
+    data = recommender.data
+    state = {"ready": False}
+
+    def score(jobs):
+        return recommender.recommend([h for h, _, _ in jobs], k=[k for _, k, _ in jobs],
+                                     keep_seen=[s for _, _, s in jobs])
+
+    batcher = MicroBatcher(score, cfg.max_batch, cfg.max_wait_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.task = asyncio.create_task(batcher.run())
+        await batcher.submit(([1], 1, True))  # warm-up: the first forward pass allocates
+        state["ready"] = True
+        log.info("ready: %s items, batches of up to %d within %.1f ms", data.num_items, cfg.max_batch,
+                 cfg.max_wait_ms)
+        yield
+        state["ready"] = False
+        await batcher.drain()
+
+    app = FastAPI(title="SLMRec recommender", lifespan=lifespan,
+                  description="Top-k next items for item histories from a trained SLMRec/E-LLMRec or SeqRec model.")
+    app.state.batcher, app.state.config = batcher, cfg
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
+            return _error(413, f"request body over {cfg.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg', ''))}")
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(BadRequest)
+    async def bad(request, exc):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc):
+        log.error("internal error on %s: %r", request.url.path, exc)
+        return _error(500, "internal error (logged on the server)")
+
+    @app.get("/health", summary="liveness: the process answers")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="readiness: the model is loaded and warmed up")
+    async def ready():
+        if not state["ready"]:
+            return _error(503, "not ready")
+        return {"ready": True, "items": data.num_items, "max_batch": cfg.max_batch}
+
+    @app.post("/recommend", summary="top-k items for one request or a list of them")
+    async def recommend(body: RecRequest | list[RecRequest]):
+        many = isinstance(body, list)
+        requests = body if many else [body]
+        if not requests or len(requests) > cfg.max_list:
+            raise BadRequest(f"a list of 1..{cfg.max_list} requests is needed, not {len(requests)}")
+        jobs = [_job(r, i if many else None, data, cfg) for i, r in enumerate(requests)]
+        results = await asyncio.gather(*(batcher.submit(job[1:]) for job in jobs))
+        rows = [{**({"user": label} if label is not None else {}), "items": item_rows(data, top)}
+                for (label, *_), top in zip(jobs, results)]
+        return rows if many else rows[0]
+
+    return app
+
+
+def _job(r: RecRequest, i, data, cfg):
+    """(label, item indices, k, keep_seen) of one request, every value checked (BadRequest names it)."""
+    where = f"request {i}" if i is not None else "request"
+    if r.history is None and r.user is None:
+        raise BadRequest(f'{where}: give "history" (a list of item ids) or "user"')
+    if not 1 <= r.k <= data.num_items:
+        raise BadRequest(f"{where}: k must be in 1..{data.num_items}, not {r.k}")
+    label = str(r.user) if r.user is not None else None
+    try:
+        if r.history is not None:
+            if len(r.history) > cfg.max_history:
+                raise BadRequest(f"{where}: history of {len(r.history)} items, more than {cfg.max_history}")
+            items = parse_history(data, [str(x) for x in r.history], where)
+        else:
+            items = user_history(data, label, where)
+    except UnknownUser as e:
+        raise BadRequest(str(e), 404) from None
+    except DataError as e:
+        raise BadRequest(str(e)) from None
+    return label, items, r.k, r.keep_seen
+
+
+def _error(status, message):
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def app_from_env() -> FastAPI:
+    """The app for a process manager that starts several workers, each loading its own model:
+    SLMREC_CHECKPOINT=out/main/student SLMREC_DATA=data/ml-100k uvicorn --factory slmrec.serving:app_from_env
+    --workers 2 --port 8000 (ServeConfig's and InferenceConfig's defaults)."""
+    from .inference import InferenceConfig, Recommender
+
+    missing = [v for v in ("SLMREC_CHECKPOINT", "SLMREC_DATA") if not os.environ.get(v)]
+    if missing:
+        raise FlagError(f"set {' and '.join(missing)} (the run directory and the prepared dataset)")
+    rec = Recommender.from_checkpoint(os.environ["SLMREC_CHECKPOINT"], os.environ["SLMREC_DATA"], InferenceConfig())
+    return create_app(rec)

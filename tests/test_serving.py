@@ -1,0 +1,97 @@
+"""serve.py's app: the same answers as recommend.py, concurrent requests batched, every bad request a 4xx with a
+one-line reason, an internal error a 500 after which the next request is served."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+import finetune
+import recommend
+import train_sr_trad
+from slmrec.inference import Recommender
+from slmrec.serving import ServeConfig, create_app
+from test_teacher import TINY_TRAIN
+
+
+@pytest.fixture(params=["sasrec", "ellmrec"])
+def run_dir(request, tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / request.param
+    if request.param == "sasrec":
+        train_sr_trad.main(str(tiny_dataset.path), str(out), max_steps=2, eval_steps=2)
+    else:
+        finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
+                      **TINY_TRAIN)
+    return out
+
+
+def client(run_dir, data, **cfg):
+    return TestClient(create_app(Recommender.from_checkpoint(run_dir, data), ServeConfig(**cfg)),
+                      raise_server_exceptions=False)  # a 500 is an answer here, as a client sees it
+
+
+def test_served_answers_equal_recommend_py(run_dir, tiny_dataset, tmp_path):
+    item_ids, _ = tiny_dataset.items()
+    user = tiny_dataset.users()[3]
+    history = [item_ids[i] for i in (3, 1, 7)]
+    lines = [{"history": history}, {"user": user}, {"history": history[:1], "user": "someone"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    recommend.main(str(run_dir), str(tiny_dataset.path), input=str(tmp_path / "in.jsonl"), k=5,
+                   output=str(tmp_path / "out.jsonl"))
+    expected = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    with client(run_dir, tiny_dataset) as c:
+        assert c.get("/health").json() == {"status": "ok"} and c.get("/ready").json()["ready"] is True
+        assert "/recommend" in c.get("/openapi.json").json()["paths"]
+        one = [c.post("/recommend", json={**x, "k": 5}).json() for x in lines]
+        many = c.post("/recommend", json=[{**x, "k": 5} for x in lines]).json()
+    assert one == expected and many == expected
+    assert one[1]["user"] == user and len(one[0]["items"]) == 5
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(run_dir, tiny_dataset):
+    rec = Recommender.from_checkpoint(run_dir, tiny_dataset)
+    histories = [[(i * 7 + j) % tiny_dataset.num_items + 1 for j in range(1 + i % 5)] for i in range(40)]
+    item_ids, _ = tiny_dataset.items()
+    expected = rec.recommend(histories, k=3)
+    with client(run_dir, tiny_dataset, max_wait_ms=50, max_batch=16) as c, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda h: c.post("/recommend", json={"history": [item_ids[i] for i in h],
+                                                                     "k": 3}).json(), histories))
+        sizes = c.app.state.batcher.sizes
+    assert [[item_ids[i] for i, _ in top] for top in expected] == [[x["item"] for x in a["items"]] for a in answers]
+    assert max(sizes) > 1 and max(sizes) <= 16  # batched, within the limit
+
+
+@pytest.mark.parametrize("run_dir", ["sasrec"], indirect=True)
+def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_goes_on(run_dir, tiny_dataset, monkeypatch):
+    item_ids, _ = tiny_dataset.items()
+    good = {"history": [item_ids[1]], "k": 2}
+    cases = [
+        ({"history": ["no-such-item"]}, 400, "not in"),
+        ({"user": "no-such-user"}, 404, "user 'no-such-user' not in"),
+        ({"history": []}, 400, "empty history"),
+        ({"history": [item_ids[1]] * 21}, 400, "more than 20"),
+        ({"history": [item_ids[1]], "k": 0}, 400, "k must be in 1.."),
+        ({"history": [item_ids[1]], "k": tiny_dataset.num_items + 1}, 400, "k must be in 1.."),
+        ({"k": 3}, 400, 'give "history"'),
+        ({"history": [item_ids[1]], "k": "many"}, 422, "k: "),
+        ([good] * 4, 400, "a list of 1..3 requests"),
+        ([], 400, "a list of 1..3 requests"),
+    ]
+    with client(run_dir, tiny_dataset, max_history=20, max_list=3, max_body_bytes=2000) as c:
+        for body, status, message in cases:
+            r = c.post("/recommend", json=body)
+            assert r.status_code == status and message in r.json()["error"], (body, r.status_code, r.text)
+            assert "\n" not in r.json()["error"]
+        r = c.post("/recommend", content=b'{"history": [', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON")
+        r = c.post("/recommend", content=json.dumps({"history": ["x" * 3000]}).encode(),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "over 2000 bytes" in r.json()["error"]
+        # an internal error: a 500 for that request, logged; the next one is served
+        real = c.app.state.batcher.fn
+        monkeypatch.setattr(c.app.state.batcher, "fn", lambda jobs: 1 / 0)
+        r = c.post("/recommend", json=good)
+        assert r.status_code == 500 and "internal error" in r.json()["error"]
+        monkeypatch.setattr(c.app.state.batcher, "fn", real)
+        assert c.post("/recommend", json=good).status_code == 200
