@@ -19,7 +19,6 @@ from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
 from slmrec.checkpoints import (check_run_dir, load_checkpoint_files, load_trained_weights, newest_complete_checkpoint,
                                 resume_mode)
-from slmrec.precision import compute_dtype
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, run_lock, seed_everything, setup_logging, split_flags
 
@@ -40,12 +39,10 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
-    teacher_model = load_teacher(dcfg, dataset, num_layers)
+    teacher_model = load_teacher(dcfg, dataset, num_layers, precision=cfg.precision)
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
     scfg = student_config(teacher_model.cfg, num_layers, dcfg, **overrides)
-    student = ELLMRec(scfg, teacher_model.item_embedding)
-    for m in (student, teacher_model):  # exact: autocast would cast the frozen weights at every call
-        m.cast_frozen(compute_dtype(cfg.precision))
+    student = ELLMRec(scfg, teacher_model.item_embedding, precision=cfg.precision)
     if resume != "no" and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)

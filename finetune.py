@@ -13,7 +13,6 @@ from slmrec.embeddings import file_digest, load_item_embedding
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import DERIVED_FIELDS, ELLMRec, ELLMRecConfig
 from slmrec.checkpoints import resume_mode
-from slmrec.precision import compute_dtype
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
@@ -34,8 +33,7 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     table = load_item_embedding(item_embedding, dataset.num_items, dataset.fingerprint)
     model_cfg = dataclasses.replace(model_cfg, data_fingerprint=dataset.fingerprint,
                                     embedding_digest=file_digest(item_embedding))
-    model = ELLMRec(model_cfg, table)
-    model.cast_frozen(compute_dtype(cfg.precision))  # exact: autocast would cast them at every call
+    model = ELLMRec(model_cfg, table, precision=cfg.precision)
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
     run_config = {"script": "finetune.py", "data": data, "item_embedding": item_embedding,
                   "examples": examples_cfg, "train_examples": len(examples), "model": model_cfg, "train": cfg}

@@ -18,7 +18,7 @@ from slmrec.efficiency import autocast_for, sample_batches, train_step
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec, ELLMRecConfig
-from slmrec.precision import compute_dtype, resolve_precision
+from slmrec.precision import resolve_precision
 from slmrec.utils import hardware
 
 
@@ -32,16 +32,15 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers: i
     t_model = dcfg = states = None
     if teacher:
         dcfg = DistillConfig(teacher)
-        t_model = load_teacher(dcfg, dataset, layers).cast_frozen(compute_dtype(precision))
-        model = ELLMRec(student_config(t_model.cfg, layers, dcfg), t_model.item_embedding)
+        t_model = load_teacher(dcfg, dataset, layers, precision)
+        model = ELLMRec(student_config(t_model.cfg, layers, dcfg), t_model.item_embedding, precision=precision)
         tmp = tempfile.TemporaryDirectory()
         states = teacher_states(DistillConfig(teacher, state_cache=tmp.name), t_model, dataset, examples,
                                 block_pairs(t_model.cfg.num_layers, layers, dcfg.blocks), precision, tmp.name)
         examples = Indexed(examples)
     else:
         model = ELLMRec(ELLMRecConfig(base_model=base_model, num_layers=layers), table,
-                        backbone=load_backbone(base_model, layers))
-    model.cast_frozen(compute_dtype(precision))
+                        backbone=load_backbone(base_model, layers), precision=precision)
     batches = sample_batches(examples, batch_size, steps + 1)
     step = train_step(model, batches, autocast_for(precision, "cpu"), t_model, dcfg, states)
     step()  # warm-up

@@ -66,14 +66,15 @@ def student_config(teacher_cfg: ELLMRecConfig, num_layers, dcfg: DistillConfig, 
     return dataclasses.replace(teacher_cfg, num_layers=num_layers, adapter_layers=adapters, **overrides)
 
 
-def load_teacher(dcfg: DistillConfig, data, student_layers):
+def load_teacher(dcfg: DistillConfig, data, student_layers, precision=None):
     """Checks that need no model first (B divides both depths, same data), then the teacher: trained and
-    frozen (offline), or fresh from the same config (online)."""
+    frozen (offline), or fresh from the same config (online); precision: as ELLMRec's."""
     cfg = load_checkpoint_config(dcfg.teacher, "ellmrec")
     block_pairs(cfg["num_layers"], student_layers, dcfg.blocks)
-    teacher = load_ellmrec(dcfg.teacher, data)
+    teacher = load_ellmrec(dcfg.teacher, data, precision=precision)
     if dcfg.kd_mode == "online":
-        teacher = ELLMRec(dataclasses.replace(teacher.cfg, adapter_layers=[]), teacher.item_embedding)
+        teacher = ELLMRec(dataclasses.replace(teacher.cfg, adapter_layers=[]), teacher.item_embedding,
+                          precision=precision)
         return teacher.train()
     for p in teacher.parameters():
         p.requires_grad_(False)

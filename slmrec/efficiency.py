@@ -96,16 +96,14 @@ def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
     """One row of Table 5 for a trained run directory (a finetune.py or distill.py output)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_config = load_json(f"{run_dir}/run_config.json")
-    model = load_ellmrec(run_dir, data).to(device)
+    model = load_ellmrec(run_dir, data, precision=precision).to(device)  # as finetune.py and distill.py train
     examples_cfg = ExampleConfig(**run_config.get("examples", {}))
     examples = training_examples(data, model.cfg.max_len, examples_cfg)
     teacher = dcfg = states = None
     row = {"model": name, "layers": model.cfg.num_layers}
     if "distill" in run_config:  # a student: its training step is distill.py's
         dcfg = DistillConfig(**run_config["distill"])
-        teacher = load_teacher(dcfg, data, model.cfg.num_layers).to(device)
-    for m in (model, teacher) if teacher else (model,):  # as finetune.py and distill.py train
-        m.cast_frozen(compute_dtype(precision))
+        teacher = load_teacher(dcfg, data, model.cfg.num_layers, precision).to(device)
     if teacher is not None and caches_teacher(dcfg, examples_cfg):
         pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks)
         rows = "final" if dcfg.feature_positions == "final" and dcfg.lambda_kl == 0 else "all"

@@ -28,6 +28,7 @@ from torch import nn
 
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
+from .precision import compute_dtype
 from .utils import FlagError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ DERIVED_FIELDS = ("num_items", "item_dim", "adapter_layers", "data_fingerprint",
 
 
 class ELLMRec(nn.Module):
-    def __init__(self, cfg: ELLMRecConfig, item_embedding: torch.Tensor, backbone=None):
+    def __init__(self, cfg: ELLMRecConfig, item_embedding: torch.Tensor, backbone=None, precision=None):
+        """precision: the one a training run computes in (slmrec/precision.py); the frozen decoder weights are
+        then held in its dtype from the start (cast_frozen), as autocast would use them."""
         super().__init__()
         self.cfg = cfg
         lm, tokenizer = backbone or load_backbone(cfg.base_model, cfg.num_layers, cfg.dtype, cfg.quantization)
@@ -101,6 +104,8 @@ class ELLMRec(nn.Module):
         self._states = None
         for layer in decoder_layers(self.base_lm()):
             layer.register_forward_hook(self._capture)
+        if precision is not None:
+            self.cast_frozen(compute_dtype(precision))
 
     # ------------------------------------------------------------------ forward pieces
 
@@ -274,12 +279,13 @@ def check_same_data(cfg: ELLMRecConfig, data, where):
                               f"but {data.path} is {data.fingerprint} ({data.num_items} items)")
 
 
-def load_ellmrec(checkpoint_dir, data=None, backbone=None) -> ELLMRec:
-    """Rebuild a trained model from its checkpoint alone (the base LM is reloaded from the source it names)."""
+def load_ellmrec(checkpoint_dir, data=None, backbone=None, precision=None) -> ELLMRec:
+    """Rebuild a trained model from its checkpoint alone (the base LM is reloaded from the source it names);
+    precision: as ELLMRec's."""
     cfg, state = load_checkpoint_files(checkpoint_dir, "ellmrec")
     cfg = ELLMRecConfig(**cfg)
     if data is not None:
         check_same_data(cfg, data, checkpoint_dir)
-    model = ELLMRec(cfg, state["item_embedding"], backbone)
+    model = ELLMRec(cfg, state["item_embedding"], backbone, precision)
     load_trained_weights(model, state, checkpoint_dir)
     return model.eval()
