@@ -34,7 +34,7 @@ def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", 
     --train '{"max_steps": 300}'; baseline_train: flags for train_sr_trad.py, e.g. --baseline_train
     '{"patience": 10}'. only: run just these run names (a comma list of keys, as --dry_run lists them), e.g.
     --only sasrec,e4srec_8,e4srec_4,slmrec for the main comparison; the tables show whatever has finished.
-    tables_only: write results/ from the runs finished so far."""
+    tables_only: write results/ from the recorded runs (results/runs/) alone, no data or checkpoints needed."""
     overrides = dict(depths=depths and parse_ints(depths), block_sweep=block_sweep and parse_ints(block_sweep),
                      seeds=seeds, sweep_seeds=sweep_seeds, baseline_seeds=baseline_seeds,
                      baseline_train=baseline_train)
