@@ -67,6 +67,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.sizes = []
         self.task = None
+        self.busy = False  # a batch is being scored
 
     async def submit(self, job):
         future = asyncio.get_running_loop().create_future()
@@ -75,6 +76,7 @@ class MicroBatcher:
 
     async def _next_batch(self):
         batch = [await self.queue.get()]
+        self.busy = True  # from the first job taken: drain() waits for it
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while len(batch) < self.max_batch:
             left = deadline - asyncio.get_running_loop().time()
@@ -96,15 +98,17 @@ class MicroBatcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                self.busy = False
             self.sizes.append(len(batch))
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
 
     async def drain(self, timeout=30.0):
-        """Wait until every queued job is scored (graceful shutdown), then stop."""
+        """Wait until every queued job and the batch in flight are scored (graceful shutdown), then stop."""
         t = time.monotonic()
-        while not self.queue.empty() and time.monotonic() - t < timeout:
+        while (self.busy or not self.queue.empty()) and time.monotonic() - t < timeout:
             await asyncio.sleep(0.01)
         if self.task:
             self.task.cancel()

@@ -95,3 +95,26 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_goes_on(run_dir, ti
         assert r.status_code == 500 and "internal error" in r.json()["error"]
         monkeypatch.setattr(c.app.state.batcher, "fn", real)
         assert c.post("/recommend", json=good).status_code == 200
+
+
+def test_shutdown_lets_queued_requests_finish():
+    """Graceful shutdown: every job queued or in flight when the server stops is still scored and answered."""
+    import asyncio
+    import time
+
+    from slmrec.serving import MicroBatcher
+
+    def slow(jobs):
+        time.sleep(0.02)
+        return [j * 10 for j in jobs]
+
+    async def scenario():
+        batcher = MicroBatcher(slow, max_batch=4, max_wait_s=0.001)
+        batcher.task = asyncio.create_task(batcher.run())
+        pending = [asyncio.create_task(batcher.submit(i)) for i in range(20)]
+        await asyncio.sleep(0)  # all queued, the first batch in flight
+        await batcher.drain()
+        return await asyncio.gather(*pending), batcher.sizes
+
+    results, sizes = asyncio.run(scenario())
+    assert results == [i * 10 for i in range(20)] and max(sizes) == 4 and sum(sizes) == 20
