@@ -37,6 +37,11 @@ STORAGE = {torch.float32: ("float32", np.float32), torch.bfloat16: ("bfloat16", 
            torch.float16: ("float16", np.float16)}
 
 
+def dtype_named(name):
+    """The torch dtype of a STORAGE name (as cache keys record it)."""
+    return next(t for t, (n, _) in STORAGE.items() if n == name)
+
+
 def base_model_identity(base_model: str) -> dict:
     """The teacher's frozen LM: a random preset by name, a file or folder by its files' names, sizes and
     modification times (hashing a 13 GB LLaMA directory at every start would cost minutes)."""
@@ -100,7 +105,7 @@ class TeacherStates:
         self.offsets = np.load(self.path / "offsets.npy")
         total, B, d = self.meta["total_rows"], len(self.meta["key"]["teacher_layers"]), self.meta["hidden_size"]
         name = self.meta["key"]["dtype"]
-        self.dtype = next(t for t, (n, _) in STORAGE.items() if n == name)
+        self.dtype = dtype_named(name)
         np_type = STORAGE[self.dtype][1]
         self.states = np.memmap(self.path / "states.bin", np_type, "r", shape=(total, B, d))
         self.final = (np.memmap(self.path / "final.bin", np_type, "r", shape=(total, d))
@@ -129,7 +134,7 @@ def _complete(path: Path, key: dict) -> bool:
         return False
     if meta.get("key") != key:
         return False
-    item = np.dtype(STORAGE[next(t for t, (n, _) in STORAGE.items() if n == key["dtype"])][1]).itemsize
+    item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
     total, B, d = meta["total_rows"], len(key["teacher_layers"]), meta["hidden_size"]
     sizes = {"states.bin": total * B * d * item, **({"final.bin": total * d * item} if key["with_final"] else {})}
     return (path / "offsets.npy").is_file() and all(
@@ -144,7 +149,7 @@ def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu"):
     counts = np.array([rows_per_example(examples[i], readout, rows) for i in range(len(examples))], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     total, d = int(offsets[-1]), teacher.lm.config.hidden_size
-    dtype = next(t for t, (n, _) in STORAGE.items() if n == key["dtype"])
+    dtype = dtype_named(key["dtype"])
     np_type = STORAGE[dtype][1]
     layers = key["teacher_layers"]
     states = np.memmap(path / "states.bin", np_type, "w+", shape=(total, len(layers), d))
