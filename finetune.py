@@ -9,7 +9,7 @@ import json
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.embeddings import file_digest, load_item_embedding
+from slmrec.embeddings import embedding_digest, load_item_embedding
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import DERIVED_FIELDS, ELLMRec, ELLMRecConfig
 from slmrec.checkpoints import resume_mode
@@ -32,7 +32,7 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     dataset = PreparedData(data)
     table = load_item_embedding(item_embedding, dataset.num_items, dataset.fingerprint)
     model_cfg = dataclasses.replace(model_cfg, data_fingerprint=dataset.fingerprint,
-                                    embedding_digest=file_digest(item_embedding))
+                                    embedding_digest=embedding_digest(item_embedding))
     model = ELLMRec(model_cfg, table, precision=cfg.precision)
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
     run_config = {"script": "finetune.py", "data": data, "item_embedding": item_embedding,

@@ -9,7 +9,6 @@
                       tokenizer: for tests and for timing big shapes without their weights
 """
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,7 @@ from torch import nn
 
 from .data import cache_dir
 from .precision import native_bf16
+from .utils import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,6 @@ def gguf_as_directory(path: Path) -> Path:
 
 
 CONVERTED = "converted_from.json"  # written last: a conversion folder without it is incomplete
-
-
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_backbone(base_model: str, num_layers: int, dtype: str = "auto", quantization: str | None = None):

@@ -147,11 +147,16 @@ def teacher_states(d: DistillConfig, teacher, data, examples, pairs, precision, 
     root = Path(d.state_cache) if d.state_cache else Path(d.teacher) / "state_cache"
     if not d.state_cache and not os.access(d.teacher, os.W_OK):
         root = Path(output_dir) / "teacher_states"
+    return load_or_build(root, states_key(d, teacher, data, examples, pairs, precision), teacher, examples,
+                         autocast(device, compute_dtype(precision)), batch_size, device)
+
+
+def states_key(d: DistillConfig, teacher, data, examples, pairs, precision) -> dict:
+    """The cache key (teacher_cache.cache_key) of the states this distillation reads: the readout rows alone
+    when only the final position's features are used, every row otherwise (and the final state for logit KD)."""
     rows = "final" if d.feature_positions == "final" and d.lambda_kl == 0 else "all"
     dtype = compute_dtype(precision) or torch.float32
-    key = cache_key(d.teacher, teacher, data, examples, [t for t, _ in pairs], rows, d.lambda_kl > 0, dtype)
-    return load_or_build(root, key, teacher, examples, autocast(device, compute_dtype(precision)), batch_size,
-                         device)
+    return cache_key(d.teacher, teacher, data, examples, [t for t, _ in pairs], rows, d.lambda_kl > 0, dtype)
 
 
 class OnlineTeacherSteps(TrainerCallback):

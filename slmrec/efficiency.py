@@ -11,13 +11,13 @@ import time
 import numpy as np
 import torch
 
-from .distill import DistillConfig, caches_teacher, distill_loss, load_teacher
+from .distill import DistillConfig, caches_teacher, distill_loss, load_teacher, states_key
 from .examples import ExampleConfig, Indexed, training_examples
 from .inference import InferenceConfig, autocast, load_scorer
 from .losses import block_pairs
 from .metrics import evaluate
 from .model import load_ellmrec
-from .teacher_cache import cache_key, load_or_build
+from .teacher_cache import load_or_build
 from .precision import compute_dtype
 from .utils import load_json
 
@@ -106,10 +106,7 @@ def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
         teacher = load_teacher(dcfg, data, model.cfg.num_layers, precision).to(device)
     if teacher is not None and caches_teacher(dcfg, examples_cfg):
         pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks)
-        rows = "final" if dcfg.feature_positions == "final" and dcfg.lambda_kl == 0 else "all"
-        dtype = compute_dtype(precision) or torch.float32
-        key = cache_key(dcfg.teacher, teacher, data, examples, [t for t, _ in pairs], rows, dcfg.lambda_kl > 0,
-                        dtype)
+        key = states_key(dcfg, teacher, data, examples, pairs, precision)
         with tempfile.TemporaryDirectory() as tmp:  # built afresh, to be timed beside the epochs
             _sync()
             t = time.perf_counter()

@@ -4,7 +4,6 @@ Pickles can run code when loaded, so the loader uses a restricted unpickler that
 classes a tensor or array needs to rebuild itself.
 """
 
-import hashlib
 import io
 import os
 import pickle
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .utils import file_digest
 
 _ALLOWED = {
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
@@ -90,5 +91,6 @@ def load_item_embedding(path, num_items=None, data_fingerprint=None) -> torch.Te
     return table
 
 
-def file_digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def embedding_digest(path) -> str:
+    """The table file's digest as checkpoints record it (the first 16 hex digits of its sha256)."""
+    return file_digest(path)[:16]

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import SMOLLM2, file_digest, smollm2_path
+from .backbone import SMOLLM2, smollm2_path
 from .checkpoints import MODEL_CONFIG, WEIGHTS
-from .utils import load_json, save_json
+from .utils import file_digest, load_json, save_json
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,15 @@ def save_json(obj, path):
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=jsonable))
     os.replace(tmp, path)
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's content (hex), read in blocks: a large file need not fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_npz(path, **arrays):
