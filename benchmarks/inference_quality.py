@@ -18,7 +18,7 @@ from slmrec.utils import hardware
 
 VARIANTS = {
     "plain, fp32": dict(fast=False, precision="fp32"),
-    "plain, bf16 autocast (training's path)": dict(fast=False, precision="bf16"),
+    "plain, bf16 autocast": dict(fast=False, precision="bf16"),
     "fast, fp32": dict(precision="fp32"),
     "fast, bf16 matmuls, fp32 residual": dict(precision="bf16", residual="fp32", attention="sdpa"),
     "fast, bf16, SDPA attention": dict(precision="bf16", attention="sdpa"),

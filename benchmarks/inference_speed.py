@@ -13,7 +13,7 @@ length grouping exploits).
 
 Steps, each added to the one before:
   plain         ELLMRec.score under inference_mode and bf16 autocast over fp32 weights, batches in user order
-                (trimmed to their longest history): the path training evaluates with
+                (trimmed to their longest history): the reference path
   bf16 weights  frozen weights held in bf16 (no per-call casts)
   merged LoRA   LoRA folded into the weights
   by length     batches of users with similar history length

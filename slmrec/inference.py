@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class InferenceConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, as in training), fp32, bf16, fp16
-    fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, as training evaluates
+    fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, the reference it is tested against
     merge_lora: bool = True
     # compute: the whole LM (embeddings, norms, so the residual stream) in the compute dtype, as on a GPU;
     # fp32: training's fp32 residual stream, bf16 matmuls over frozen weights held in bf16 (autocast). In bf16
@@ -46,16 +46,17 @@ class InferenceConfig:
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
     # auto: eager on a CPU (measured 1.1-1.3x the users/s of torch's SDPA kernel there for the student at batch
-    # 128, 1.02-1.07x for the teacher and 30 layers, benchmarks/README.md), SDPA on a GPU; or eager, sdpa
+    # 128, 1.02-1.07x for the teacher and 30 layers, benchmarks/README.md), SDPA on a GPU; or eager, sdpa; keep:
+    # the model's own (training's validation, which must leave the model as it trains)
     attention: str = "auto"
     batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
     by_length: bool = True  # batch histories of similar length together
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         resolve_precision(self.precision)
-        if self.residual not in ("compute", "fp32") or self.attention not in ("auto", "eager", "sdpa"):
-            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention auto, eager "
-                            f"or sdpa (not {self.attention!r})")
+        if self.residual not in ("compute", "fp32") or self.attention not in ("auto", "eager", "sdpa", "keep"):
+            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention auto, eager, "
+                            f"sdpa or keep (not {self.attention!r})")
         if self.batch_size < 1:
             raise FlagError(f"--batch_size must be at least 1, not {self.batch_size}")
 
@@ -90,8 +91,9 @@ class FastELLMRec:
             model.cast_frozen(self.dtype)
         self.lm = model.lm
         attention = cfg.attention if cfg.attention != "auto" else "eager" if device == "cpu" else "sdpa"
-        model.base_lm().set_attn_implementation(attention)
-        self.cache_kwarg = _cache_kwarg(self.lm)
+        if attention != "keep":
+            model.base_lm().set_attn_implementation(attention)
+        self.cache_kwarg = _cache_kwarg(model.base_lm())  # peft's wrapper takes **kwargs
         table = self.lm.get_input_embeddings()
         with torch.inference_mode(), autocast(device, self.dtype):
             prefix = table(model.prefix_ids)[None]
@@ -131,7 +133,7 @@ class FastELLMRec:
 
 
 class PlainScorer:
-    """model.score under the precision's autocast: the path training evaluates with."""
+    """model.score under the precision's autocast: the reference path (evaluate.py --fast false)."""
 
     def __init__(self, model, cfg: InferenceConfig, device="cpu"):
         self.model, self.device = model.eval(), device

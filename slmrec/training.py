@@ -14,7 +14,9 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from .checkpoints import (WEIGHTS, CheckpointError, check_run_dir, load_trained_weights, load_weights,
                           newest_complete_checkpoint, resume_mode, save_model, settings_changed)
+from .inference import FastELLMRec, InferenceConfig
 from .metrics import evaluate, flatten
+from .model import ELLMRec
 from .precision import resolve_precision
 from .utils import FlagError, hardware, jsonable, load_json, run_lock, save_json, save_npz
 
@@ -163,12 +165,25 @@ class SmallCheckpoints(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
+def ranking(model, precision, device) -> dict:
+    """evaluate()'s scorer and batching for validation and test during training. An E-LLMRec scores through the
+    prefix-cached path (FastELLMRec: the instruction's keys and values once, batches of similar history length),
+    which gives ELLMRec.score's scores (tests/test_inference.py, tests/test_training.py) at about 2.4x the users/s
+    (benchmarks/README.md): built afresh on the current weights at every call, and leaving the model as it trains
+    (LoRA not merged, weights in their dtype, its attention kept). Other models score with model.score."""
+    if isinstance(model, ELLMRec):
+        cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
+        return dict(score_fn=FastELLMRec(model, cfg, torch.device(device).type), by_length=True)
+    return dict(score_fn=model.score)
+
+
 class RecTrainer(SmallCheckpoints):
     """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
 
     def __init__(self, *args, data, max_len, **kwargs):
         super().__init__(*args, **kwargs)
         self.data, self.max_len = data, max_len
+        self.precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         self.started = time.time()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -181,8 +196,9 @@ class RecTrainer(SmallCheckpoints):
         was_training = model.training
         model.eval()
         with self.accelerator.autocast():  # evaluate in the training precision
-            result = evaluate(model.score, self.data, "valid", self.max_len, self.args.per_device_eval_batch_size,
-                              self.args.device)
+            result = evaluate(data=self.data, split="valid", max_len=self.max_len,
+                              batch_size=self.args.per_device_eval_batch_size, device=self.args.device,
+                              **ranking(model, self.precision, self.args.device))
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
         # Wall-clock seconds of this process's training so far, validations included: the time to the best
@@ -239,7 +255,8 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     trainer.save_model(str(output_dir))
     model.eval()
     with trainer.accelerator.autocast():
-        test = evaluate(model.score, data, "test", max_len, cfg.eval_batch_size, args.device, per_user=True)
+        test = evaluate(data=data, split="test", max_len=max_len, batch_size=cfg.eval_batch_size, device=args.device,
+                        per_user=True, **ranking(model, trainer.precision, args.device))
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))

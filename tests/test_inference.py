@@ -15,6 +15,7 @@ from slmrec.metrics import rank_users
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec
 from slmrec.checkpoints import CheckpointError, save_model
+from slmrec.training import ranking
 from slmrec.utils import FlagError, split_flags
 
 PROMPT = dict(instruction="History: a b", response="Next:")
@@ -47,6 +48,31 @@ def test_fast_path_equals_plain_scores(readout):
     torch.testing.assert_close(fast(x), ref, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="empty history"):
         fast(torch.zeros(1, 6, dtype=torch.long))
+
+
+def test_training_ranks_through_the_fast_path_and_leaves_the_model_as_it_trains(tiny_dataset):
+    """Validation during training (training.ranking): model.score's ranks, and the model trains on unchanged:
+    LoRA not merged, its attention kept, the next loss and gradients bit for bit those of an untouched model."""
+    def step(model):
+        x = torch.randint(1, tiny_dataset.num_items + 1, (4, 6), generator=torch.Generator().manual_seed(4))
+        loss = model.train()(x, x.roll(-1, 1))["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]
+
+    model = random_ellmrec(tiny_dataset.num_items, fingerprint=tiny_dataset.fingerprint)
+    attention = model.base_lm().config._attn_implementation
+    users = np.arange(tiny_dataset.num_users)
+    with torch.no_grad():
+        plain = rank_users(model.score, tiny_dataset, "test", users, 6, 7)[None]
+    fast = ranking(model, "fp32", "cpu")
+    assert isinstance(fast["score_fn"], FastELLMRec) and fast["by_length"]
+    ranks = rank_users(fast["score_fn"], tiny_dataset, "test", users, 6, 7, by_length=True)[None]
+    assert all(np.array_equal(p, q) for p, q in zip(plain, ranks))
+    assert hasattr(model.lm, "peft_config") and model.base_lm().config._attn_implementation == attention
+    (l0, g0), (l1, g1) = step(random_ellmrec(tiny_dataset.num_items)), step(model)
+    assert torch.equal(l0, l1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+    sasrec = build_seqrec(SeqRecConfig(tiny_dataset.num_items))
+    assert ranking(sasrec, "fp32", "cpu") == dict(score_fn=sasrec.score)
 
 
 def test_frozen_weights_in_bf16_change_nothing_under_autocast():
