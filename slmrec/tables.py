@@ -163,8 +163,9 @@ def write_main(cfg, out, head):
              "excludes its teacher's training):\n\n" + training_time(cfg, rows_of(cfg, "main")))
     spent = compute_spent(cfg)
     if spent:
-        text += (f"\nEvery recorded run of this reproduction (all tables), wall clock from start to record: {spent}"
-                 " (runs recorded without a time, such as runs made before records existed, are not counted).\n")
+        text += (f"\nEvery recorded run of this reproduction (all tables), wall clock from start to record, net of the "
+                 f"pauses a record notes: {spent} (runs recorded without a time, such as runs made before records "
+                 "existed, are not counted; nor is Table 5's measurement).\n")
     (out / "main_table.md").write_text(text)
     with open(out / "main_table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
