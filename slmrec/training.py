@@ -168,9 +168,9 @@ class SmallCheckpoints(Trainer):
 def ranking(model, precision, device) -> dict:
     """evaluate()'s scorer and batching for validation and test during training. An E-LLMRec scores through the
     prefix-cached path (FastELLMRec: the instruction's keys and values once, batches of similar history length),
-    which gives ELLMRec.score's scores (tests/test_inference.py, tests/test_training.py) at about 2.4x the users/s
-    (benchmarks/README.md): built afresh on the current weights at every call, and leaving the model as it trains
-    (LoRA not merged, weights in their dtype, its attention kept). Other models score with model.score."""
+    which gives ELLMRec.score's ranks (tests/test_inference.py) at 2.1-2.4x the users/s
+    (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
+    it trains (LoRA not merged, weights in their dtype, its attention kept). Other models score with model.score."""
     if isinstance(model, ELLMRec):
         cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
         return dict(score_fn=FastELLMRec(model, cfg, torch.device(device).type), by_length=True)
