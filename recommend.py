@@ -12,16 +12,13 @@ renamed; without it, a table on stdout. Everything is checked before anything is
 """
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 from tqdm import tqdm
 
 from slmrec.cli import run
 from slmrec.data import DataError, PreparedData
 from slmrec.inference import InferenceConfig, Recommender, item_rows, parse_history, user_history
-from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags
+from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags, written_whole
 
 
 def read_requests(data: PreparedData, user=None, history=None, input=None):
@@ -58,18 +55,10 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
 
 
 def write_jsonl(rows, path):
-    """All rows to a temporary file beside path, renamed at the end: no half-written output."""
-    path = Path(path)
-    path.resolve().parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """All rows, renamed into place at the end (utils.written_whole): no half-written output."""
+    with written_whole(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main(checkpoint: str, data: str, user=None, history=None, input: str = None, k: int = 10,

@@ -6,13 +6,12 @@ the source the config names. The model modules and the trainers both use this mo
 """
 
 import logging
-import os
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 
-from .utils import LOCK, FlagError, coerce, load_json, save_json
+from .utils import LOCK, FlagError, coerce, load_json, save_json, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +30,8 @@ def trainable_state_dict(model):
 
 def save_model(model, output_dir):
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{WEIGHTS}.tmp-{os.getpid()}"  # renamed when whole: never half a weights file
-    safetensors.torch.save_file(trainable_state_dict(model), tmp, metadata={"format": "pt"})
-    os.replace(tmp, output_dir / WEIGHTS)
+    with written_whole(output_dir / WEIGHTS) as tmp:
+        safetensors.torch.save_file(trainable_state_dict(model), tmp, metadata={"format": "pt"})
     save_json(model.checkpoint_config(), output_dir / MODEL_CONFIG)
 
 

@@ -5,14 +5,13 @@ classes a tensor or array needs to rebuild itself.
 """
 
 import io
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .utils import file_digest
+from .utils import file_digest, written_whole
 
 _ALLOWED = {
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
@@ -53,12 +52,8 @@ DEFAULT_SASREC = "out/main/sasrec"  # the main job's SASRec run, whose table the
 def save_item_embedding(table: torch.Tensor, path, data_fingerprint=""):
     """The original pipeline's pickle, {"item_embedding": FloatTensor}, plus the fingerprint of the dataset the
     table was trained on (an extra key: readers of the original format ignore it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # renamed when whole: never half a pickle
-    with open(tmp, "wb") as fh:
+    with written_whole(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump({"item_embedding": table.detach().cpu().float().clone(), "data_fingerprint": data_fingerprint}, fh)
-    os.replace(tmp, path)
 
 
 def load_item_embedding(path, num_items=None, data_fingerprint=None) -> torch.Tensor:

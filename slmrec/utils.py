@@ -32,13 +32,23 @@ def jsonable(o):
     return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
 
 
-def save_json(obj, path):
-    """Written to a temporary name beside path and renamed: a reader never sees half a file."""
+@contextlib.contextmanager
+def written_whole(path, suffix=""):
+    """Yields a temporary path beside `path` to write the file to; renamed to `path` when the block ends, removed
+    if it raises: a reader never sees half a file. suffix: an ending the writer insists on (np.savez's .npz)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=jsonable))
-    os.replace(tmp, path)
+    path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_json(obj, path):
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=jsonable))
 
 
 def file_digest(path) -> str:
@@ -51,12 +61,8 @@ def file_digest(path) -> str:
 
 
 def save_npz(path, **arrays):
-    """numpy's .npz, written to a temporary name beside path and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with written_whole(path, ".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_json(path):

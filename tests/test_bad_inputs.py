@@ -32,7 +32,7 @@ from slmrec.metrics import evaluate
 from slmrec.seqrec import SeqRecConfig
 from slmrec.checkpoints import CheckpointError
 from slmrec.training import SEQREC_TRAIN, NonFiniteError, TrainConfig, check_finite
-from slmrec.utils import FlagError, run_lock
+from slmrec.utils import FlagError, run_lock, save_json, written_whole
 
 SCRIPTS = {"process": prepare_data.main, "evaluate": evaluate_cli.main, "finetune": finetune.main,
            "recommend": recommend.main, "train_sr_trad": train_sr_trad.main, "extract_emb": extract_emb.main,
@@ -180,6 +180,17 @@ def test_process_never_deletes_what_it_did_not_write(tmp_path):
     with pytest.raises(DataError, match="holds the source"):
         prepare(PrepareConfig(str(src), num_negatives=5), tmp_path)
     assert src.is_file()
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path):
+    """utils.written_whole, behind every file the project writes whole (JSON, .npz, weights, pickles, JSONL)."""
+    path = tmp_path / "metrics.json"
+    save_json({"MRR": 0.1}, path)
+    with pytest.raises(RuntimeError):
+        with written_whole(path) as tmp:
+            tmp.write_text('{"MRR": 0.')
+            raise RuntimeError("killed while writing")
+    assert json.loads(path.read_text()) == {"MRR": 0.1} and list(tmp_path.iterdir()) == [path]
 
 
 def test_replacing_a_dataset_needs_overwrite_and_survives_a_kill(tmp_path):
