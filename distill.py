@@ -1,9 +1,13 @@
 """Train the SLMRec student: N layers distilled from a trained M-layer teacher (paper §4).
 
-    python distill.py --teacher out/teacher --data data/ml-100k --output_dir out/student --num_layers 4
+    python distill.py --teacher out/teacher --output_dir out/student --num_layers 4
+
+--data defaults to the dataset the teacher was trained on (its run_config.json); a dataset the teacher was
+not trained on is refused.
 """
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,19 +15,21 @@ from pathlib import Path
 import torch
 
 from slmrec.cli import run
-from slmrec.data import PreparedData
+from slmrec.data import DataError, PreparedData, is_prepared
 from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_teacher, student_config,
                             teacher_states)
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
-from slmrec.checkpoints import (check_run_dir, load_checkpoint_files, load_trained_weights, newest_complete_checkpoint,
-                                resume_mode)
+from slmrec.checkpoints import (check_run_dir, load_checkpoint_config, load_checkpoint_files, load_trained_weights,
+                                newest_complete_checkpoint, resume_mode, trained_on)
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
-from slmrec.utils import is_main_process, run_lock, seed_everything, setup_logging, split_flags
+from slmrec.utils import FlagError, is_main_process, run_lock, seed_everything, setup_logging, split_flags
+
+log = logging.getLogger(__name__)
 
 
-def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
+def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
          resume: str = "false", **flags):
     """The student takes the teacher's base LM, prompt, readout, LoRA targets and item embeddings. Other flags
     are the fields of DistillConfig (slmrec/distill.py: --blocks, --lambda_cos, --lambda_norm, --lambda_ms,
@@ -31,6 +37,8 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     --sampling) and TrainConfig (slmrec/training.py: --epochs, --patience, --learning_rate, --seed, ...;
     defaults ELLMREC_TRAIN there)."""
     setup_logging()
+    if output_dir is None:
+        raise FlagError("--output_dir is required: the folder the student is trained into")
     resume = resume_mode(resume)
     dflags, eflags, tflags = split_flags(flags, DistillConfig, ExampleConfig, TrainConfig)
     dcfg = DistillConfig(teacher, **dflags)
@@ -38,6 +46,8 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
     caches_teacher(dcfg, examples_cfg)  # a cache insisted on where it cannot be exact: refused before any work
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
+    data = data or teacher_dataset(teacher)
+    check_run_dir(Path(output_dir), reads=[teacher, data])
     dataset = PreparedData(data)
     teacher_model = load_teacher(dcfg, dataset, num_layers, precision=cfg.precision)
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
@@ -50,7 +60,6 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
                   "examples": examples_cfg, "train_examples": len(examples)}
     planned = (cfg.max_steps * cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1")) if cfg.max_steps > 0
                else cfg.epochs * len(examples))
-    check_run_dir(Path(output_dir))
     with run_lock(output_dir):  # one run per folder, from before the teacher's states are computed
         states, extra = None, {}
         if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once
@@ -59,14 +68,27 @@ def main(teacher: str, data: str, output_dir: str, num_layers: int = 4, lora_r: 
             t = time.time()
             states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision,
                                     output_dir, cfg.eval_batch_size, device)
-            extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
-                     "teacher_states_build_seconds": states.meta["build_seconds"]}
-            examples = Indexed(examples)
+            if states is not None:  # else too large for the budget or the disk: the live teacher
+                extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
+                         "teacher_states_build_seconds": states.meta["build_seconds"]}
+                examples = Indexed(examples)
         metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config,
                                resume=resume, trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg,
-                               states=states, extra_metrics=extra)
+                               states=states, extra_metrics=extra, reads=[teacher])
     if is_main_process():
         print(json.dumps(metrics, indent=2))
+
+
+def teacher_dataset(teacher) -> str:
+    """The dataset the teacher was trained on, which must still be there as it was (load_teacher compares its
+    fingerprint with the teacher's)."""
+    load_checkpoint_config(teacher, "ellmrec")  # a teacher that is not one: its own one-line error first
+    data = trained_on(teacher)
+    if not is_prepared(Path(data)):
+        raise DataError(f"the teacher {teacher} was trained on {data}, which is not a prepared dataset any more "
+                        f"(moved, or run from another folder): pass --data")
+    log.info("data: %s, the teacher's dataset", data)
+    return data
 
 
 def _restore_online_teacher(teacher, output_dir):

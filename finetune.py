@@ -6,13 +6,14 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.embeddings import embedding_digest, load_item_embedding
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import DERIVED_FIELDS, ELLMRec, ELLMRecConfig
-from slmrec.checkpoints import resume_mode
+from slmrec.checkpoints import check_run_dir, resume_mode
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
@@ -28,6 +29,7 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     model_cfg = ELLMRecConfig(**mflags)  # every flag checked before any work
     examples_cfg = ExampleConfig(**eflags)
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
+    check_run_dir(Path(output_dir), reads=[data, item_embedding])
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
     table = load_item_embedding(item_embedding, dataset.num_items, dataset.fingerprint)
@@ -37,7 +39,8 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
     run_config = {"script": "finetune.py", "data": data, "item_embedding": item_embedding,
                   "examples": examples_cfg, "train_examples": len(examples), "model": model_cfg, "train": cfg}
-    metrics = fit_and_test(model, dataset, examples, cfg, output_dir, model_cfg.max_len, run_config, resume=resume)
+    metrics = fit_and_test(model, dataset, examples, cfg, output_dir, model_cfg.max_len, run_config, resume=resume,
+                           reads=[item_embedding])
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 

@@ -16,7 +16,7 @@ import json
 from tqdm import tqdm
 
 from slmrec.cli import run
-from slmrec.data import DataError, PreparedData
+from slmrec.data import DataError, PreparedData, text_lines
 from slmrec.inference import InferenceConfig, Recommender, item_rows, parse_history, user_history
 from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags, written_whole
 
@@ -31,24 +31,23 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
     if history is not None:
         return [(None, parse_history(data, coerce("history", history, list), "--history"))]
     requests = []
-    with open(input, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{input} line {n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not ({"history", "user"} & obj.keys()):
-                raise DataError(f'{where}: expected an object with "history" (a list of item ids) and/or "user"')
-            label = str(obj["user"]) if "user" in obj else None
-            if "history" in obj:
-                if not isinstance(obj["history"], list):
-                    raise DataError(f'{where}: "history" must be a list of item ids')
-                requests.append((label, parse_history(data, [str(i) for i in obj["history"]], where)))
-            else:
-                requests.append((label, user_history(data, label, where)))
+    for n, line in text_lines(input):
+        if not line.strip():
+            continue
+        where = f"{input} line {n}"
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"{where}: not JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+        if not isinstance(obj, dict) or not ({"history", "user"} & obj.keys()):
+            raise DataError(f'{where}: expected an object with "history" (a list of item ids) and/or "user"')
+        label = str(obj["user"]) if "user" in obj else None
+        if "history" in obj:
+            if not isinstance(obj["history"], list):
+                raise DataError(f'{where}: "history" must be a list of item ids')
+            requests.append((label, parse_history(data, [str(i) for i in obj["history"]], where)))
+        else:
+            requests.append((label, user_history(data, label, where)))
     if not requests:
         raise DataError(f"{input}: no histories in the file")
     return requests

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the SLMRec student: bash run_distill.sh <teacher_ckpt> <out_dir> [extra distill.py flags]
 # With no extra flags: N = 4 layers and the DistillConfig defaults (slmrec/distill.py: B = 4 blocks, the loss weights),
-# offline KD, on the teacher's dataset (DATA=..., default data/ml-100k). Several GPUs run DDP.
+# offline KD, on the dataset the teacher was trained on (--data or DATA=... to name it). Several GPUs run DDP.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ $# -ge 2 ] || { echo "usage: bash run_distill.sh <teacher_ckpt> <out_dir> [distill.py flags]" >&2; exit 2; }
@@ -14,5 +14,7 @@ while [ $# -gt 0 ]; do
     *) REST+=("$1"); shift ;;
   esac
 done
+DATA_FLAG=()
+[ -z "${DATA:-}" ] || DATA_FLAG=(--data "$DATA")  # else distill.py reads the teacher's from its run_config.json
 source scripts/common.sh
-launch distill.py --teacher "$TEACHER" --data "$DATA" --output_dir "$OUT_DIR" "${REST[@]}"
+launch distill.py --teacher "$TEACHER" "${DATA_FLAG[@]}" --output_dir "$OUT_DIR" "${REST[@]}"

@@ -6,13 +6,14 @@ keep the best checkpoint by validation MRR; write test metrics.
 """
 
 import json
+from pathlib import Path
 
 from slmrec.cli import run
 from slmrec.data import DEFAULT_DATA, default_prepared
 from slmrec.embeddings import DEFAULT_SASREC
 from slmrec.examples import WindowDataset
 from slmrec.seqrec import SeqRecConfig, build_seqrec
-from slmrec.checkpoints import resume_mode
+from slmrec.checkpoints import check_run_dir, resume_mode
 from slmrec.training import SEQREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
 
@@ -26,6 +27,7 @@ def main(data: str = DEFAULT_DATA, output_dir: str = DEFAULT_SASREC, resume: str
     resume = resume_mode(resume)
     mflags, tflags = split_flags(flags, SeqRecConfig, TrainConfig, fixed=("num_items", "data_fingerprint"))
     cfg = TrainConfig(**{**SEQREC_TRAIN, **tflags})
+    check_run_dir(Path(output_dir), reads=[data])
     seed_everything(cfg.seed)
     dataset = default_prepared(data)
     model_cfg = SeqRecConfig(dataset.num_items, **mflags, data_fingerprint=dataset.fingerprint)

@@ -141,9 +141,30 @@ def settings_changed(previous: dict, current: dict) -> list:
             if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)]
 
 
-def check_run_dir(output_dir: Path):
+def trained_on(checkpoint_dir) -> str:
+    """The prepared dataset a run trained on, as its run_config.json names it (the path given to the training
+    command, relative to where it ran), for the commands that default to it."""
+    path = Path(checkpoint_dir) / "run_config.json"
+    try:
+        data = load_json(path).get("data")
+    except (OSError, ValueError, AttributeError):
+        data = None
+    if not isinstance(data, str) or not data:
+        raise CheckpointError(f"{checkpoint_dir}: its run_config.json does not say which dataset it was trained on; "
+                              f"pass --data")
+    return data
+
+
+def check_run_dir(output_dir: Path, reads=()):
     """A training run writes into a new or empty folder, or one of this project's runs (a run_config.json, a
-    checkpoint, or reproduce.py's command.json): never among other files."""
+    checkpoint, or reproduce.py's command.json): never among other files, and never into, above or inside a
+    folder the run reads (`reads`: a teacher, a dataset)."""
+    out = Path(output_dir).resolve()
+    for r in map(Path, reads):
+        r = r.resolve()
+        if out == r or out in r.parents or r in out.parents:
+            raise CheckpointError(f"--output_dir {output_dir} is {'' if out == r else 'inside or above '}{r}, which "
+                                  f"this run reads: choose another output directory")
     ours = ("run_config.json", "command.json", "checkpoint-*", LOCK)
     if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not any(
             any(output_dir.glob(name)) for name in ours))):

@@ -91,6 +91,24 @@ def _open_text(path: Path):
     return io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
 
 
+def text_lines(path):
+    """(line number, text) of a UTF-8 text file read strictly (JSON lines, the prepared dataset's TSVs): a
+    byte-order mark is dropped, lines end at "\\n" only (a CRLF's "\\r" stays for the caller's strip), and a line
+    that is not UTF-8 is a one-line DataError naming the file and the line."""
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
+    with fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} line {n}: not UTF-8 text (byte {e.start + 1} is {raw[e.start:e.start + 1]!r}); "
+                                f"save the file as UTF-8") from None
+            yield n, line
+
+
 # What a line that cannot be used raises while it is parsed: it is skipped and counted, whatever it holds.
 BAD_LINE = (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError, AttributeError)
 # What damaged compressed input raises while it is read: what was read before is kept.
@@ -450,11 +468,11 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
     try:
         np.savez(tmp / "sequences.npz", items=items, offsets=offsets)
         np.savez(tmp / "candidates.npz", valid=valid, test=test)
-        with open(tmp / "users.tsv", "w", newline="") as fh:
+        with open(tmp / "users.tsv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(["user_index", "original_id"])
             w.writerows((u, raw.user_names[c]) for u, c in enumerate(user_codes))
-        with open(tmp / "items.tsv", "w", newline="") as fh:
+        with open(tmp / "items.tsv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(["item_id", "original_id", "title"])
             w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(item_names))
@@ -561,8 +579,9 @@ class PreparedData:
         path = self.path / name
         if not path.is_file():
             raise DataError(f"{path} is missing; prepare the dataset again with prepare_data.py")
-        with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        # csv's own quoting, as prepare() writes them: an id or title holding a tab, a quote or a newline
+        # round-trips.
+        return list(csv.reader((line for _, line in text_lines(path)), delimiter="\t"))[1:]
 
     def items(self):
         """(original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty)."""

@@ -42,6 +42,7 @@ class DistillConfig:
     # fixed example set: not --sampling user), the live teacher otherwise; cache: insist; live: never cache
     teacher_states: str = "auto"
     state_cache: str = ""  # where the teacher-state caches go; "" = <teacher>/state_cache
+    state_cache_max_gb: float = 100.0  # a cache larger than this (or than the free disk) is not built: live teacher
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         if self.kd_mode not in ("offline", "online"):
@@ -54,6 +55,8 @@ class DistillConfig:
             raise FlagError(f"--teacher_states must be auto, cache or live, not {self.teacher_states!r}")
         if self.teacher_states == "cache" and self.kd_mode == "online":
             raise FlagError("--teacher_states cache needs offline KD: online, the teacher changes at every step")
+        if not self.state_cache_max_gb >= 0:
+            raise FlagError(f"--state_cache_max_gb must be at least 0, not {self.state_cache_max_gb}")
         if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
             raise FlagError("the lambdas must be >= 0 and the temperature > 0")
 
@@ -140,15 +143,15 @@ def caches_teacher(d: DistillConfig, examples_cfg: ExampleConfig, num_examples=N
 
 
 def teacher_states(d: DistillConfig, teacher, data, examples, pairs, precision, output_dir, batch_size=64,
-                   device="cpu") -> TeacherStates:
+                   device="cpu") -> TeacherStates | None:
     """The teacher's state cache for this run, built on first use: under --state_cache, else beside the
     teacher (<teacher>/state_cache, shared by every student of that teacher), or in the run's own folder
-    when the teacher's is not writable."""
+    when the teacher's is not writable. None (the live teacher) when it would not fit (load_or_build)."""
     root = Path(d.state_cache) if d.state_cache else Path(d.teacher) / "state_cache"
     if not d.state_cache and not os.access(d.teacher, os.W_OK):
         root = Path(output_dir) / "teacher_states"
     return load_or_build(root, states_key(d, teacher, data, examples, pairs, precision), teacher, examples,
-                         autocast(device, compute_dtype(precision)), batch_size, device)
+                         autocast(device, compute_dtype(precision)), batch_size, device, d.state_cache_max_gb * 1e9)
 
 
 def states_key(d: DistillConfig, teacher, data, examples, pairs, precision) -> dict:

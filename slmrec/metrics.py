@@ -9,29 +9,33 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import history_batches
+from tqdm.auto import tqdm
+
+from .data import history_batches, left_pad
 
 KS = (1, 5, 10)
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
 
-def candidate_ranks(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """0-based ranks of candidates[:, 0] among candidates[:, 1:] (0 = no candidate) under scores [B, items+1]."""
-    s = scores.gather(1, candidates)
+def candidate_ranks(scores: torch.Tensor, columns: torch.Tensor, candidates: torch.Tensor = None) -> torch.Tensor:
+    """0-based ranks of the positive (candidates[:, 0]) among the other candidates (0 = no candidate) under
+    scores [B, items+1] (columns = candidates), or scores [B, C] of the candidates alone (columns = 0..C-1)."""
+    candidates = columns if candidates is None else candidates
+    s = scores.gather(1, columns)
     pos, neg = s[:, :1], s[:, 1:]
     ahead = (neg >= pos) & (candidates[:, 1:] > 0)
     return ahead.sum(1)
 
 
 def full_ranks(scores: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-    """0-based ranks of positives among all items 1..|I|; `exclude` [B, items+1] marks items left out
-    (the user's other history items). Padding (column 0) never competes."""
+    """0-based ranks of positives among all items 1..|I| under scores [B, items+1]; `exclude` [B, n] lists items
+    left out (the user's other history items; 0 = none, and the positive itself may be listed). Padding
+    (column 0) never competes. Counted without a [B, items] mask of the excluded items: every item scoring at
+    least the positive, less the positive itself and the excluded items that do (ids are distinct per row)."""
     pos = scores.gather(1, positives[:, None])
-    ahead = scores >= pos
-    ahead[:, 0] = False
-    ahead &= ~exclude
-    ahead.scatter_(1, positives[:, None], False)
-    return ahead.sum(1)
+    ahead = (scores[:, 1:] >= pos).sum(1) - 1
+    listed = (exclude > 0) & (exclude != positives[:, None])
+    return ahead - ((scores.gather(1, exclude) >= pos) & listed).sum(1)
 
 
 def metrics_from_ranks(ranks) -> dict:
@@ -45,50 +49,71 @@ def metrics_from_ranks(ranks) -> dict:
 
 
 @torch.no_grad()
-def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu", by_length=False):
-    """{name: (candidate ranks, full ranks)} per user. score_fn(LongTensor [B, max_len] left-padded) returns
-    scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named None.
-    by_length: batch users of similar history length together (less padding); ranks still follow `users`."""
+def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu", by_length=False, full=True,
+               candidate_fn=None, progress=False):
+    """{name: (candidate ranks, full ranks or None)} per user. score_fn(LongTensor [B, max_len] left-padded)
+    returns scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named
+    None. full: also rank among all items (else only the stored candidates); candidate_fn(history, candidates
+    [B, C]) -> scores [B, C]: the stored candidates scored alone, used when not full (scoring every item costs
+    |I| dot products per user, the candidates 1,000). by_length: batch users of similar history length together
+    (less padding); ranks still follow `users`."""
     cand_all = data.candidates[split]
     users = np.asarray(users)
     cand_r, full_r, order = {}, {}, []
-    for idx, padded in history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length):
+    batches = history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length)
+    bar = tqdm(total=len(users), desc=f"ranking {split}", unit="user", disable=not progress, leave=False)
+    for idx, padded in batches:
         us = users[idx]
         order.append(idx)
-        out = score_fn(torch.from_numpy(padded).to(device))
-        for name, scores in (out.items() if isinstance(out, dict) else [(None, out)]):
+        history = torch.from_numpy(padded).to(device)
+        cand = torch.from_numpy(np.asarray(cand_all[us], dtype=np.int64)).to(device)
+        if not full and candidate_fn is not None:
+            out = {None: candidate_fn(history, cand)}
+            local = torch.arange(cand.shape[1], device=device).expand_as(cand)  # column j scores candidate j
+        else:
+            out = score_fn(history)
+            out = out if isinstance(out, dict) else {None: out}
+            local = cand
+        for name, scores in out.items():
             scores = scores.float().masked_fill(scores.isnan(), float("-inf"))
-            cand = torch.from_numpy(cand_all[us].astype(np.int64)).to(scores.device)
-            exclude = torch.zeros_like(scores, dtype=torch.bool)
-            for r, u in enumerate(us):
-                exclude[r, torch.from_numpy(data.sequences[u].astype(np.int64))] = True
-            cand_r.setdefault(name, []).append(candidate_ranks(scores, cand).cpu())
-            full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], exclude).cpu())
+            cand_r.setdefault(name, []).append(candidate_ranks(scores, local, cand).cpu())
+            if full:
+                seqs = [data.sequences[u] for u in us]
+                seen = torch.from_numpy(left_pad(seqs, max(map(len, seqs)))).to(scores.device)
+                full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], seen).cpu())
+        bar.update(len(us))
+    bar.close()
     back = np.argsort(np.concatenate(order))  # from batch order to the order of `users`
-    return {name: (torch.cat(cand_r[name]).numpy()[back], torch.cat(full_r[name]).numpy()[back]) for name in cand_r}
+    return {name: (torch.cat(cand_r[name]).numpy()[back], torch.cat(full_r[name]).numpy()[back] if full else None)
+            for name in cand_r}
 
 
-def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False, by_length=False) -> dict:
+def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False, by_length=False,
+             full=True, candidate_fn=None, progress=False) -> dict:
     """Metrics on `split` ("valid" or "test") for every user (a dict of them per name when score_fn returns
-    a dict); under torch.distributed each rank scores a share of the users and the ranks are gathered,
-    so every rank returns the same numbers."""
+    a dict): on the stored candidates, and with `full` under "full" among all items too (rank_users); under
+    torch.distributed each rank scores a share of the users and the ranks are gathered, so every rank returns
+    the same numbers."""
     users = np.arange(data.num_users)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         users = users[dist.get_rank()::world]
-    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device, by_length)
+    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device, by_length, full, candidate_fn,
+                       progress)
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, (users, ranks))
         order = np.argsort(np.concatenate([p[0] for p in parts]))
-        ranks = {name: tuple(np.concatenate([p[1][name][i] for p in parts])[order] for i in range(2))
-                 for name in ranks}
+        ranks = {name: tuple(None if full is None else np.concatenate([p[1][name][i] for p in parts])[order]
+                             for i, full in enumerate(ranks[name])) for name in ranks}
     results = {}
-    for name, (cand, full) in ranks.items():
+    for name, (cand, full_ranked) in ranks.items():
         out = metrics_from_ranks(cand)
-        out["full"] = metrics_from_ranks(full)
+        if full_ranked is not None:
+            out["full"] = metrics_from_ranks(full_ranked)
         if per_user:
-            out["ranks"] = {"candidates": cand.tolist(), "full": full.tolist()}
+            out["ranks"] = {"candidates": cand.tolist(),
+                            **({"full": full_ranked.tolist()} if full_ranked is not None else {})}
         results[name] = out
     return results[None] if None in results else results
 

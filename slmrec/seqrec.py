@@ -38,6 +38,18 @@ class SeqRecConfig:
                      f"--hidden_size {self.hidden_size}")
 
 
+# Above this many item scores in a batch (B x L x |I| floats: 256 MB) the item loss is computed at the labelled
+# positions only, in chunks of rows recomputed in the backward pass (torch's linear_cross_entropy), so the whole
+# score matrix never exists at once.
+CHUNKED_LOSS_SCORES = 1 << 26
+
+
+def item_cross_entropy(h, items, targets):
+    """Mean cross-entropy of rows h [n, d] over the items [|I|, d] (padding left out), targets 0..|I|-1: what
+    F.cross_entropy(h @ items.T, targets) gives, in chunks of rows."""
+    return F.linear_cross_entropy(h, items, targets, options=nn.LinearCrossEntropyOptions())
+
+
 class SeqRec(nn.Module):
     """What the three models share: an item table (row 0 = padding) that also scores, CE over all items."""
 
@@ -67,11 +79,24 @@ class SeqRec(nn.Module):
         return out
 
     def forward(self, input_ids, labels):
-        loss = F.cross_entropy(self.logits(self.hidden(input_ids)).flatten(0, 1), labels.flatten(), ignore_index=0)
-        return {"loss": loss}
+        h = self.hidden(input_ids)
+        if labels.numel() * self.cfg.num_items <= CHUNKED_LOSS_SCORES:
+            # Every position's scores, padding included: cheap on a small catalogue, and the computation the
+            # recorded ml-100k runs were trained with (the other path agrees to rounding, not bit for bit).
+            return {"loss": F.cross_entropy(self.logits(h).flatten(0, 1), labels.flatten(), ignore_index=0)}
+        # The positions that carry a label only (on Amazon-sized data 13% of a padded window), in chunks.
+        rows = labels != 0
+        return {"loss": item_cross_entropy(h[rows], self.item_table()[1:], labels[rows] - 1)}
 
     def score(self, history):
         return self.logits(self.hidden(history)[:, -1])
+
+    def score_candidates(self, history, candidates):
+        """[B, C] scores of candidates [B, C] alone (item 0, no candidate, scores -inf), as score() would give them:
+        C dot products per user instead of |I|."""
+        h = self.hidden(history)[:, -1]
+        out = torch.einsum("bd,bcd->bc", h, self.item_table()[candidates])
+        return out.masked_fill(candidates == 0, float("-inf"))
 
     def item_table(self):
         return self.item_embedding.weight[: self.cfg.num_items + 1]

@@ -141,13 +141,26 @@ def _complete(path: Path, key: dict) -> bool:
         (path / f).is_file() and (path / f).stat().st_size == n for f, n in sizes.items())
 
 
+def row_offsets(examples, readout, rows) -> np.ndarray:
+    """[len(examples) + 1]: where each example's rows start in the cache, and the total at the end."""
+    counts = np.fromiter((rows_per_example(examples[i], readout, rows) for i in range(len(examples))), np.int64,
+                         count=len(examples))
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+def planned_bytes(key, teacher, offsets) -> int:
+    """The size on disk of the cache for key (states, and the final state for logit KD)."""
+    item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
+    per_row = (len(key["teacher_layers"]) + key["with_final"]) * teacher.lm.config.hidden_size * item
+    return int(offsets[-1]) * per_row
+
+
 @torch.no_grad()
-def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu"):
+def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu", offsets=None):
     """Run the teacher once over the examples, in order, and write their states (see TeacherStates)."""
     path = Path(path)
     readout, rows = teacher.cfg.readout, key["rows"]
-    counts = np.array([rows_per_example(examples[i], readout, rows) for i in range(len(examples))], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = row_offsets(examples, readout, rows) if offsets is None else offsets
     total, d = int(offsets[-1]), teacher.lm.config.hidden_size
     dtype = dtype_named(key["dtype"])
     np_type = STORAGE[dtype][1]
@@ -184,13 +197,26 @@ def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu"):
     return total, d
 
 
-def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, device="cpu") -> TeacherStates:
+def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, device="cpu",
+                  max_bytes=None) -> TeacherStates | None:
     """The cache for key under cache_root: read if complete, else built (into a temporary folder renamed into
-    place, so a killed build leaves nothing that could be read)."""
+    place, so a killed build leaves nothing that could be read). None, with the reason logged, when a cache to
+    build would be larger than max_bytes or than the free disk under cache_root (less 1 GB)."""
     path = Path(cache_root) / key_digest(key)
     if _complete(path, key):
         log.info("teacher states: reading %s", path)
         return TeacherStates(path)
+    offsets = row_offsets(examples, teacher.cfg.readout, key["rows"])
+    size = planned_bytes(key, teacher, offsets)
+    existing = next((p for p in [Path(cache_root), *Path(cache_root).parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free - (1 << 30)
+    log.info("teacher states: %d rows, %.2f GB to build under %s (%.1f GB free)", offsets[-1], size / 1e9, cache_root,
+             free / 1e9)
+    if (max_bytes is not None and size > max_bytes) or size > free:
+        log.warning("teacher states: live teacher instead of a %.1f GB cache (over %s)", size / 1e9,
+                    f"--state_cache_max_gb {max_bytes / 1e9:g}" if max_bytes is not None and size > max_bytes
+                    else f"the {free / 1e9:.1f} GB free under {existing}")
+        return None
     if path.exists():
         log.warning("teacher states: %s is incomplete or was made for other inputs: rebuilding it", path)
         shutil.rmtree(path)
@@ -198,7 +224,7 @@ def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t = time.time()
-    total, d = build(tmp, key, teacher, examples, autocast, batch_size, device)
+    total, d = build(tmp, key, teacher, examples, autocast, batch_size, device, offsets)
     seconds = time.time() - t
     save_json({"key": key, "total_rows": total, "hidden_size": d, "build_seconds": seconds}, tmp / "meta.json")
     try:

@@ -40,6 +40,9 @@ class TrainConfig:
     logging_steps: int = 10
     seed: int = 42
     precision: str = "auto"  # auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16
+    # validations rank the stored candidates (the paper's protocol, which picks the checkpoint); true: also every
+    # item, as the test does (|I| scores per user: on a large catalogue it costs more than the training)
+    full_ranking_valid: bool = False
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         for name in ("batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
@@ -174,15 +177,15 @@ def ranking(model, precision, device) -> dict:
     if isinstance(model, ELLMRec):
         cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
         return dict(score_fn=FastELLMRec(model, cfg, torch.device(device).type), by_length=True)
-    return dict(score_fn=model.score)
+    return dict(score_fn=model.score, candidate_fn=model.score_candidates)
 
 
 class RecTrainer(SmallCheckpoints):
     """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
 
-    def __init__(self, *args, data, max_len, **kwargs):
+    def __init__(self, *args, data, max_len, full_ranking_valid=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data, self.max_len = data, max_len
+        self.data, self.max_len, self.full_ranking_valid = data, max_len, full_ranking_valid
         self.precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         self.started = time.time()
 
@@ -198,6 +201,7 @@ class RecTrainer(SmallCheckpoints):
         with self.accelerator.autocast():  # evaluate in the training precision
             result = evaluate(data=self.data, split="valid", max_len=self.max_len,
                               batch_size=self.args.per_device_eval_batch_size, device=self.args.device,
+                              full=self.full_ranking_valid, progress=True,
                               **ranking(model, self.precision, self.args.device))
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
@@ -210,13 +214,14 @@ class RecTrainer(SmallCheckpoints):
 
 
 def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume="no",
-                 trainer_cls=RecTrainer, extra_metrics=None, **trainer_kwargs) -> dict:
+                 trainer_cls=RecTrainer, extra_metrics=None, reads=(), **trainer_kwargs) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
     output_dir/test_metrics.json (candidates at top level, full ranking under "full", and extra_metrics: what
-    the caller measured before training). resume: see resume_mode."""
+    the caller measured before training). resume: see resume_mode. reads: the files and folders the run reads
+    (its dataset, embeddings, teacher), which output_dir may not be, hold or lie in."""
     output_dir = Path(output_dir)
     mode = resume_mode(resume)
-    check_run_dir(output_dir)
+    check_run_dir(output_dir, reads=[data.path, *reads])
     with run_lock(output_dir):  # one run per folder
         return _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
                              extra_metrics, **trainer_kwargs)
@@ -246,7 +251,8 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
-                          data=data, max_len=max_len, callbacks=callbacks, **trainer_kwargs)
+                          data=data, max_len=max_len, full_ranking_valid=cfg.full_ranking_valid, callbacks=callbacks,
+                          **trainer_kwargs)
     log.info("training on %s, %d process(es), %d examples, validation every %d steps", args.device,
              args.world_size, len(train_dataset), args.eval_steps)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -256,7 +262,7 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     model.eval()
     with trainer.accelerator.autocast():
         test = evaluate(data=data, split="test", max_len=max_len, batch_size=cfg.eval_batch_size, device=args.device,
-                        per_user=True, **ranking(model, trainer.precision, args.device))
+                        per_user=True, progress=True, **ranking(model, trainer.precision, args.device))
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
@@ -266,11 +272,20 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
                  full=np.asarray(ranks["full"]))
         save_json(test, output_dir / "test_metrics.json")
         trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
-    # Tear the process group down while every rank is alive: left to interpreter exit, gloo's threads
-    # can abort one rank ("terminate called without an active exception") after a successful run.
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    _end_training(trainer)
     return test
+
+
+def _end_training(trainer):
+    """Tear the process group down while every rank is alive (left to interpreter exit, gloo's threads can abort
+    one rank: "terminate called without an active exception"), and only after the DDP wrapper is gone: a DDP
+    reducer freed later, by the garbage collector while it holds the GIL, waits on a gloo thread that waits on
+    the GIL (the two-process test hung so about one run in six)."""
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    trainer.model_wrapped = trainer.model  # the Trainer's and Accelerate's references to the DDP wrapper
+    accelerator.free_memory()  # drops Accelerate's lists of prepared objects, then collects the garbage
+    accelerator.end_training()
 
 
 def _seconds(trainer, best_step, train_seconds) -> dict:

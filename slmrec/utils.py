@@ -8,7 +8,9 @@ import logging
 import os
 import platform
 import random
+import shutil
 import socket
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -34,14 +36,29 @@ def jsonable(o):
 
 @contextlib.contextmanager
 def written_whole(path, suffix=""):
-    """Yields a temporary path beside `path` to write the file to; renamed to `path` when the block ends, removed
-    if it raises: a reader never sees half a file. suffix: an ending the writer insists on (np.savez's .npz)."""
+    """Yields a temporary path to write the file to; when the block ends it replaces `path` by a rename, so a reader
+    never sees half a file, and it is removed if the block raises. suffix: an ending the writer insists on
+    (np.savez's .npz). A symlink is followed (the file it points to is replaced, the link kept). A target that
+    is not a regular file (a device such as /dev/stdout or /dev/null, a named pipe) is never renamed over: the
+    whole file is written to it in place once it is complete."""
     path = Path(path)
-    path.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    in_place = path.exists() and not path.is_file()
+    if not in_place and path.is_symlink():
+        path = path.resolve()
+    if in_place:
+        fd, name = tempfile.mkstemp(prefix=".slmrec-", suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if in_place:
+            with open(tmp, "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -161,6 +178,10 @@ def check_writable(path, flag, reads=()):
         if inside:
             raise FlagError(f"{flag} {path} exists inside {inside[0]}, which this command reads or this project made "
                             f"(a checkpoint or a prepared dataset): write to a new path")
+    if path.exists() and not path.is_file():  # a device or a pipe: written in place (written_whole)
+        if not os.access(path, os.W_OK):
+            raise FlagError(f"{flag} {path}: not writable")
+        return
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent

@@ -72,7 +72,7 @@ CATALOGUE = [
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states sometimes",
      "--teacher_states must be"),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --lambda_cos -1", "the lambdas must be >= 0"),
-    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --blocks 3", "not a checkpoint"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {data}/../s --blocks 3", "not a checkpoint"),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states cache --kd_mode online",
      "--teacher_states cache needs offline KD"),
     ("reproduce", "--budget x --dry_run", "--budget must be one of"),
@@ -93,6 +93,15 @@ CATALOGUE = [
     ("recommend", "--checkpoint {tmp} --data {data} --input {tmp}/notes.txt --output {tmp}/notes.txt",
      "is an input of this command"),
     ("extract_emb", "--checkpoint {tmp} --output {tmp}/notes.txt", "exists inside"),
+    # a training run's output folder that is, holds or lies in what the run reads (a teacher, a dataset, embeddings)
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}", "which this run reads"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/student", "inside or above"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {data}/student", "inside or above"),
+    ("finetune", "--data {data} --item_embedding {emb} --output_dir {data}/t", "inside or above"),
+    ("finetune", "--data {data} --item_embedding {emb} --output_dir {emb}/..", "inside or above"),
+    ("train_sr_trad", "--data {data} --output_dir {data}", "which this run reads"),
+    # the teacher's dataset by default: a teacher that is none names itself first
+    ("distill", "--teacher {tmp} --output_dir {tmp}/s", "not a checkpoint of this project"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import gguf
 import numpy as np
+import pytest
 import torch
 from tokenizers import pre_tokenizers
 
@@ -69,6 +70,7 @@ def test_gguf_backbone_loads_truncated_with_its_tokenizer(tmp_path):
     assert scores.shape == (1, 11) and torch.isfinite(scores).all()
 
 
+@pytest.mark.exactness
 def test_gguf_is_converted_once_and_read_back_with_the_same_weights_and_tokens(tmp_path, monkeypatch):
     from transformers import AutoModel, AutoTokenizer
 

@@ -50,6 +50,7 @@ def test_fast_path_equals_plain_scores(readout):
         fast(torch.zeros(1, 6, dtype=torch.long))
 
 
+@pytest.mark.exactness
 def test_training_ranks_through_the_fast_path_and_leaves_the_model_as_it_trains(tiny_dataset):
     """Validation during training (training.ranking): model.score's ranks, and the model trains on unchanged:
     LoRA not merged, its attention kept, the next loss and gradients bit for bit those of an untouched model."""
@@ -72,9 +73,10 @@ def test_training_ranks_through_the_fast_path_and_leaves_the_model_as_it_trains(
     (l0, g0), (l1, g1) = step(random_ellmrec(tiny_dataset.num_items)), step(model)
     assert torch.equal(l0, l1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
     sasrec = build_seqrec(SeqRecConfig(tiny_dataset.num_items))
-    assert ranking(sasrec, "fp32", "cpu") == dict(score_fn=sasrec.score)
+    assert ranking(sasrec, "fp32", "cpu") == dict(score_fn=sasrec.score, candidate_fn=sasrec.score_candidates)
 
 
+@pytest.mark.exactness
 def test_frozen_weights_in_bf16_change_nothing_under_autocast():
     """cast_frozen gives the same loss and the same gradients, bit for bit, as autocast's per-call casts."""
     x = torch.randint(0, 21, (4, 6), generator=torch.Generator().manual_seed(4))
@@ -94,6 +96,7 @@ def test_frozen_weights_in_bf16_change_nothing_under_autocast():
     assert torch.equal(l0, l1) and g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
 
 
+@pytest.mark.exactness
 def test_ranks_do_not_depend_on_length_grouping(tiny_dataset):
     model = random_ellmrec(tiny_dataset.num_items, fingerprint=tiny_dataset.fingerprint)
     users = np.arange(tiny_dataset.num_users)

@@ -62,9 +62,35 @@ def test_hand_computed_ranks():
     assert m["HR@1"] == 0 and m["HR@5"] == 1 and m["MRR"] == pytest.approx(1 / 3)
     assert m["NDCG@5"] == pytest.approx(1 / np.log2(4))
     # full ranking: item 1 (0.9) is in the user's history and left out; 3 ties and 5 is higher
-    exclude = torch.tensor([[False, True, False, False, False, False]])
-    assert full_ranks(scores, torch.tensor([2]), exclude).item() == 2
-    assert full_ranks(scores, torch.tensor([2]), torch.zeros_like(exclude)).item() == 3
+    assert full_ranks(scores, torch.tensor([2]), torch.tensor([[0, 1, 2]])).item() == 2  # the positive may be listed
+    assert full_ranks(scores, torch.tensor([2]), torch.zeros(1, 3, dtype=torch.long)).item() == 3
+
+
+def test_full_ranks_equal_the_masked_count_by_hand():
+    """The counting form (no [B, items] mask) against the plain one: a mask of the history, every item scoring
+    at least the positive counted; scores drawn from few values, so ties are everywhere."""
+    g = torch.Generator().manual_seed(0)
+    B, items = 64, 50
+    scores = torch.randint(0, 5, (B, items + 1), generator=g).float()
+    positives = torch.randint(1, items + 1, (B,), generator=g)
+    history = torch.randint(0, items + 1, (B, 12), generator=g)  # 0 = padding; repeats are dropped below
+    expected = []
+    for b in range(B):
+        seen = set(history[b].tolist()) - {0, positives[b].item()}
+        expected.append(sum(1 for i in range(1, items + 1) if i != positives[b].item() and i not in seen
+                            and scores[b, i] >= scores[b, positives[b]]))
+    unique = torch.stack([torch.tensor(sorted(set(h.tolist())) + [0] * (12 - len(set(h.tolist())))) for h in history])
+    assert full_ranks(scores, positives, unique).tolist() == expected
+
+
+def test_candidates_scored_alone_rank_as_from_all_scores(tiny_dataset):
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(tiny_dataset.num_items + 1, 4, generator=g)
+    state = lambda h: table[h[:, -1]] + 0.1 * table[h[:, -2]]  # noqa: E731 (a toy user state)
+    full = evaluate(lambda h: state(h) @ table.T, tiny_dataset, "valid", 6, 7, per_user=True)
+    alone = evaluate(None, tiny_dataset, "valid", 6, 7, per_user=True, full=False,
+                     candidate_fn=lambda h, c: (table[c] * state(h)[:, None]).sum(-1))
+    assert alone["ranks"]["candidates"] == full["ranks"]["candidates"] and "full" not in alone
 
 
 def test_evaluate_on_a_prepared_dataset(tiny_dataset):

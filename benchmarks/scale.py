@@ -1,0 +1,193 @@
+"""The cost of every stage as the data grows towards the paper's largest dataset (Amazon-18 Clothing: 1,219,678
+users, 376,858 items, 11.3 M interactions after the protocol), with the wall time and peak RSS of each.
+
+    python benchmarks/scale.py --fractions 0.01,0.1          # 1% and 10% of Clothing
+    python benchmarks/scale.py --fractions 1.0 --stages prepare,open
+
+It writes an Amazon-shaped ratings file (item,user,rating,timestamp; users with at least 5 ratings above 3, ~9
+on average; Zipf-like item popularity; 10% of ratings at 3 or below and 1% repeated pairs, as Amazon's), then
+runs each stage in a fresh process, so its peak RSS is its own:
+
+    prepare      prepare_data.py on the file
+    open         PreparedData (what every script does first)
+    sasrec_step  SASRec training steps at the default batch (128), forward and backward
+    sasrec_valid a validation pass as training runs it (the stored candidates)
+    sasrec_test  a test pass (the stored candidates and full ranking over all items)
+    ellmrec_step an E-LLMRec (teacher) step on a random tiny LM, batch 16
+
+Peak RSS includes the Python interpreter and torch (~400 MB before any data).
+"""
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slmrec.cli import run
+
+CLOTHING = dict(users=1_219_678, items=376_858)
+STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellmrec_step")
+
+
+def generate(path, fraction, seed=0, chunk_users=200_000):
+    """An Amazon-18-shaped ratings CSV at `fraction` of Clothing's users and items; returns its line count."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    users, items = int(CLOTHING["users"] * fraction), int(CLOTHING["items"] * fraction)
+    # Zipf-like popularity over a random order of the items (a popular item is not item 0)
+    weights = 1.0 / np.arange(1, items + 1) ** 0.8
+    cdf = np.cumsum(weights[rng.permutation(items)]) / weights.sum()
+    lines = 0
+    with open(path, "w") as fh:
+        for lo in range(0, users, chunk_users):
+            n = min(chunk_users, users - lo)
+            counts = 5 + rng.geometric(1 / 5.25, n) - 1  # >= 5 positive ratings, mean ~9.25
+            user = np.repeat(np.arange(lo, lo + n), counts)
+            item = np.minimum(np.searchsorted(cdf, rng.random(len(user))), items - 1)
+            rating = np.where(rng.random(len(user)) < 0.9, rng.integers(4, 6, len(user)), rng.integers(1, 4, len(user)))
+            when = rng.integers(1_300_000_000, 1_540_000_000, len(user))
+            dup = rng.random(len(user)) < 0.01  # the same pair again, later
+            frame = pd.DataFrame({"item": np.concatenate([item, item[dup]]), "user": np.concatenate([user, user[dup]]),
+                                  "rating": np.concatenate([rating, rating[dup]]).astype(float),
+                                  "time": np.concatenate([when, when[dup] + 1000])})
+            frame["item"] = "B" + frame["item"].astype(str).str.zfill(9)
+            frame["user"] = "A" + frame["user"].astype(str).str.zfill(12)
+            frame.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).to_csv(fh, header=False, index=False)
+            lines += len(frame)
+    return lines
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage(name, source, prepared, steps=5):
+    """One stage in this process: prints {"seconds", "peak_rss_mb", ...} as its last line."""
+    import torch
+
+    torch.manual_seed(0)
+    out = {}
+    if name == "prepare":
+        from slmrec.data import PrepareConfig, prepare
+
+        t = time.perf_counter()
+        stats = prepare(PrepareConfig(source), prepared)
+        out = {"seconds": time.perf_counter() - t, **{k: stats[k] for k in ("users", "items", "interactions",
+                                                                          "lines_read")}}
+        out["dataset_mb"] = sum(f.stat().st_size for f in Path(prepared).iterdir()) / 2**20
+    elif name == "open":
+        from slmrec.data import PreparedData
+
+        t = time.perf_counter()
+        PreparedData(prepared)
+        out = {"seconds": time.perf_counter() - t}
+    else:
+        from slmrec.data import PreparedData
+        from slmrec.examples import WindowDataset
+        from slmrec.metrics import evaluate
+        from slmrec.seqrec import SeqRecConfig, build_seqrec
+
+        data = PreparedData(prepared)
+        if name.startswith("sasrec"):
+            model = build_seqrec(SeqRecConfig(data.num_items))
+            if name == "sasrec_step":
+                windows = WindowDataset(data, 50)
+                opt = torch.optim.AdamW(model.parameters(), 1e-3)
+                times, real = [], []
+                for s in range(steps + 1):
+                    batch = [windows[int(i)] for i in torch.randint(len(windows), (128,))]
+                    x = torch.stack([b["input_ids"] for b in batch])
+                    y = torch.stack([b["labels"] for b in batch])
+                    t = time.perf_counter()
+                    model(x, y)["loss"].backward()
+                    opt.step()
+                    opt.zero_grad()
+                    times.append(time.perf_counter() - t)
+                    real.append(int((y != 0).sum()))
+                out = {"seconds": float(np.median(times[1:])), "per": "step", "real_positions": float(np.mean(real))}
+            else:
+                model.eval()
+                full = name == "sasrec_test"
+                t = time.perf_counter()
+                evaluate(model.score, data, "test" if full else "valid", 50, 256, full=full,
+                         candidate_fn=None if full else model.score_candidates, progress=True)
+                out = {"seconds": time.perf_counter() - t, "users_per_s": data.num_users / (time.perf_counter() - t)}
+        elif name == "ellmrec_step":
+            from slmrec.examples import ExampleConfig, training_examples
+            from slmrec.model import ELLMRec, ELLMRecConfig
+
+            table = torch.randn(data.num_items + 1, 64)
+            model = ELLMRec(ELLMRecConfig(base_model="random:tiny", num_layers=8, max_len=50), table).train()
+            examples = training_examples(data, 50, ExampleConfig())
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+            times = []
+            for s in range(steps + 1):
+                batch = [examples[int(i)] for i in torch.randint(len(examples), (16,))]
+                x = torch.stack([b["input_ids"] for b in batch])
+                y = torch.stack([b["labels"] for b in batch])
+                t = time.perf_counter()
+                model(x, y)["loss"].backward()
+                opt.step()
+                opt.zero_grad()
+                times.append(time.perf_counter() - t)
+            out = {"seconds": float(np.median(times[1:])), "per": "step"}
+    out["peak_rss_mb"] = peak_mb()
+    print(json.dumps(out))
+
+
+def main(fractions: str = "0.01,0.1", stages: str = ",".join(STAGES), workdir: str = None, keep: bool = False):
+    """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: where the files go (a
+    temporary folder, removed unless --keep)."""
+    from slmrec.utils import hardware
+
+    wanted = [s.strip() for s in str(stages).split(",") if s.strip()]
+    bad = [s for s in wanted if s not in STAGES]
+    if bad:
+        raise SystemExit(f"unknown stage(s) {bad}; choose from {STAGES}")
+    fracs = [float(f) for f in str(fractions).strip("()[]").split(",")]
+    rows = []
+    root = Path(tempfile.mkdtemp(dir=workdir, prefix="slmrec-scale-"))
+    try:
+        for f in fracs:
+            src, prepared = root / f"ratings-{f:g}.csv", root / f"prepared-{f:g}"
+            if not src.is_file():
+                t = time.perf_counter()
+                lines = generate(src, f)
+                print(f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
+                      f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
+            for name in wanted:
+                if name != "prepare" and not prepared.is_dir():
+                    continue
+                res = subprocess.run([sys.executable, __file__, "stage", name, str(src), str(prepared)],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    rows.append((f, name, {"error": res.stderr.strip().splitlines()[-1][:120]}))
+                else:
+                    rows.append((f, name, json.loads(res.stdout.strip().splitlines()[-1])))
+                print(f, name, rows[-1][2], file=sys.stderr)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(hardware())
+    print("| fraction | stage | seconds | peak RSS MB | notes |")
+    print("|---|---|---|---|---|")
+    for f, name, r in rows:
+        notes = ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r.items()
+                          if k not in ("seconds", "peak_rss_mb") and v is not None)
+        sec = f"{r['seconds']:.3f}" if "seconds" in r else "-"
+        rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
+        print(f"| {f:g} | {name} | {sec} | {rss} | {notes} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "stage":
+        stage(*sys.argv[2:5])
+    else:
+        run(main)

@@ -1,0 +1,154 @@
+"""Hostile and unlucky inputs beyond the flag catalogue (tests/test_bad_inputs.py), one test per class:
+
+- outputs that are not regular files: devices, named pipes, symlinks are written in place, never replaced;
+- text inputs: one decoding policy (slmrec.data.text_lines), a bad line is one line of error naming file and
+  line; byte-order marks and CRLF endings are read;
+- ids that hold tabs, quotes or newlines round-trip through the prepared dataset's own files;
+- a student's dataset: the teacher's by default, a teacher whose dataset is gone or changed is refused.
+"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import distill
+import recommend
+from conftest import ROOT, synthetic_rows, write_amazon_csv
+from slmrec import cli
+from slmrec.checkpoints import CheckpointError
+from slmrec.data import DataError, PrepareConfig, PreparedData, prepare, text_lines
+from slmrec.utils import check_writable, save_json
+from test_distill import tiny_teacher  # noqa: F401 (a fixture)
+from test_teacher import TINY_TRAIN
+
+STUDENT_TRAIN = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
+
+
+# ---------------------------------------------------------------- outputs that are not regular files
+
+
+def test_a_named_pipe_gets_the_whole_file_and_stays_a_pipe(tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    check_writable(fifo, "--output")
+    save_json({"MRR": 0.5}, fifo)
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and json.loads(got[0]) == {"MRR": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
+
+
+def test_a_device_is_written_in_place_not_replaced(tmp_path):
+    """A private node of the null device (needs the right to make device nodes: root in a container)."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("cannot make a device node here")
+    check_writable(node, "--output")
+    save_json({"MRR": 0.5}, node)
+    assert stat.S_ISCHR(os.stat(node).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+def test_stdout_as_output_writes_to_the_stream():
+    code = "from slmrec.utils import save_json; save_json({'MRR': 0.5}, '/dev/stdout')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and json.loads(res.stdout) == {"MRR": 0.5}, res.stderr[-1000:]
+
+
+def test_a_symlink_is_followed_and_kept(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    save_json({"MRR": 0.5}, link)
+    assert link.is_symlink() and json.loads(target.read_text()) == {"MRR": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
+
+
+# ---------------------------------------------------------------- text inputs
+
+
+def test_text_lines_reads_bom_and_crlf_and_names_an_undecodable_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n{"b": "\xc3\xa9"}\r\n')
+    assert [(n, line.strip()) for n, line in text_lines(path)] == [(1, '{"a": 1}'), (2, '{"b": "é"}')]
+    path.write_bytes(b'{"a": 1}\n{"b": "\xe9"}\n')
+    with pytest.raises(DataError, match=r"in.jsonl line 2: not UTF-8 text \(byte 8"):
+        list(text_lines(path))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"history": ["I1"]}\n{"history": ["\xff"]}\n', "line 2: not UTF-8 text"),
+    (b'{"history": ["I1"]}\n' + b"[" * 100000 + b"\n", "line 2: not JSON"),
+    (b'\n\n', "no histories in the file"),
+], ids=["undecodable", "deep", "empty"])
+def test_recommend_input_lines_are_one_line_errors(tiny_dataset, tmp_path, capsys, content, message):
+    src = tmp_path / "users.jsonl"
+    src.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(recommend.main, ["--checkpoint", str(tmp_path), "--data", str(tiny_dataset.path), "--input", str(src)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_recommend_input_with_bom_and_crlf_is_read(tiny_dataset, tmp_path):
+    ids = tiny_dataset.catalog[0]
+    src = tmp_path / "users.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"history": [ids[1], ids[2]]}).encode() + b"\r\n")
+    assert recommend.read_requests(tiny_dataset, input=str(src)) == [(None, [1, 2])]
+
+
+# ---------------------------------------------------------------- ids the dataset's files must round-trip
+
+
+def test_ids_with_tabs_quotes_and_newlines_round_trip(tmp_path):
+    rows = synthetic_rows(num_users=12, num_items=10, per_user=8)
+    odd = {"I0": 'I"0', "I1": "I\t1", "I2": "I 2,"}  # a quote, a tab; a comma needs the JSON format
+    lines = [json.dumps({"reviewerID": u if u != "U0" else "U\n0", "asin": odd.get(i, i), "overall": r,
+                         "unixReviewTime": t}) for i, u, r, t in rows]
+    src = tmp_path / "reviews.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
+    data = PreparedData(tmp_path / "p")
+    assert set(odd.values()) <= set(data.catalog[0]) and "U\n0" in data.users()
+    assert len(data.users()) == data.num_users and len(data.catalog[0]) == data.num_items + 1
+
+
+# ---------------------------------------------------------------- the student's dataset
+
+
+def test_the_student_trains_on_the_teachers_dataset_by_default(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+    distill.main(str(tiny_teacher), output_dir=str(tmp_path / "s"), **STUDENT_TRAIN)
+    assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
+    # the same dataset moved away: the teacher's record names a folder that is gone
+    moved = tmp_path / "moved"
+    shutil.move(tiny_dataset.path, moved)
+    with pytest.raises(DataError, match=f"the teacher {tiny_teacher} was trained on {tiny_dataset.path}, which is not"):
+        distill.main(str(tiny_teacher), output_dir=str(tmp_path / "s2"), **STUDENT_TRAIN)
+    # another dataset in its place: refused by fingerprint, naming both
+    other = write_amazon_csv(tmp_path / "other.csv", synthetic_rows(seed=9))
+    prepare(PrepareConfig(str(other), num_negatives=15), tiny_dataset.path)
+    with pytest.raises(CheckpointError, match=f"{tiny_teacher} was trained on dataset .* but {tiny_dataset.path} is"):
+        distill.main(str(tiny_teacher), output_dir=str(tmp_path / "s3"), **STUDENT_TRAIN)
+    # --data still overrides: the moved copy is the teacher's dataset
+    distill.main(str(tiny_teacher), str(moved), str(tmp_path / "s4"), **STUDENT_TRAIN)
+    assert (tmp_path / "s4" / "test_metrics.json").is_file()
+
+
+def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+    """The original README's command, with a teacher trained on a dataset other than data/ml-100k."""
+    flags = [x for k, v in STUDENT_TRAIN.items() for x in (f"--{k}", str(v))]
+    res = subprocess.run(["bash", "run_distill.sh", str(tiny_teacher), str(tmp_path / "s"), *flags], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
