@@ -2,24 +2,40 @@
 
     python prepare_data.py --source ml-100k --output_dir data/ml-100k
     python prepare_data.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
+    python prepare_data.py --convert data/cloth      # a dataset of the .npz format, rewritten memory-mapped
+    python prepare_data.py --verify data/cloth       # every array against the fingerprint in stats.json
 """
 
 import json
 
-from slmrec.data import PrepareConfig, prepare
 from slmrec.cli import run
-from slmrec.utils import setup_logging, split_flags
+from slmrec.data import PrepareConfig, PreparedData, convert as convert_dataset, prepare
+from slmrec.utils import FlagError, setup_logging, split_flags
 
 
-def main(source: str, output_dir: str, overwrite: bool = False, **flags):
+def main(source: str = None, output_dir: str = None, overwrite: bool = False, convert: str = None,
+         verify: str = None, **flags):
     """SOURCE is `ml-100k` (fetched from the recbole wheel) or a ratings file:
     Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter.
     OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other
     flags are PrepareConfig's fields (slmrec/data.py): --format, --metadata, --rating_threshold, --k_core,
-    --num_negatives, --seed."""
+    --num_negatives, --seed. --convert DIR rewrites a dataset prepared in the .npz format (format 1) as
+    memory-mapped .npy files, same fingerprint; --verify DIR reads every array of DIR against its fingerprint."""
     setup_logging()
-    cfg = PrepareConfig(source, **split_flags(flags, PrepareConfig, fixed=("source",))[0])
-    stats = prepare(cfg, output_dir, overwrite)
+    if convert or verify:
+        if source or output_dir or flags:
+            raise FlagError("--convert and --verify take a prepared dataset's folder and no other flag")
+        if convert:
+            stats = convert_dataset(convert)
+        else:
+            PreparedData(verify).verify()
+            print(f"{verify}: every array matches the fingerprint in stats.json")
+            return
+    else:
+        if not source or not output_dir:
+            raise FlagError("--source and --output_dir are required (or --convert DIR / --verify DIR)")
+        cfg = PrepareConfig(source, **split_flags(flags, PrepareConfig, fixed=("source",))[0])
+        stats = prepare(cfg, output_dir, overwrite)
     print(json.dumps(stats, indent=2))
 
 

@@ -142,18 +142,19 @@ def stage(name, source, prepared, steps=5):
     print(json.dumps(out))
 
 
-def main(fractions: str = "0.01,0.1", stages: str = ",".join(STAGES), workdir: str = None, keep: bool = False):
-    """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: where the files go (a
-    temporary folder, removed unless --keep)."""
+def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
+    """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: a folder that keeps the
+    ratings files between runs (each prepared dataset is made afresh), else a temporary one."""
     from slmrec.utils import hardware
 
-    wanted = [s.strip() for s in str(stages).split(",") if s.strip()]
+    wanted = list(stages) if isinstance(stages, (list, tuple)) else [s.strip() for s in stages.split(",") if s.strip()]
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise SystemExit(f"unknown stage(s) {bad}; choose from {STAGES}")
-    fracs = [float(f) for f in str(fractions).strip("()[]").split(",")]
+    fracs = [float(f) for f in (fractions if isinstance(fractions, (list, tuple)) else str(fractions).split(","))]
     rows = []
-    root = Path(tempfile.mkdtemp(dir=workdir, prefix="slmrec-scale-"))
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="slmrec-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
     try:
         for f in fracs:
             src, prepared = root / f"ratings-{f:g}.csv", root / f"prepared-{f:g}"
@@ -162,6 +163,8 @@ def main(fractions: str = "0.01,0.1", stages: str = ",".join(STAGES), workdir: s
                 lines = generate(src, f)
                 print(f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
                       f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
+            if "prepare" in wanted:
+                shutil.rmtree(prepared, ignore_errors=True)
             for name in wanted:
                 if name != "prepare" and not prepared.is_dir():
                     continue
@@ -173,7 +176,7 @@ def main(fractions: str = "0.01,0.1", stages: str = ",".join(STAGES), workdir: s
                     rows.append((f, name, json.loads(res.stdout.strip().splitlines()[-1])))
                 print(f, name, rows[-1][2], file=sys.stderr)
     finally:
-        if not keep:
+        if not workdir:
             shutil.rmtree(root, ignore_errors=True)
     print(hardware())
     print("| fraction | stage | seconds | peak RSS MB | notes |")

@@ -1,14 +1,18 @@
 """Raw interaction files -> prepared leave-one-out datasets (paper §5.1, README "Data preparation"), and loading them back.
 
-A prepared dataset is a directory:
+A prepared dataset is a directory (format 2; every array an uncompressed .npy, read memory-mapped):
 
-    sequences.npz        items (int32, all users' histories concatenated), offsets (int64, users + 1)
-    users.tsv            user index -> original user id
-    items.tsv            item id (1..|I|) -> original item id, title
-    candidates.npz       valid, test: int32 [users, 1 + negatives]; column 0 is the positive,
-                         0 marks "no candidate" for users with fewer negatives available
-    prepare_config.json  the options used
-    stats.json           users, items, interactions, density, ... and the content fingerprint
+    sequences.npy            all users' histories concatenated, item ids in the smallest unsigned type that holds them
+    offsets.npy              int64 [users + 1]: where each user's history starts
+    candidates_valid.npy     [users, 1 + negatives], same type: column 0 is the positive, 0 marks "no candidate"
+    candidates_test.npy      for users with fewer negatives available
+    users.tsv                user index -> original user id
+    items.tsv                item id (1..|I|) -> original item id, title
+    prepare_config.json      the options used
+    stats.json               users, items, interactions, density, ... and the content fingerprint
+
+Format 1 (sequences.npz, candidates.npz) still opens; `prepare_data.py --convert DIR` rewrites it as format 2 with
+the same fingerprint.
 """
 
 import codecs
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -354,27 +359,78 @@ def k_core(user, item, k):
         keep = new
 
 
-def sample_candidates(sequences, num_items, positives, num_negatives, rng):
-    """[users, 1 + num_negatives] int32: the positive, then negatives drawn uniformly from items
-    outside the user's whole prepared history; 0-padded where fewer exist. Returns (table, short_users)."""
-    table = np.zeros((len(sequences), 1 + num_negatives), np.int32)
+class NpyRows:
+    """A 2-D .npy file written a block of rows at a time (its shape known in advance), so that an array larger
+    than memory can be written without holding it; also feeds its rows as int32 to a hash (the fingerprint's)."""
+
+    def __init__(self, path, shape, dtype, hasher=None):
+        self.dtype, self.hasher, self.rows, self.shape = np.dtype(dtype), hasher, 0, shape
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                       "fortran_order": False, "shape": shape})
+
+    def write(self, block):
+        if self.hasher is not None:
+            self.hasher.update(np.ascontiguousarray(block, np.int32).tobytes())
+        self.fh.write(np.ascontiguousarray(block, self.dtype).tobytes())
+        self.rows += len(block)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        self.fh.close()
+        if kind is None and self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.fh.name}: wrote {self.rows} rows of {self.shape[0]}")
+
+
+def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, block=8192):
+    """The positive (each user's item at `position`: -2 valid, -1 test), then num_negatives negatives drawn
+    uniformly from items outside the user's whole prepared history, 0-padded where fewer exist; written to
+    `writer` (NpyRows) a block of users at a time, so memory does not grow with users x candidates. Returns the
+    number of users with fewer negatives available."""
     short = 0
-    for u, (seq, pos) in enumerate(zip(sequences, positives)):
-        table[u, 0] = pos
-        available = num_items - len(seq)
-        if available <= num_negatives:
-            neg = np.setdiff1d(np.arange(1, num_items + 1), seq)
-            short += 1
-        else:
-            # A random ordered sample, minus the history, keeps a uniform subset of the complement.
-            draw = rng.choice(num_items, size=num_negatives + len(seq), replace=False) + 1
-            neg = draw[~np.isin(draw, seq)][:num_negatives]
-        table[u, 1:1 + len(neg)] = neg
-    return table, short
+    for lo in range(0, len(sequences), block):
+        rows = np.zeros((min(block, len(sequences) - lo), 1 + num_negatives), np.int32)
+        for r in range(len(rows)):
+            seq = sequences[lo + r]
+            rows[r, 0] = seq[position]
+            available = num_items - len(seq)
+            if available <= num_negatives:
+                neg = np.setdiff1d(np.arange(1, num_items + 1), seq)
+                short += 1
+            else:
+                # A random ordered sample, minus the history, keeps a uniform subset of the complement.
+                draw = rng.choice(num_items, size=num_negatives + len(seq), replace=False) + 1
+                neg = draw[~np.isin(draw, seq)][:num_negatives]
+            rows[r, 1:1 + len(neg)] = neg
+        writer.write(rows)
+    return short
+
+
+def id_dtype(num_items):
+    """The smallest unsigned type that holds item ids 0..num_items."""
+    return np.dtype(np.uint16 if num_items < 2 ** 16 else np.uint32)
+
+
+class Sequences:
+    """Every user's history as a view of one array (no per-user objects): s[u], len(s), iteration."""
+
+    def __init__(self, items, offsets):
+        self.items, self.offsets = items, offsets
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, u):
+        return self.items[self.offsets[u]:self.offsets[u + 1]]
+
+    def __iter__(self):
+        return (self[u] for u in range(len(self)))
 
 
 def is_prepared(path: Path) -> bool:
-    return (path / "stats.json").is_file() and (path / "sequences.npz").is_file()
+    return (path / "stats.json").is_file() and any((path / f).is_file() for f in ("sequences.npy", "sequences.npz"))
 
 
 def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
@@ -427,47 +483,59 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
                         f"and the {cfg.k_core}-core ({len(raw.user)} interactions passed the rating filter)")
     order = np.lexsort((line, time, user))  # each user's history by time, ties in file order
     user, item = user[order], item[order]
+    del time, line, order, mask
     user_codes, user_idx = np.unique(user, return_inverse=True)
     item_codes, item_idx = np.unique(item, return_inverse=True)
-    items = (item_idx + 1).astype(np.int32)  # 0 is padding
+    num_items = len(item_codes)
+    items = (item_idx + 1).astype(id_dtype(num_items))  # 0 is padding
     offsets = np.zeros(len(user_codes) + 1, np.int64)
     offsets[1:] = np.cumsum(np.bincount(user_idx))
-    sequences = np.split(items, offsets[1:-1])
-    num_items = len(item_codes)
-
-    rng = np.random.default_rng(cfg.seed)
-    valid, short_v = sample_candidates(sequences, num_items, [s[-2] for s in sequences], cfg.num_negatives, rng)
-    test, short_t = sample_candidates(sequences, num_items, [s[-1] for s in sequences], cfg.num_negatives, rng)
-
+    del user, item, user_idx, item_idx
+    sequences = Sequences(items, offsets)
     titles = read_titles(metadata) if metadata else {}
     item_names = [raw.item_names[c] for c in item_codes]
     lengths = np.diff(offsets)
-    stats = {
-        "source": str(source),
-        "users": int(len(user_codes)),
-        "items": int(num_items),
-        "interactions": int(len(items)),
-        "density": float(len(items) / (len(user_codes) * num_items)),
-        "avg_sequence_length": float(lengths.mean()),
-        "min_sequence_length": int(lengths.min()),
-        "max_sequence_length": int(lengths.max()),
-        "lines_read": raw.lines_read,
-        "malformed_lines": raw.malformed,
-        "malformed_examples": raw.malformed_examples,
-        "damaged_input": raw.damaged,
-        "ratings_not_above_threshold": raw.rating_filtered,
-        "duplicate_pairs_removed": int(duplicates),
-        "num_negatives": cfg.num_negatives,
-        "users_with_fewer_negatives": {"valid": int(short_v), "test": int(short_t)},
-        "items_with_title": int(sum(n in titles for n in item_names)),
-        "fingerprint": fingerprint(items, offsets, valid, test),
-    }
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename at the end: an interrupted run leaves no half dataset.
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
-        np.savez(tmp / "sequences.npz", items=items, offsets=offsets)
-        np.savez(tmp / "candidates.npz", valid=valid, test=test)
+        np.save(tmp / "sequences.npy", items)
+        np.save(tmp / "offsets.npy", offsets)
+        # The fingerprint is that of format 1 (int32 ids, int64 offsets, then the two candidate tables), fed as
+        # the candidates are drawn: every dataset keeps its fingerprint, and runs trained on it stay valid.
+        h = hashlib.sha256()
+        h.update(items.astype(np.int32).tobytes())
+        h.update(offsets.tobytes())
+        rng = np.random.default_rng(cfg.seed)
+        short = {}
+        for split, position in (("valid", -2), ("test", -1)):  # this order: the draws of format 1
+            log.info("drawing %s candidates for %d users", split, len(sequences))
+            with NpyRows(tmp / f"candidates_{split}.npy", (len(sequences), 1 + cfg.num_negatives),
+                         id_dtype(num_items), h) as writer:
+                short[split] = draw_candidates(ProgressList(sequences, f"{split} candidates"), num_items, position,
+                                               cfg.num_negatives, rng, writer)
+        stats = {
+            "source": str(source),
+            "users": int(len(user_codes)),
+            "items": int(num_items),
+            "interactions": int(len(items)),
+            "density": float(len(items) / (len(user_codes) * num_items)),
+            "avg_sequence_length": float(lengths.mean()),
+            "min_sequence_length": int(lengths.min()),
+            "max_sequence_length": int(lengths.max()),
+            "lines_read": raw.lines_read,
+            "malformed_lines": raw.malformed,
+            "malformed_examples": raw.malformed_examples,
+            "damaged_input": raw.damaged,
+            "ratings_not_above_threshold": raw.rating_filtered,
+            "duplicate_pairs_removed": int(duplicates),
+            "num_negatives": cfg.num_negatives,
+            "users_with_fewer_negatives": short,
+            "items_with_title": int(sum(n in titles for n in item_names)),
+            "format": FORMAT,
+            "sequence_digest": sequence_digest(items, offsets),
+            "fingerprint": h.hexdigest()[:16],
+        }
         with open(tmp / "users.tsv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(["user_index", "original_id"])
@@ -479,22 +547,55 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
         (tmp / "prepare_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        # Swap by renames: the old dataset is whole until the new one is in place (check_output_dir restores it
-        # if a kill falls between the two renames).
-        old = output_dir.parent / f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        if output_dir.exists():
-            os.replace(output_dir, old)
-        os.replace(tmp, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
 
-def fingerprint(items, offsets, valid, test) -> str:
+def _swap_in(tmp: Path, output_dir: Path):
+    """Replace output_dir by tmp by renames: the old dataset is whole until the new one is in place
+    (check_output_dir restores it if a kill falls between the two renames)."""
+    old = output_dir.parent / f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+    if output_dir.exists():
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class ProgressList:
+    """A sequence that advances a progress bar as its items are read in order (the candidate draws)."""
+
+    def __init__(self, items, desc):
+        self.items, self.bar = items, tqdm(total=len(items), desc=desc, unit="user", mininterval=2,
+                                           disable=len(items) < 100_000)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
+        return self.items[i]
+
+
+def sequence_digest(items, offsets) -> str:
+    """sha256 of the histories (int32 ids, int64 offsets): checked whenever a dataset opens."""
     h = hashlib.sha256()
-    for a in (items, offsets, valid, test):
-        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(np.ascontiguousarray(items, np.int32).tobytes())
+    h.update(np.ascontiguousarray(offsets, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(items, offsets, valid, test) -> str:
+    """The dataset's content fingerprint: sha256 of the ids as int32, the offsets as int64 and both candidate
+    tables as int32, whatever types they are stored in; read a block at a time (memory-mapped tables)."""
+    h = hashlib.sha256()
+    for a, dtype in ((items, np.int32), (offsets, np.int64), (valid, np.int32), (test, np.int32)):
+        step = max(1, (1 << 24) // max(1, a[:1].nbytes))
+        for lo in range(0, len(a), step):
+            h.update(np.ascontiguousarray(a[lo:lo + step], dtype).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -537,32 +638,71 @@ def default_prepared(path) -> "PreparedData":
     return PreparedData(path)
 
 
+FORMAT = 2
+# Candidate tables up to this size are checked against the fingerprint at every open (ml-100k's: 7 MB, 10 ms);
+# larger ones are checked on request (PreparedData.verify, prepare_data.py --verify), the histories always.
+VERIFY_BYTES = 256 << 20
+
+
 class PreparedData:
-    """A prepared dataset: user histories plus the fixed evaluation candidates."""
+    """A prepared dataset: user histories plus the fixed evaluation candidates, memory-mapped (format 2): opening
+    reads the small files and maps the arrays, and a page of a table is read only when it is used."""
 
     def __init__(self, path):
         self.path = Path(path)
-        files = ("sequences.npz", "candidates.npz", "stats.json", "items.tsv")
-        missing = [f for f in files if not (self.path / f).is_file()]
+        self.format = 1 if (self.path / "sequences.npz").is_file() and not (self.path / "sequences.npy").is_file() \
+            else FORMAT
+        arrays = ("sequences.npz", "candidates.npz") if self.format == 1 else \
+            ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy")
+        missing = [f for f in (*arrays, "stats.json", "items.tsv") if not (self.path / f).is_file()]
         if missing:
             raise DataError(f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); "
                             f"run prepare_data.py first")
-        name = "sequences.npz"
+        name = "stats.json"
         try:
-            with np.load(self.path / name) as z:
-                items, offsets = z["items"], z["offsets"]
-            name = "candidates.npz"
-            with np.load(self.path / name) as z:
-                self.candidates = {"valid": z["valid"], "test": z["test"]}
-            name = "stats.json"
             self.stats = json.loads((self.path / name).read_text())
             self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
+            if self.format == 1:
+                log.info("%s: format 1 (.npz, read whole into memory); `prepare_data.py --convert %s` rewrites it "
+                         "memory-mapped, same fingerprint", self.path, self.path)
+                name = "sequences.npz"
+                with np.load(self.path / name) as z:
+                    items, offsets = z["items"], z["offsets"]
+                name = "candidates.npz"
+                with np.load(self.path / name) as z:
+                    self.candidates = {"valid": z["valid"], "test": z["test"]}
+            else:
+                loaded = []
+                for name in arrays:
+                    loaded.append(np.load(self.path / name, mmap_mode="r", allow_pickle=False))
+                items, offsets, valid, test = loaded
+                self.candidates = {"valid": valid, "test": test}
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{self.path / name}: damaged or incomplete ({type(e).__name__}: {e}); prepare the "
                             f"dataset again: prepare_data.py --output_dir {self.path} --overwrite") from e
-        self.sequences = np.split(items, offsets[1:-1])
+        self.sequences = Sequences(items, offsets)
         self.num_users = len(self.sequences)
-        if fingerprint(items, offsets, self.candidates["valid"], self.candidates["test"]) != self.fingerprint:
+        self._check_shapes(items, offsets)
+        tables = sum(c.nbytes for c in self.candidates.values())
+        if self.format == 1 or tables <= VERIFY_BYTES:
+            self.verify()
+        elif sequence_digest(items, offsets) != self.stats.get("sequence_digest"):
+            raise DataError(f"{self.path}: the histories do not match stats.json (edited or corrupt)")
+        else:
+            log.info("%s: histories checked; the %.1f GB of candidates are checked by prepare_data.py --verify",
+                     self.path, tables / 1e9)
+
+    def _check_shapes(self, items, offsets):
+        rows = {split: c.shape for split, c in self.candidates.items()}
+        if (offsets.ndim != 1 or len(offsets) < 2 or offsets[-1] != len(items) or
+                any(len(r) != 2 or r[0] != self.num_users for r in rows.values())):
+            raise DataError(f"{self.path}: the arrays do not fit together (edited or corrupt); prepare the dataset "
+                            f"again: prepare_data.py --output_dir {self.path} --overwrite")
+
+    def verify(self):
+        """Every array against the fingerprint in stats.json (a full read)."""
+        s = self.sequences
+        if fingerprint(s.items, s.offsets, self.candidates["valid"], self.candidates["test"]) != self.fingerprint:
             raise DataError(f"{self.path}: the files do not match the fingerprint in stats.json (edited or corrupt)")
 
     def train_part(self, u):
@@ -609,6 +749,33 @@ class PreparedData:
     def user_index(self) -> dict:
         """{original user id: user index}, read once."""
         return {orig: u for u, orig in enumerate(self.users())}
+
+
+def convert(path):
+    """Rewrite a format-1 dataset (.npz) as format 2 (.npy, memory-mapped) in place, checked against its
+    fingerprint before the old files go; returns its stats."""
+    data = PreparedData(path)
+    if data.format == FORMAT:
+        log.info("%s is already format %d", path, FORMAT)
+        return data.stats
+    path, s = Path(path), data.sequences
+    dtype = id_dtype(data.num_items)
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=path) as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "sequences.npy", s.items.astype(dtype))
+        np.save(tmp / "offsets.npy", s.offsets)
+        for split, table in data.candidates.items():
+            np.save(tmp / f"candidates_{split}.npy", table.astype(dtype))
+        stats = {**data.stats, "format": FORMAT, "sequence_digest": sequence_digest(s.items, s.offsets)}
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        # sequences.npy last: until it arrives the folder still opens as format 1
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "sequences.npy"):
+            os.replace(f, path / f.name)
+    converted = PreparedData(path)
+    converted.verify()
+    for f in ("sequences.npz", "candidates.npz"):
+        (path / f).unlink()
+    return stats
 
 
 def history_batches(histories, max_len, batch_size, by_length=False):

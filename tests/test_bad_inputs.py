@@ -344,7 +344,7 @@ def test_damaged_files_are_one_line_errors(tiny_dataset, tmp_path, capsys):
 
     refused(run_dir / "model.safetensors", 100, "damaged or incomplete weights")
     refused(run_dir / "slmrec_config.json", b"{not json", "damaged")
-    for name in ("sequences.npz", "candidates.npz", "stats.json"):
+    for name in ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy", "stats.json"):
         refused(tiny_dataset.path / name, 50, "damaged or incomplete")
     cli.run(evaluate_cli.main, ["--checkpoint", str(run_dir), "--data", str(tiny_dataset.path)])  # restored: scores
 
