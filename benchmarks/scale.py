@@ -68,6 +68,27 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_steps(model, examples, batch_size, steps):
+    """The median seconds of a training step (forward, backward, AdamW) over random batches, after one warm-up,
+    and how many of the batch's positions carry a label."""
+    import torch
+
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+    times, real = [], []
+    for _ in range(steps + 1):
+        batch = [examples[int(i)] for i in torch.randint(len(examples), (batch_size,))]
+        x = torch.stack([b["input_ids"] for b in batch])
+        y = torch.stack([b["labels"] for b in batch])
+        t = time.perf_counter()
+        model(x, y)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+        real.append(int((y != 0).sum()))
+    return {"seconds": float(np.median(times[1:])), "per": "step", "real_positions": float(np.mean(real))}
+
+
 def stage(name, source, prepared, steps=5):
     """One stage in this process: prints {"seconds", "peak_rss_mb", ...} as its last line."""
     import torch
@@ -90,54 +111,27 @@ def stage(name, source, prepared, steps=5):
         out = {"seconds": time.perf_counter() - t}
     else:
         from slmrec.data import PreparedData
-        from slmrec.examples import WindowDataset
+        from slmrec.examples import ExampleConfig, training_examples
         from slmrec.metrics import evaluate
+        from slmrec.model import ELLMRec, ELLMRecConfig
         from slmrec.seqrec import SeqRecConfig, build_seqrec
 
         data = PreparedData(prepared)
-        if name.startswith("sasrec"):
-            model = build_seqrec(SeqRecConfig(data.num_items))
-            if name == "sasrec_step":
-                windows = WindowDataset(data, 50)
-                opt = torch.optim.AdamW(model.parameters(), 1e-3)
-                times, real = [], []
-                for s in range(steps + 1):
-                    batch = [windows[int(i)] for i in torch.randint(len(windows), (128,))]
-                    x = torch.stack([b["input_ids"] for b in batch])
-                    y = torch.stack([b["labels"] for b in batch])
-                    t = time.perf_counter()
-                    model(x, y)["loss"].backward()
-                    opt.step()
-                    opt.zero_grad()
-                    times.append(time.perf_counter() - t)
-                    real.append(int((y != 0).sum()))
-                out = {"seconds": float(np.median(times[1:])), "per": "step", "real_positions": float(np.mean(real))}
-            else:
-                model.eval()
-                full = name == "sasrec_test"
-                t = time.perf_counter()
-                evaluate(model.score, data, "test" if full else "valid", 50, 256, full=full,
-                         candidate_fn=None if full else model.score_candidates, progress=True)
-                out = {"seconds": time.perf_counter() - t, "users_per_s": data.num_users / (time.perf_counter() - t)}
+        examples = training_examples(data, 50, ExampleConfig()) if name.endswith("_step") else None
+        if name == "sasrec_step":
+            out = time_steps(build_seqrec(SeqRecConfig(data.num_items)), examples, 128, steps)
         elif name == "ellmrec_step":
-            from slmrec.examples import ExampleConfig, training_examples
-            from slmrec.model import ELLMRec, ELLMRecConfig
-
             table = torch.randn(data.num_items + 1, 64)
-            model = ELLMRec(ELLMRecConfig(base_model="random:tiny", num_layers=8, max_len=50), table).train()
-            examples = training_examples(data, 50, ExampleConfig())
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
-            times = []
-            for s in range(steps + 1):
-                batch = [examples[int(i)] for i in torch.randint(len(examples), (16,))]
-                x = torch.stack([b["input_ids"] for b in batch])
-                y = torch.stack([b["labels"] for b in batch])
-                t = time.perf_counter()
-                model(x, y)["loss"].backward()
-                opt.step()
-                opt.zero_grad()
-                times.append(time.perf_counter() - t)
-            out = {"seconds": float(np.median(times[1:])), "per": "step"}
+            model = ELLMRec(ELLMRecConfig(base_model="random:tiny", num_layers=8, max_len=50), table)
+            out = time_steps(model, examples, 16, steps)
+        else:
+            model = build_seqrec(SeqRecConfig(data.num_items)).eval()
+            full = name == "sasrec_test"
+            t = time.perf_counter()
+            evaluate(model.score, data, "test" if full else "valid", 50, 256, full=full,
+                     candidate_fn=None if full else model.score_candidates, progress=True)
+            seconds = time.perf_counter() - t
+            out = {"seconds": seconds, "users_per_s": data.num_users / seconds}
     out["peak_rss_mb"] = peak_mb()
     print(json.dumps(out))
 

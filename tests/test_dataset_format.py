@@ -129,3 +129,11 @@ def test_memory_does_not_hold_the_candidates_while_they_are_drawn(tmp_path, monk
     stats = prepare(PrepareConfig(str(src), num_negatives=15), tmp_path / "p")
     assert stats["fingerprint"] == FORMAT1_FINGERPRINTS["amazon-csv"] and max(blocks) == 4
     assert sum(blocks) == 2 * stats["users"]
+
+
+def test_candidate_rows_read_from_the_file_equal_the_mapped_table(tiny_dataset):
+    users = [0, 1, 2, 7, 3, 29, 28, 5]  # runs of consecutive users and single ones, in any order
+    for split in ("valid", "test"):
+        rows = tiny_dataset.candidate_rows(split, users)
+        assert rows.dtype == np.int64 and np.array_equal(rows, np.asarray(tiny_dataset.candidates[split])[users])
+    assert tiny_dataset.candidate_rows("test", []).shape == (0, tiny_dataset.candidates["test"].shape[1])
