@@ -108,3 +108,11 @@ def run(fn, argv=None, configs=(), defaults=None):
         print(f"error: {e}", file=sys.stderr)
         print("(SLMREC_DEBUG=1 shows where)", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if os.environ.get("SLMREC_DEBUG"):
+            raise
+        # Every file is written whole (utils.written_whole) and checkpoints are complete or skipped on resume.
+        hint = ("; the same command with --resume true continues from the last complete checkpoint"
+                if "resume" in inspect.signature(fn).parameters else "; run the command again")
+        print(f"interrupted: nothing half-written is left{hint}", file=sys.stderr)
+        sys.exit(130)

@@ -152,3 +152,21 @@ def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, t
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_says_how_to_resume(capsys):
+    def train(resume: str = "false"):
+        raise KeyboardInterrupt
+
+    def prepare():
+        raise KeyboardInterrupt
+
+    for fn, hint in ((train, "--resume true continues from the last complete checkpoint"),
+                     (prepare, "run the command again")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(fn, [])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 130 and hint in err and "Traceback" not in err
