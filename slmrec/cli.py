@@ -23,9 +23,9 @@ from .data import DataError
 from .embeddings import EmbeddingFileError
 from .checkpoints import CheckpointError
 from .training import NonFiniteError
-from .utils import FlagError, coerce
+from .utils import DamagedFile, FlagError, coerce
 
-EXPECTED = (BackboneError, CheckpointError, DataError, EmbeddingFileError, FlagError, NonFiniteError,
+EXPECTED = (BackboneError, CheckpointError, DamagedFile, DataError, EmbeddingFileError, FlagError, NonFiniteError,
             FileNotFoundError, IsADirectoryError, PermissionError)
 
 

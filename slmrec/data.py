@@ -110,8 +110,9 @@ def text_lines(path):
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path} line {n}: not UTF-8 text (byte {e.start + 1} is {raw[e.start:e.start + 1]!r}); "
-                                f"save the file as UTF-8") from None
+                bad = raw[e.start:e.start + 1]
+                raise DataError(f"{path} line {n}: not UTF-8 text (byte {e.start + 1} is {bad!r}); save the file as "
+                                f"UTF-8") from None
             yield n, line
 
 
@@ -718,7 +719,7 @@ class PreparedData:
                             f"run prepare_data.py first")
         name = "stats.json"
         try:
-            self.stats = json.loads((self.path / name).read_text())
+            self.stats = json.loads((self.path / name).read_text(encoding="utf-8"))
             self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
             if self.format == 1:
                 log.info("%s: format 1 (.npz, read whole into memory); `prepare_data.py --convert %s` rewrites it "

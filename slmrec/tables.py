@@ -455,4 +455,4 @@ def write_all(cfg: ReproConfig, command, efficiency_rows=None):
     write_vs_paper(cfg, out, head)
     for p in parts:
         print(p)
-    print((out / "paired.md").read_text())
+    print((out / "paired.md").read_text(encoding="utf-8"))

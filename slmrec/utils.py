@@ -82,8 +82,17 @@ def save_npz(path, **arrays):
         np.savez(tmp, **arrays)
 
 
+class DamagedFile(ValueError):
+    """A file of the project's (a record, a config, a run's metrics) that does not parse: named, with what to do."""
+
+
 def load_json(path):
-    return json.loads(Path(path).read_text())
+    """A JSON file; one that is not (cut short, edited, not UTF-8) is a DamagedFile naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError both are
+        raise DamagedFile(f"{path}: damaged, not JSON ({e}); restore it (git checkout -- FILE for a record in the "
+                          f"repository), or remove it and make it again") from None
 
 
 def is_main_process():

@@ -124,6 +124,32 @@ def test_ids_with_tabs_quotes_and_newlines_round_trip(tmp_path):
     assert len(data.users()) == data.num_users and len(data.catalog[0]) == data.num_items + 1
 
 
+# ---------------------------------------------------------------- raw files framed otherwise
+
+
+def test_crlf_lying_compression_names_and_a_huge_line_give_the_same_dataset(tmp_path):
+    """The same ratings with CRLF endings, gzipped under a plain name, plain under a .gz name, and with a 2 MB
+    line inside (one malformed line, counted): one and the same fingerprint."""
+    import gzip
+
+    text = "".join(f"{i},{u},{r},{t}\n" for i, u, r, t in synthetic_rows())
+    variants = {"plain.csv": text.encode(), "crlf.csv": text.replace("\n", "\r\n").encode(),
+                "gzipped.csv": gzip.compress(text.encode()), "plain.csv.gz": text.encode()}
+    fingerprints = set()
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        cfg = PrepareConfig(str(tmp_path / name), format="amazon-csv", num_negatives=5)
+        stats = prepare(cfg, tmp_path / f"p-{name}")
+        assert stats["malformed_lines"] == 0, name
+        fingerprints.add(stats["fingerprint"])
+    lines = text.splitlines(keepends=True)
+    huge = "I1,U1,5," + "9" * 2_000_000 + "\n"  # a timestamp of 2 M digits: no int64
+    (tmp_path / "long.csv").write_text("".join(lines[:50]) + huge + "".join(lines[50:]))
+    stats = prepare(PrepareConfig(str(tmp_path / "long.csv"), num_negatives=5), tmp_path / "p-long")
+    assert stats["malformed_lines"] == 1 and stats["malformed_examples"] == [51]
+    assert len(fingerprints | {stats["fingerprint"]}) == 1
+
+
 # ---------------------------------------------------------------- the student's dataset
 
 
@@ -170,3 +196,19 @@ def test_ctrl_c_says_how_to_resume(capsys):
             cli.run(fn, [])
         err = capsys.readouterr().err
         assert exit_.value.code == 130 and hint in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a damaged record
+
+
+def test_a_damaged_record_is_a_one_line_error_naming_it(tmp_path, capsys):
+    import reproduce
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    metrics = next(results.glob("runs/seed42/*/test_metrics.json"))
+    metrics.write_text(metrics.read_text()[:40])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(reproduce.main, ["--tables_only", "--results", str(results)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{metrics}: damaged, not JSON" in err and "Traceback" not in err
