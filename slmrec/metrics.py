@@ -74,15 +74,16 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
             out = score_fn(history)
             out = out if isinstance(out, dict) else {None: out}
             local = cand
+        if full:  # the users' whole sequences, left out of their full ranking
+            seqs = [data.sequences[u] for u in us]
+            seen = torch.from_numpy(left_pad(seqs, max(map(len, seqs)))).to(device)
         for name, scores in out.items():
             scores = scores.float()
             if scores.isnan().any():  # a NaN ranks as -inf: below everything, ties against it (a pass less when none)
                 scores = scores.masked_fill(scores.isnan(), float("-inf"))
             cand_r.setdefault(name, []).append(candidate_ranks(scores, local, cand).cpu())
             if full:
-                seqs = [data.sequences[u] for u in us]
-                seen = torch.from_numpy(left_pad(seqs, max(map(len, seqs)))).to(scores.device)
-                full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], seen).cpu())
+                full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], seen.to(scores.device)).cpu())
         bar.update(len(us))
     bar.close()
     back = np.argsort(np.concatenate(order))  # from batch order to the order of `users`
@@ -106,8 +107,8 @@ def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", pe
         parts = [None] * world
         dist.all_gather_object(parts, (users, ranks))
         order = np.argsort(np.concatenate([p[0] for p in parts]))
-        ranks = {name: tuple(None if full is None else np.concatenate([p[1][name][i] for p in parts])[order]
-                             for i, full in enumerate(ranks[name])) for name in ranks}
+        ranks = {name: tuple(None if mine is None else np.concatenate([p[1][name][i] for p in parts])[order]
+                             for i, mine in enumerate(ranks[name])) for name in ranks}
     results = {}
     for name, (cand, full_ranked) in ranks.items():
         out = metrics_from_ranks(cand)
