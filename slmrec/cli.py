@@ -9,6 +9,7 @@ missing files) print one line and exit 2; SLMREC_DEBUG=1 shows the traceback.
 """
 
 import dataclasses
+import errno
 import functools
 import inspect
 import os
@@ -25,6 +26,7 @@ from .checkpoints import CheckpointError
 from .training import NonFiniteError
 from .utils import DamagedFile, FlagError, coerce
 
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 EXPECTED = (BackboneError, CheckpointError, DamagedFile, DataError, EmbeddingFileError, FlagError, NonFiniteError,
             FileNotFoundError, IsADirectoryError, PermissionError)
 
@@ -107,6 +109,14 @@ def run(fn, argv=None, configs=(), defaults=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         print("(SLMREC_DEBUG=1 shows where)", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in FULL or os.environ.get("SLMREC_DEBUG"):
+            raise
+        # Every output is written to a temporary name first (utils.written_whole, prepare's folder): the
+        # temporary file is removed and what was there before is untouched.
+        print(f"error: {e.strerror} writing {e.filename or 'an output'}: nothing half-written is left; free "
+              f"space and run the command again", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if os.environ.get("SLMREC_DEBUG"):

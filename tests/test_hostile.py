@@ -212,3 +212,23 @@ def test_a_damaged_record_is_a_one_line_error_naming_it(tmp_path, capsys):
         cli.run(reproduce.main, ["--tables_only", "--results", str(results)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"{metrics}: damaged, not JSON" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
+    """Preparation with a file-size limit far below the candidates' size (as a full disk would stop it): one
+    line, exit 2, the dataset it was replacing untouched, no temporary folder left."""
+    src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows(num_users=300, num_items=200, per_user=12))
+    prepare(PrepareConfig(str(src), num_negatives=5), tmp_path / "p")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "p").iterdir()}
+    code = (f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)); sys.argv = ['prepare_data.py', "
+            f"'--source', {str(src)!r}, '--output_dir', {str(tmp_path / 'p')!r}, '--overwrite', '--num_negatives', "
+            f"'150']; import runpy; runpy.run_path('prepare_data.py', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "File too large writing" in res.stderr and "nothing half-written is left" in res.stderr
+    assert {f.name: f.read_bytes() for f in (tmp_path / "p").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "r.csv"]
