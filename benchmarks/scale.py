@@ -14,6 +14,9 @@ runs each stage in a fresh process, so its peak RSS is its own:
     sasrec_valid a validation pass as training runs it (the stored candidates)
     sasrec_test  a test pass (the stored candidates and full ranking over all items)
     ellmrec_step an E-LLMRec (teacher) step on a random tiny LM, batch 16
+    recommend    recommend.py --user for one user of the dataset (a SASRec checkpoint: random weights time the
+                 same as trained ones), from the start of the command
+    serve        serve.py's app: from its start to /ready (model loaded and warmed up), then one request
 
 Peak RSS includes the Python interpreter and torch (~400 MB before any data).
 """
@@ -32,7 +35,8 @@ import numpy as np
 from slmrec.cli import run
 
 CLOTHING = dict(users=1_219_678, items=376_858)
-STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellmrec_step")
+STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellmrec_step", "recommend", "serve")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(path, fraction, seed=0, chunk_users=200_000):
@@ -89,6 +93,34 @@ def time_steps(model, examples, batch_size, steps):
     return {"seconds": float(np.median(times[1:])), "per": "step", "real_positions": float(np.mean(real))}
 
 
+def time_serving(name, data, prepared):
+    """recommend.py for one user, or the HTTP app's start to ready and one request, on a SASRec checkpoint
+    saved beside the dataset (made once)."""
+    sys.path.insert(0, str(ROOT))  # the top-level scripts
+    import recommend
+    from fastapi.testclient import TestClient
+
+    from slmrec.checkpoints import save_model
+    from slmrec.inference import Recommender
+    from slmrec.seqrec import SeqRecConfig, build_seqrec
+    from slmrec.serving import ServeConfig, create_app
+
+    checkpoint = prepared.with_name(prepared.name + "-sasrec")
+    if not checkpoint.is_dir():
+        save_model(build_seqrec(SeqRecConfig(data.num_items, data_fingerprint=data.fingerprint)), checkpoint)
+    user = data.users()[0]
+    t = time.perf_counter()
+    if name == "recommend":
+        recommend.main(str(checkpoint), str(prepared), user=user, k=10)
+        return {"seconds": time.perf_counter() - t}
+    with TestClient(create_app(Recommender.from_checkpoint(checkpoint, prepared), ServeConfig())) as client:
+        ready = time.perf_counter() - t
+        t = time.perf_counter()
+        answer = client.post("/recommend", json={"user": user, "k": 10})
+        assert answer.status_code == 200, answer.text
+        return {"seconds": ready, "request_ms": (time.perf_counter() - t) * 1000}
+
+
 def stage(name, source, prepared, steps=5):
     """One stage in this process: prints {"seconds", "peak_rss_mb", ...} as its last line."""
     import torch
@@ -124,6 +156,8 @@ def stage(name, source, prepared, steps=5):
             table = torch.randn(data.num_items + 1, 64)
             model = ELLMRec(ELLMRecConfig(base_model="random:tiny", num_layers=8, max_len=50), table)
             out = time_steps(model, examples, 16, steps)
+        elif name in ("recommend", "serve"):
+            out = time_serving(name, data, Path(prepared))
         else:
             model = build_seqrec(SeqRecConfig(data.num_items)).eval()
             full = name == "sasrec_test"
@@ -157,8 +191,9 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
                 lines = generate(src, f)
                 print(f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
                       f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
-            if "prepare" in wanted:
+            if "prepare" in wanted:  # made afresh, with the checkpoint the serving stages save beside it
                 shutil.rmtree(prepared, ignore_errors=True)
+                shutil.rmtree(prepared.with_name(prepared.name + "-sasrec"), ignore_errors=True)
             for name in wanted:
                 if name != "prepare" and not prepared.is_dir():
                     continue
