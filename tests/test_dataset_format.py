@@ -40,7 +40,7 @@ def test_every_format_keeps_its_fingerprint_and_the_files_are_memory_mapped(tmp_
         assert stats["fingerprint"] == FORMAT1_FINGERPRINTS[name], name
         data = PreparedData(tmp_path / name)
         assert data.format == 2 and data.fingerprint == stats["fingerprint"]
-        assert isinstance(data.candidates["test"], np.memmap) and isinstance(data.sequences.items, np.memmap)
+        assert isinstance(data.candidates["test"], np.memmap) and isinstance(data.sequences.items.base, np.memmap)
         assert data.candidates["test"].dtype == np.uint16 and data.sequences.items.dtype == np.uint16
         assert not list((tmp_path / name).glob("*.npz"))
 
