@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 import distill
@@ -232,3 +233,51 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
     assert "File too large writing" in res.stderr and "nothing half-written is left" in res.stderr
     assert {f.name: f.read_bytes() for f in (tmp_path / "p").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "r.csv"]
+
+
+# ---------------------------------------------------------------- two students of one teacher at once
+
+
+def test_two_students_of_one_teacher_at_once_share_one_cache(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+    """Two distillations of one teacher started together: both finish, with one cache and nothing left over
+    (whether both reach the build at once is up to timing; the race itself is forced in the next test)."""
+    flags = [x for k, v in {**STUDENT_TRAIN, "max_steps": 8}.items() for x in (f"--{k}", str(v))]
+    procs = [subprocess.Popen([sys.executable, "distill.py", "--teacher", str(tiny_teacher), "--output_dir",
+                               str(tmp_path / f"s{i}"), *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    caches = list((tiny_teacher / "state_cache").iterdir())
+    assert len(caches) == 1 and not caches[0].name.startswith(".tmp")
+    used = {json.loads((tmp_path / f"s{i}" / "test_metrics.json").read_text())["teacher_states"] for i in range(2)}
+    assert used == {str(caches[0])}
+
+
+def test_the_loser_of_a_cache_build_race_reads_the_winners(tiny_dataset, tiny_teacher, tmp_path,  # noqa: F811
+                                                           monkeypatch):
+    """While this process builds a cache in its own temporary folder, another finishes the same cache first: the
+    rename into place fails, the temporary folder goes, and the winner's cache is read."""
+    from slmrec import teacher_cache
+    from slmrec.distill import DistillConfig, states_key
+    from slmrec.examples import ExampleConfig, training_examples
+    from slmrec.inference import autocast
+    from slmrec.losses import block_pairs
+    from test_distill import _student_and_teacher
+
+    dcfg = DistillConfig(str(tiny_teacher), blocks=2)
+    teacher, _ = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    examples = training_examples(tiny_dataset, 6, ExampleConfig())
+    key = states_key(dcfg, teacher, tiny_dataset, examples, block_pairs(8, 4, 2), "fp32")
+    winner = teacher_cache.load_or_build(tmp_path / "elsewhere", key, teacher, examples, autocast("cpu", None))
+    root = tmp_path / "cache"
+    build = teacher_cache.build
+
+    def build_while_the_other_finishes(path, *args, **kwargs):
+        shutil.copytree(winner.path, root / winner.path.name)  # the other process renames its cache into place
+        return build(path, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "build", build_while_the_other_finishes)
+    states = teacher_cache.load_or_build(root, key, teacher, examples, autocast("cpu", None))
+    assert states.path == root / winner.path.name and [p.name for p in root.iterdir()] == [winner.path.name]
+    assert np.array_equal(np.asarray(states.states), np.asarray(winner.states))
