@@ -29,7 +29,8 @@ from slmrec.utils import FlagError, is_main_process, run_lock, seed_everything, 
 log = logging.getLogger(__name__)
 
 
-def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int = 4, lora_r: int = None, lora_alpha: int = None,
+def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int = 4, lora_r: int = None,
+         lora_alpha: int = None,
          resume: str = "false", **flags):
     """The student takes the teacher's base LM, prompt, readout, LoRA targets and item embeddings. Other flags
     are the fields of DistillConfig (slmrec/distill.py: --blocks, --lambda_cos, --lambda_norm, --lambda_ms,

@@ -146,8 +146,8 @@ def trained_on(checkpoint_dir) -> str:
     command, relative to where it ran), for the commands that default to it."""
     path = Path(checkpoint_dir) / "run_config.json"
     try:
-        data = load_json(path).get("data")
-    except (OSError, ValueError, AttributeError):
+        data = load_json(path).get("data")  # a damaged file is its own one-line error (utils.DamagedFile)
+    except (OSError, AttributeError):
         data = None
     if not isinstance(data, str) or not data:
         raise CheckpointError(f"{checkpoint_dir}: its run_config.json does not say which dataset it was trained on; "

@@ -438,11 +438,11 @@ class NpyRows:
             raise RuntimeError(f"{self.fh.name}: wrote {self.rows} rows of {self.shape[0]}")
 
 
-def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, block=8192):
+def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, block=8192, progress=None):
     """The positive (each user's item at `position`: -2 valid, -1 test), then num_negatives negatives drawn
     uniformly from items outside the user's whole prepared history, 0-padded where fewer exist; written to
-    `writer` (NpyRows) a block of users at a time, so memory does not grow with users x candidates. Returns the
-    number of users with fewer negatives available."""
+    `writer` (NpyRows) a block of users at a time, so memory does not grow with users x candidates. progress:
+    called with each block's number of users. Returns the number of users with fewer negatives available."""
     short = 0
     seen = np.zeros(num_items + 1, bool)  # the current user's history, as a lookup (np.isin's sort costs 1.6x)
     for lo in range(0, len(sequences), block):
@@ -462,6 +462,8 @@ def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, 
                 seen[seq] = False
             rows[r, 1:1 + len(neg)] = neg
         writer.write(rows)
+        if progress is not None:
+            progress(len(rows))
     return short
 
 
@@ -558,19 +560,20 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
     try:
         np.save(tmp / "sequences.npy", items)
         np.save(tmp / "offsets.npy", offsets)
-        # The fingerprint is that of format 1 (int32 ids, int64 offsets, then the two candidate tables), fed as
-        # the candidates are drawn: every dataset keeps its fingerprint, and runs trained on it stay valid.
-        h = hashlib.sha256()
-        h.update(items.astype(np.int32).tobytes())
-        h.update(offsets.tobytes())
+        # The fingerprint (see fingerprint()) fed as the candidates are drawn: every dataset keeps the fingerprint
+        # of format 1, and runs trained on it stay valid.
+        h = _sequence_hash(items, offsets)
+        histories = h.hexdigest()[:16]
         rng = np.random.default_rng(cfg.seed)
         short = {}
         for split, position in (("valid", -2), ("test", -1)):  # this order: the draws of format 1
             log.info("drawing %s candidates for %d users", split, len(sequences))
             with NpyRows(tmp / f"candidates_{split}.npy", (len(sequences), 1 + cfg.num_negatives),
-                         id_dtype(num_items), h) as writer:
-                short[split] = draw_candidates(ProgressList(sequences, f"{split} candidates"), num_items, position,
-                                               cfg.num_negatives, rng, writer)
+                         id_dtype(num_items), h) as writer, \
+                    tqdm(total=len(sequences), desc=f"{split} candidates", unit="user", mininterval=2,
+                         disable=len(sequences) < 100_000) as bar:
+                short[split] = draw_candidates(sequences, num_items, position, cfg.num_negatives, rng, writer,
+                                               progress=bar.update)
         stats = {
             "source": str(source),
             "users": int(len(user_codes)),
@@ -590,7 +593,7 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
             "users_with_fewer_negatives": short,
             "items_with_title": int(sum(n in titles for n in item_names)),
             "format": FORMAT,
-            "sequence_digest": sequence_digest(items, offsets),
+            "sequence_digest": histories,
             "fingerprint": h.hexdigest()[:16],
         }
         with open(tmp / "users.tsv", "w", newline="", encoding="utf-8") as fh:
@@ -622,39 +625,32 @@ def _swap_in(tmp: Path, output_dir: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-class ProgressList:
-    """A sequence that advances a progress bar as its items are read in order (the candidate draws)."""
+def _update(h, array, dtype, block_bytes=1 << 24):
+    """Feed h the array's values as `dtype`, a block of rows at a time (a memory-mapped table is never whole)."""
+    step = max(1, block_bytes // max(1, array[:1].nbytes))
+    for lo in range(0, len(array), step):
+        h.update(np.ascontiguousarray(array[lo:lo + step], dtype).tobytes())
 
-    def __init__(self, items, desc):
-        self.items, self.bar = items, tqdm(total=len(items), desc=desc, unit="user", mininterval=2,
-                                           disable=len(items) < 100_000)
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        self.bar.update(1)
-        if self.bar.n >= self.bar.total:
-            self.bar.close()
-        return self.items[i]
+def _sequence_hash(items, offsets):
+    """sha256 fed the histories as the fingerprint reads them: the ids as int32, the offsets as int64."""
+    h = hashlib.sha256()
+    _update(h, items, np.int32)
+    _update(h, offsets, np.int64)
+    return h
 
 
 def sequence_digest(items, offsets) -> str:
-    """sha256 of the histories (int32 ids, int64 offsets): checked whenever a dataset opens."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(items, np.int32).tobytes())
-    h.update(np.ascontiguousarray(offsets, np.int64).tobytes())
-    return h.hexdigest()[:16]
+    """The histories' digest (the fingerprint's first part): checked whenever a dataset opens."""
+    return _sequence_hash(items, offsets).hexdigest()[:16]
 
 
 def fingerprint(items, offsets, valid, test) -> str:
     """The dataset's content fingerprint: sha256 of the ids as int32, the offsets as int64 and both candidate
-    tables as int32, whatever types they are stored in; read a block at a time (memory-mapped tables)."""
-    h = hashlib.sha256()
-    for a, dtype in ((items, np.int32), (offsets, np.int64), (valid, np.int32), (test, np.int32)):
-        step = max(1, (1 << 24) // max(1, a[:1].nbytes))
-        for lo in range(0, len(a), step):
-            h.update(np.ascontiguousarray(a[lo:lo + step], dtype).tobytes())
+    tables as int32, whatever types they are stored in (prepare() feeds the same hash as it draws)."""
+    h = _sequence_hash(items, offsets)
+    _update(h, valid, np.int32)
+    _update(h, test, np.int32)
     return h.hexdigest()[:16]
 
 

@@ -134,11 +134,18 @@ def _complete(path: Path, key: dict) -> bool:
         return False
     if meta.get("key") != key:
         return False
-    item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
-    total, B, d = meta["total_rows"], len(key["teacher_layers"]), meta["hidden_size"]
-    sizes = {"states.bin": total * B * d * item, **({"final.bin": total * d * item} if key["with_final"] else {})}
     return (path / "offsets.npy").is_file() and all(
-        (path / f).is_file() and (path / f).stat().st_size == n for f, n in sizes.items())
+        (path / f).is_file() and (path / f).stat().st_size == n
+        for f, n in file_sizes(key, meta["total_rows"], meta["hidden_size"]).items())
+
+
+def file_sizes(key, total_rows, hidden_size) -> dict:
+    """{file: bytes} of a complete cache for key: the B aligned states of every row, and the final state of
+    every row for logit KD."""
+    item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
+    row = hidden_size * item
+    return {"states.bin": total_rows * len(key["teacher_layers"]) * row,
+            **({"final.bin": total_rows * row} if key["with_final"] else {})}
 
 
 def row_offsets(examples, readout, rows) -> np.ndarray:
@@ -148,19 +155,12 @@ def row_offsets(examples, readout, rows) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
-def planned_bytes(key, teacher, offsets) -> int:
-    """The size on disk of the cache for key (states, and the final state for logit KD)."""
-    item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
-    per_row = (len(key["teacher_layers"]) + key["with_final"]) * teacher.lm.config.hidden_size * item
-    return int(offsets[-1]) * per_row
-
-
 @torch.no_grad()
-def build(path, key, teacher, examples, autocast, batch_size=64, device="cpu", offsets=None):
-    """Run the teacher once over the examples, in order, and write their states (see TeacherStates)."""
+def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device="cpu"):
+    """Run the teacher once over the examples, in order, and write their states (see TeacherStates); offsets:
+    row_offsets of the examples."""
     path = Path(path)
-    readout, rows = teacher.cfg.readout, key["rows"]
-    offsets = row_offsets(examples, readout, rows) if offsets is None else offsets
+    rows = key["rows"]
     total, d = int(offsets[-1]), teacher.lm.config.hidden_size
     dtype = dtype_named(key["dtype"])
     np_type = STORAGE[dtype][1]
@@ -207,7 +207,7 @@ def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, d
         log.info("teacher states: reading %s", path)
         return TeacherStates(path)
     offsets = row_offsets(examples, teacher.cfg.readout, key["rows"])
-    size = planned_bytes(key, teacher, offsets)
+    size = sum(file_sizes(key, int(offsets[-1]), teacher.lm.config.hidden_size).values())
     existing = next((p for p in [Path(cache_root), *Path(cache_root).parents] if p.exists()), Path("."))
     free = shutil.disk_usage(existing).free - (1 << 30)
     log.info("teacher states: %d rows, %.2f GB to build under %s (%.1f GB free)", offsets[-1], size / 1e9, cache_root,
@@ -224,7 +224,7 @@ def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t = time.time()
-    total, d = build(tmp, key, teacher, examples, autocast, batch_size, device, offsets)
+    total, d = build(tmp, key, teacher, examples, offsets, autocast, batch_size, device)
     seconds = time.time() - t
     save_json({"key": key, "total_rows": total, "hidden_size": d, "build_seconds": seconds}, tmp / "meta.json")
     try:
