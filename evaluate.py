@@ -19,7 +19,7 @@ import torch
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.inference import InferenceConfig, autocast, load_scorer
+from slmrec.inference import InferenceConfig, auto_compile, autocast, load_scorer
 from slmrec.metrics import evaluate
 from slmrec.model import load_ellmrec
 from slmrec.precision import compute_dtype
@@ -35,7 +35,7 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
     dataset = PreparedData(data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if layers is None:
-        scorer, max_len = load_scorer(checkpoint, dataset, cfg, device)
+        scorer, max_len = load_scorer(checkpoint, dataset, auto_compile(cfg, dataset.num_users, device), device)
         results = evaluate(scorer, dataset, split, max_len, cfg.batch_size, device, by_length=cfg.by_length)
     else:
         layers = parse_ints(layers)

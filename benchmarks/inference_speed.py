@@ -19,12 +19,18 @@ Steps, each added to the one before:
   by length     batches of users with similar history length
   prefix cache  the instruction's keys and values computed once (FastELLMRec)
   bf16 residual the whole LM in bf16 (embeddings and norms too), no fp32 residual stream under autocast
-  eager attn    transformers' eager attention instead of torch's SDPA kernel (the fast path's choice on a CPU)
-  int8          dynamic int8 weights, fp32 activations (instead of bf16; CPU only)
+  eager attn    (a side row) transformers' eager attention instead of torch's SDPA kernel
+  own forward   the project's LLaMA forward (slmrec/decoder.py): fused q/k/v and gate/up products, grouped-query
+                attention without repeated keys, only the read row through the last layer
+  compile       torch.compile of that forward (recommend.py's choice for a server or a large pass; its compile
+                time is printed)
+  int8          dynamic int8 weights, fp32 activations, transformers' forward (instead of bf16; CPU only)
 Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes
 (measured here at the same token count): FLOPs per user = 2 x weights in the kept layers x tokens (the
 instruction's and the history's; with the prefix cache only the history's), attention scores and the item
-head left out (under 2% here).
+head left out (under 2% here). The own forward skips work (the last layer's rows that are never read): "work
+floor" is the same for the FLOPs it does, so its share says how near the hardware it runs, and the floor's
+share what a user gets.
 """
 
 import time
@@ -119,13 +125,16 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
     print(f"{base_model} on {dataset.path} test histories (mean length {hist_tokens:.1f}, at most {max_len}), "
           f"precision {precision}, batch 1 ({len(one)} users) and batch {batch_size} ({len(histories)} users), "
           f"{hardware()}, {torch.get_num_threads()} threads\n")
-    print("| model | step | batch 1 users/s | ms/user | floor | batch " f"{batch_size} users/s | floor | of floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | step | batch 1 users/s | ms/user | floor | batch " f"{batch_size} users/s | floor | of floor "
+          "| work floor | of work floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
-    def row(model, step, u1, ub, floor1="", floorb=None):
+    def row(model, step, u1, ub, floor1="", floorb=None, workb=None):
         share = f"{ub / floorb:.0%}" if floorb else ""
+        workb = workb or floorb
+        work = f"{workb:.0f} | {ub / workb:.0%}" if workb else " | "
         print(f"| {model} | {step} | {u1:.1f} | {1000 / u1:.1f} | {floor1} | {ub:.1f} | "
-              f"{f'{floorb:.0f}' if floorb else ''} | {share} |", flush=True)
+              f"{f'{floorb:.0f}' if floorb else ''} | {share} | {work} |", flush=True)
 
     sr = load_seqrec(sasrec) if sasrec else build_seqrec(SeqRecConfig(dataset.num_items))
     sr_scorer = PlainScorer(sr.to(DEVICE).eval(), InferenceConfig(precision="fp32"), DEVICE)
@@ -142,12 +151,17 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
             for batch, tokens in (("1", P + hist_tokens), ("big", batch_size * (P + hist_tokens))):
                 floors[kind, batch] = matmul_flops(shapes, int(tokens), d)
         full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
+        # the own forward: the last layer's k and v for every token, its other products for the read row only
+        c = model.base_lm().config
+        kv = 2 * c.hidden_size * c.num_key_value_heads * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        last = weights // n
+        done = 2 * ((weights - last + kv) * hist_tokens + (last - kv))
         name = f"E-LLMRec {n} layers"
 
-        def timed(step, scorer, grouped, kind="compute", flops=full):
+        def timed(step, scorer, grouped, kind="compute", flops=full, work=None):
             u1, ub = users_per_second(scorer, one, repeats), users_per_second(scorer, big[grouped], repeats)
             f1, fb = (floors[kind, "1"] / flops, floors[kind, "big"] / flops) if kind else ("", None)
-            row(name, step, u1, ub, f"{f1:.0f}" if kind else "", fb)
+            row(name, step, u1, ub, f"{f1:.0f}" if kind else "", fb, floors[kind, "big"] / work if work else None)
             return ub
 
         plain = PlainScorer(model, InferenceConfig(precision=precision), DEVICE)
@@ -158,12 +172,19 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         timed("+ merged LoRA", plain, False)
         timed("+ batches by length", plain, True)
         timed("+ prefix cache", FastELLMRec(model, InferenceConfig(precision=precision, residual="fp32",
-                                                                  attention="sdpa"), DEVICE), True, flops=cached)
-        timed("+ bf16 residual stream", FastELLMRec(model, InferenceConfig(precision=precision, attention="sdpa"),
-                                                    DEVICE), True, flops=cached)
-        fast = timed("+ eager attention (auto on a CPU)", FastELLMRec(model, InferenceConfig(precision=precision),
-                                                                   DEVICE), True, flops=cached)
-        summary[n] = (base, fast)
+                                                                  decoder=False), DEVICE), True, flops=cached)
+        timed("transformers' eager attention instead of SDPA", FastELLMRec(model, InferenceConfig(
+            precision=precision, decoder=False, attention="eager"), DEVICE), True, flops=cached)
+        transformers = timed("+ bf16 residual stream (SDPA)", FastELLMRec(model, InferenceConfig(
+            precision=precision, decoder=False), DEVICE), True, flops=cached)
+        own = FastELLMRec(model, InferenceConfig(precision=precision, compile=False), DEVICE)
+        eager = timed("+ own forward (recommend.py's default)", own, True, flops=cached, work=done)
+        t = time.perf_counter()
+        compiled = FastELLMRec(model, InferenceConfig(precision=precision, compile=True), DEVICE)
+        compile_s = time.perf_counter() - t
+        fast = timed(f"+ torch.compile ({compile_s:.0f} s to compile; serve.py's default)", compiled, True,
+                     flops=cached, work=done)
+        summary[n] = (base, fast, transformers, eager)
         if int8 and DEVICE == "cpu":
             q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))
             timed("int8 weights, fp32 activations, prefix cache, by length", q, True, None)
@@ -177,6 +198,9 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         print(f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
               f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
               f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x")
+    for n, (_, fast, transformers, eager) in summary.items():
+        print(f"{n} layers: own forward {eager / transformers:.2f}x transformers' (eager both), compiled "
+              f"{fast / eager:.2f}x eager")
 
 
 def _sync():

@@ -15,9 +15,10 @@ on padding. Each option can be switched off, so benchmarks/inference_speed.py me
 """
 
 import contextlib
+import dataclasses
 import inspect
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .backbone import decoder_layers
+from .decoder import Decoder, supports
 from .data import DataError, PreparedData, history_batches
 from .model import check_same_data, load_ellmrec, take_columns
 from .seqrec import load_seqrec
@@ -35,7 +37,7 @@ from .utils import FlagError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclasses.dataclass
 class InferenceConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, as in training), fp32, bf16, fp16
     fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, the reference it is tested against
@@ -45,18 +47,25 @@ class InferenceConfig:
     # neither is bit for bit training's path (merged LoRA rounds differently): measured, see benchmarks.
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
-    # auto: eager on a CPU (measured 1.1-1.3x the users/s of torch's SDPA kernel there for the student at batch
-    # 128, 1.02-1.07x for the teacher and 30 layers, benchmarks/README.md), SDPA on a GPU; or eager, sdpa; keep:
-    # the model's own (training's validation, which must leave the model as it trains)
-    attention: str = "auto"
+    # transformers' forward only (decoder False or not LLaMA-shaped): sdpa (torch's kernel; 1.3-1.4x the users/s of
+    # eager on a bf16 CPU with transformers 5.24, benchmarks/README.md), eager, or keep: the model's own
+    # (validation during training, which must leave the model as it trains)
+    attention: str = "sdpa"
+    # the project's inference-only LLaMA forward (slmrec/decoder.py: fused projections, only the read row through
+    # the last layer) where the LM is LLaMA-shaped; False: transformers' forward (any decoder)
+    decoder: bool = True
+    # torch.compile (inductor) of the LM pass, compiled once when the scorer is built (10-40 s on a CPU): worth it
+    # for a server or a pass over many users, not for one recommendation. None: serve.py compiles, and so do
+    # evaluate.py and validation during training where auto_compile says it pays
+    compile: bool | None = None
     batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
     by_length: bool = True  # batch histories of similar length together
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         resolve_precision(self.precision)
-        if self.residual not in ("compute", "fp32") or self.attention not in ("auto", "eager", "sdpa", "keep"):
-            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention auto, eager, "
-                            f"sdpa or keep (not {self.attention!r})")
+        if self.residual not in ("compute", "fp32") or self.attention not in ("eager", "sdpa", "keep"):
+            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention eager, sdpa or "
+                            f"keep (not {self.attention!r})")
         if self.batch_size < 1:
             raise FlagError(f"--batch_size must be at least 1, not {self.batch_size}")
 
@@ -68,6 +77,20 @@ def autocast(device, dtype):
 def _cache_kwarg(lm):
     """transformers renamed forward's past_key_values to cache (5.x); use the name this version takes."""
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+# Compiling gave 1.2-1.3x the users/s in bf16 on a CPU (about 0.3 ms less per user for the student, so 10-40 s of
+# compiling pay from about 50,000 users) and nothing measurable in fp32 (benchmarks/README.md).
+COMPILE_MIN_USERS = 100_000
+
+
+def auto_compile(cfg: InferenceConfig, users: int, device) -> InferenceConfig:
+    """cfg with --compile's default resolved for a pass over `users` histories: compiled on a CPU in bf16 from
+    COMPILE_MIN_USERS on; a --compile given is kept."""
+    if cfg.compile is not None:
+        return cfg
+    on = torch.device(device).type == "cpu" and compute_dtype(cfg.precision) == torch.bfloat16
+    return dataclasses.replace(cfg, compile=on and users >= COMPILE_MIN_USERS)
 
 
 class FastELLMRec:
@@ -90,23 +113,21 @@ class FastELLMRec:
         else:
             model.cast_frozen(self.dtype)
         self.lm = model.lm
-        attention = cfg.attention if cfg.attention != "auto" else "eager" if device == "cpu" else "sdpa"
-        if attention != "keep":
-            model.base_lm().set_attn_implementation(attention)
-        self.cache_kwarg = _cache_kwarg(model.base_lm())  # peft's wrapper takes **kwargs
+        if cfg.attention != "keep":
+            model.base_lm().set_attn_implementation(cfg.attention)
         table = self.lm.get_input_embeddings()
         with torch.inference_mode(), autocast(device, self.dtype):
-            prefix = table(model.prefix_ids)[None]
-            out = self.lm(inputs_embeds=prefix, use_cache=True)
-            cache = out.to_tuple()[1]
-            self.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-            self.suffix = table(model.suffix_ids) if model.cfg.readout == "response" else prefix[0, :0]
-        self.P = prefix.shape[1]
-
-    def _cache(self, batch):
-        from transformers import DynamicCache
-
-        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.prefix_kv])
+            prefix = table(model.prefix_ids)
+            self.suffix = table(model.suffix_ids) if model.cfg.readout == "response" else prefix[:0]
+            max_len = model.cfg.max_len + self.suffix.shape[0]
+            own = cfg.decoder and not cfg.int8 and supports(model.base_lm())
+            self.forward = (Decoder if own else TransformersForward)(model.base_lm(), prefix, max_len)
+        self.compiled = bool(cfg.compile)
+        if self.compiled:
+            t = time.perf_counter()
+            self.forward = torch.compile(self.forward, dynamic=True)
+            self(torch.ones(3, 2, dtype=torch.long, device=device))  # one graph for every batch and length: see __call__
+            log.info("scoring path compiled in %.1f s (torch.compile, inductor)", time.perf_counter() - t)
 
     @torch.inference_mode()
     def __call__(self, history):
@@ -114,22 +135,44 @@ class FastELLMRec:
         lengths = (history != 0).sum(1)
         if int(lengths.min()) == 0:
             raise DataError("an empty history cannot be scored")
+        B = history.shape[0]
+        if self.compiled and B == 1:
+            # A compiled graph specialises a size of 1: one history is scored as two (at batch 1 the weights'
+            # reads, not the rows, set the time), so every batch runs the one graph compiled at start-up.
+            return self(history.expand(2, -1))[:1]
         L = int(lengths.max())
         history = history[:, -L:]
-        B, S = history.shape[0], self.suffix.shape[0]
+        S = self.suffix.shape[0]
         with autocast(self.device, self.dtype):
             items = m.w_in(m.item_embedding[history]).to(self.suffix.dtype)
-            source = torch.cat([items, self.suffix.expand(B, -1, -1)], 1)
+            pad = 1 if self.compiled and L + S == 1 else 0  # never a length of 1 either; padding goes last
+            source = torch.cat([items, self.suffix.expand(B, -1, -1), items[:, :pad]], 1)
             # Row b wanted: its n_b items (source columns L - n_b .. L-1), the response, then padding (any column).
             n = lengths[:, None]
-            j = torch.arange(L + S, device=history.device)[None]
+            j = torch.arange(L + S + pad, device=history.device)[None]
             index = torch.where(j < n, L - n + j, torch.where(j < n + S, j - n + L, 0))
-            x = take_columns(source, index)
-            positions = torch.arange(self.P, self.P + L + S, device=history.device)[None].expand(B, -1)
-            out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True,
-                          **{self.cache_kwarg: self._cache(B)})
-            h = out.last_hidden_state[torch.arange(B, device=history.device), lengths + S - 1]
+            h = self.forward(take_columns(source, index), lengths + S - 1)
             return m.item_scores(h.float())
+
+
+class TransformersForward:
+    """FastELLMRec's LM pass through transformers' own forward (any decoder the backbone loads): the prefix's keys
+    and values cached once, x [B, T, d] at positions P.. after it, the final-norm state at column read[b]."""
+
+    def __init__(self, lm, prefix_embeds, max_len):
+        self.lm, self.P = lm, prefix_embeds.shape[0]
+        out = lm(inputs_embeds=prefix_embeds[None], use_cache=True)
+        self.prefix_kv = [(layer.keys, layer.values) for layer in out.to_tuple()[1].layers]
+        self.cache_kwarg = _cache_kwarg(lm)
+
+    def __call__(self, x, read):
+        from transformers import DynamicCache
+
+        B, T, _ = x.shape
+        cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.prefix_kv])
+        positions = torch.arange(self.P, self.P + T, device=x.device)[None].expand(B, -1)
+        out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache})
+        return out.last_hidden_state[torch.arange(B, device=x.device), read]
 
 
 class PlainScorer:

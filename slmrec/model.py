@@ -53,6 +53,9 @@ class ELLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    # transformers' attention in training: sdpa (torch's kernel), or eager, the same function rounded
+    # differently, whose backward is 1.5x faster a bf16 step on a CPU (benchmarks/README.md, "A training step")
+    attention: str = "sdpa"
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
     quantization: str | None = None
@@ -60,6 +63,8 @@ class ELLMRecConfig:
     embedding_digest: str = ""
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
+        if self.attention not in ("sdpa", "eager"):
+            raise FlagError(f"--attention must be sdpa or eager, not {self.attention!r}")
         if self.readout not in READOUTS:
             raise FlagError(f"--readout must be one of {READOUTS}, not {self.readout!r}")
         if self.max_len < 1 or self.num_layers < 1:
@@ -88,6 +93,7 @@ class ELLMRec(nn.Module):
         self.register_buffer("item_embedding", item_embedding.float().clone())
         for p in lm.parameters():
             p.requires_grad_(False)
+        lm.set_attn_implementation(cfg.attention)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none")
         self.lm = _with_lora(lm, lora, cfg.lora_targets)

@@ -14,7 +14,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from .checkpoints import (WEIGHTS, CheckpointError, check_run_dir, load_trained_weights, load_weights,
                           newest_complete_checkpoint, resume_mode, save_model, settings_changed)
-from .inference import FastELLMRec, InferenceConfig
+from .inference import FastELLMRec, InferenceConfig, auto_compile
 from .metrics import evaluate, flatten
 from .model import ELLMRec
 from .precision import resolve_precision
@@ -168,14 +168,16 @@ class SmallCheckpoints(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
-def ranking(model, precision, device) -> dict:
+def ranking(model, precision, device, users=0) -> dict:
     """evaluate()'s scorer and batching for validation and test during training. An E-LLMRec scores through the
     prefix-cached path (FastELLMRec: the instruction's keys and values once, batches of similar history length),
     which gives ELLMRec.score's ranks (tests/test_inference.py) at 2.1-2.4x the users/s
     (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
-    it trains (LoRA not merged, weights in their dtype, its attention kept). Other models score with model.score."""
+    it trains (LoRA not merged, weights in their dtype, its attention kept), compiled for `users` histories where
+    inference.auto_compile says it pays. Other models score with model.score."""
     if isinstance(model, ELLMRec):
         cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
+        cfg = auto_compile(cfg, users, device)
         return dict(score_fn=FastELLMRec(model, cfg, torch.device(device).type), by_length=True)
     return dict(score_fn=model.score, candidate_fn=model.score_candidates)
 
@@ -202,7 +204,7 @@ class RecTrainer(SmallCheckpoints):
             result = evaluate(data=self.data, split="valid", max_len=self.max_len,
                               batch_size=self.args.per_device_eval_batch_size, device=self.args.device,
                               full=self.full_ranking_valid, progress=True,
-                              **ranking(model, self.precision, self.args.device))
+                              **ranking(model, self.precision, self.args.device, self.data.num_users))
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
         # Wall-clock seconds of this process's training so far, validations included: the time to the best
@@ -262,7 +264,8 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     model.eval()
     with trainer.accelerator.autocast():
         test = evaluate(data=data, split="test", max_len=max_len, batch_size=cfg.eval_batch_size, device=args.device,
-                        per_user=True, progress=True, **ranking(model, trainer.precision, args.device))
+                        per_user=True, progress=True,
+                        **ranking(model, trainer.precision, args.device, data.num_users))
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
