@@ -5,28 +5,35 @@
 
 POST /recommend takes {"history": [item ids], "k": 10, "keep_seen": false}, {"user": "298"}, or a list of them,
 and answers what recommend.py prints for the same input; GET /health (liveness), GET /ready (model loaded and
-warmed up), /docs (OpenAPI). Several processes, one model each, behind one port: README, "Serving".
+warmed up), /docs (OpenAPI). --workers N: N processes, one model each, behind one port.
 """
+
+import json
+import os
 
 import uvicorn
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.inference import InferenceConfig, Recommender
-from slmrec.serving import ServeConfig, create_app
-from slmrec.utils import setup_logging, split_flags
+from slmrec.serving import ServeConfig, configs, create_app
+from slmrec.utils import setup_logging
 
 
 def main(checkpoint: str, data: str, **flags):
-    """Other flags are ServeConfig's (slmrec/serving.py: --host, --port, --max_batch, --max_wait_ms, ...) and
-    InferenceConfig's (slmrec/inference.py: --precision, --int8, ...)."""
+    """Other flags are ServeConfig's (slmrec/serving.py: --host, --port, --max_batch, --max_wait_ms, --workers,
+    ...) and InferenceConfig's (slmrec/inference.py: --precision, --int8, --compile (default true here), ...)."""
     setup_logging()
-    sflags, iflags = split_flags(flags, ServeConfig, InferenceConfig)
-    cfg = ServeConfig(**sflags)
-    recommender = Recommender.from_checkpoint(checkpoint, PreparedData(data), InferenceConfig(**iflags))
-    # One process, one model: a request never waits on another process's model (README, "Serving").
-    uvicorn.run(create_app(recommender, cfg), host=cfg.host, port=cfg.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    cfg, icfg = configs(flags)  # every flag checked here, before any worker starts
+    run_args = dict(host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30)
+    if cfg.workers > 1:
+        # uvicorn's process manager starts the workers; each builds the app with these flags (app_from_env).
+        PreparedData(data)  # a bad dataset is one line here, not one per worker
+        os.environ.update(SLMREC_CHECKPOINT=str(checkpoint), SLMREC_DATA=str(data), SLMREC_FLAGS=json.dumps(flags))
+        uvicorn.run("slmrec.serving:app_from_env", factory=True, workers=cfg.workers, **run_args)
+        return
+    recommender = Recommender.from_checkpoint(checkpoint, PreparedData(data), icfg)
+    uvicorn.run(create_app(recommender, cfg), **run_args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ so requests never race on the model and the event loop never blocks on it.
 """
 
 import asyncio
+import json
 import os
 import logging
 import time
@@ -36,10 +37,16 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000  # a larger request body is refused (413)
     max_list: int = 256  # histories in one call at most
     max_history: int = 10_000  # items in one history at most (the model reads the last max_len of them)
+    workers: int = 1  # processes, one model each, behind one port (uvicorn's process manager)
+    # torch's threads per process for scoring (0: torch's default, one per core); workers x threads should not
+    # exceed the cores, and the event loop needs some CPU too (benchmarks/serve_load.py)
+    threads: int = 0
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
-        if self.max_batch < 1 or self.max_wait_ms < 0 or self.max_body_bytes < 1 or self.max_list < 1:
-            raise FlagError("--max_batch, --max_body_bytes and --max_list must be at least 1, --max_wait_ms at least 0")
+        if min(self.max_batch, self.max_body_bytes, self.max_list, self.workers) < 1 or min(self.max_wait_ms,
+                                                                                             self.threads) < 0:
+            raise FlagError("--max_batch, --max_body_bytes, --max_list and --workers must be at least 1, --max_wait_ms "
+                            "and --threads at least 0")
 
 
 class RecRequest(BaseModel):
@@ -225,14 +232,30 @@ def _error(status, message):
     return JSONResponse({"error": message}, status_code=status)
 
 
+def configs(flags: dict):
+    """(ServeConfig, InferenceConfig) from serve.py's flags, torch's threads set; a server compiles its scoring
+    path unless told not."""
+    from .inference import InferenceConfig
+    from .utils import split_flags
+
+    sflags, iflags = split_flags(flags, ServeConfig, InferenceConfig)
+    cfg = ServeConfig(**sflags)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    return cfg, InferenceConfig(**{"compile": True, **iflags})
+
+
 def app_from_env() -> FastAPI:
-    """The app for a process manager that starts several workers, each loading its own model:
-    SLMREC_CHECKPOINT=out/main/student SLMREC_DATA=data/ml-100k uvicorn --factory slmrec.serving:app_from_env
-    --workers 2 --port 8000 (ServeConfig's and InferenceConfig's defaults)."""
-    from .inference import InferenceConfig, Recommender
+    """The app of one worker when serve.py --workers N > 1 has uvicorn start N processes, each loading its own
+    model: serve.py passes its arguments in SLMREC_CHECKPOINT, SLMREC_DATA and SLMREC_FLAGS (JSON), so every
+    worker runs with the flags given to serve.py."""
+    from .inference import Recommender
 
     missing = [v for v in ("SLMREC_CHECKPOINT", "SLMREC_DATA") if not os.environ.get(v)]
     if missing:
         raise FlagError(f"set {' and '.join(missing)} (the run directory and the prepared dataset)")
-    rec = Recommender.from_checkpoint(os.environ["SLMREC_CHECKPOINT"], os.environ["SLMREC_DATA"], InferenceConfig())
-    return create_app(rec)
+    cfg, icfg = configs(json.loads(os.environ.get("SLMREC_FLAGS") or "{}"))
+    rec = Recommender.from_checkpoint(os.environ["SLMREC_CHECKPOINT"], os.environ["SLMREC_DATA"], icfg)
+    return create_app(rec, cfg)

@@ -127,3 +127,18 @@ def test_shutdown_lets_queued_requests_finish():
 
     results, sizes = asyncio.run(scenario())
     assert results == [i * 10 for i in range(20)] and max(sizes) == 4 and sum(sizes) == 20
+
+
+def test_a_worker_of_serve_py_workers_runs_with_serve_py_flags(run_dir, tiny_dataset, monkeypatch):
+    """serve.py --workers N hands its flags to each worker (app_from_env): a worker's app has them."""
+    from slmrec.serving import app_from_env
+
+    monkeypatch.setenv("SLMREC_CHECKPOINT", str(run_dir))
+    monkeypatch.setenv("SLMREC_DATA", str(tiny_dataset.path))
+    monkeypatch.setenv("SLMREC_FLAGS", json.dumps({"max_batch": 3, "precision": "fp32", "compile": False}))
+    with TestClient(app_from_env()) as c:
+        assert c.get("/ready").json()["max_batch"] == 3
+        assert len(c.post("/recommend", json={"user": tiny_dataset.users()[0], "k": 2}).json()["items"]) == 2
+    monkeypatch.setenv("SLMREC_FLAGS", json.dumps({"max_batch": 0}))
+    with pytest.raises(ValueError, match="--max_batch"):
+        app_from_env()
