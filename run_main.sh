@@ -1,14 +1,49 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults (ml-100k, SmolLM2-135M): prepare the data, train SASRec, export its
-# item embeddings, train the 8-layer teacher, distill the 4-layer student, print one results table.
-# Teacher and student train with every-position supervision until validation MRR stops improving (see README
-# for the measured time). Outputs in out/main; a re-run skips finished stages and resumes an interrupted one
-# from its last checkpoint.
+# The main job: prepare a dataset, train SASRec, export its item embeddings, train the 8-layer teacher, distill
+# the 4-layer student, print one results table.
+#   bash run_main.sh                           # the embedded defaults: ml-100k and SmolLM2-135M, into out/main
+#   bash run_main.sh --source ratings.csv      # your ratings file (any prepare_data.py format) -> data/<name>,
+#                                              # out/<name>/{sasrec,teacher,student}; <name>: the file's, or --name
+#   bash run_main.sh --data data/mine          # a dataset prepared already -> out/<its folder's name>
+# --root DIR puts data/ and out/ under DIR. Extra flags for one stage: SASREC_FLAGS, TEACHER_FLAGS, STUDENT_FLAGS
+# (e.g. TEACHER_FLAGS="--base_model /models/llama-7b"). A re-run skips finished stages and resumes an
+# interrupted one from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup.sh
+SOURCE= GIVEN_DATA= NAME= ROOT=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --source) SOURCE=$2; shift 2 ;;
+    --data) GIVEN_DATA=$2; shift 2 ;;
+    --name) NAME=$2; shift 2 ;;
+    --root) ROOT=${2%/}/; shift 2 ;;
+    *) echo "error: run_main.sh: unknown argument $1 (it takes --source FILE, --data DIR, --name NAME, --root DIR)" >&2
+       exit 2 ;;
+  esac
+done
+[ -z "$SOURCE" ] || [ -z "$GIVEN_DATA" ] || { echo "error: run_main.sh: give --source or --data, not both" >&2; exit 2; }
+[ "${SLMREC_SKIP_SETUP:-0}" = 1 ] || bash setup.sh  # the tests skip it: their Python is set up already
+PY=$(bash scripts/python.sh)
+if [ -n "$SOURCE" ]; then
+  [ -f "$SOURCE" ] || { echo "error: run_main.sh: --source $SOURCE: no such file" >&2; exit 2; }
+  NAME=${NAME:-$(basename "$SOURCE" | sed 's/\..*//')}
+  DATA=${ROOT}data/$NAME
+  if [ -f "$DATA/prepare_config.json" ]; then  # prepared once; a folder prepared from another file is refused
+    "$PY" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["source"] != sys.argv[2])' \
+      "$DATA/prepare_config.json" "$SOURCE" ||
+      { echo "error: run_main.sh: $DATA was prepared from another file; name this one with --name" >&2; exit 2; }
+  else
+    "$PY" prepare_data.py --source "$SOURCE" --output_dir "$DATA"
+  fi
+elif [ -n "$GIVEN_DATA" ]; then
+  DATA=$GIVEN_DATA NAME=${NAME:-$(basename "$GIVEN_DATA")}
+fi
+if [ -n "$NAME" ]; then OUT=${ROOT}out/$NAME; else OUT=${ROOT}out/main DATA=${ROOT}data/ml-100k; fi
+export DATA EMB_DIR=$OUT/sasrec
 source scripts/common.sh
 ensure_embeddings
-[ -f out/main/teacher/test_metrics.json ] || bash run_finetune.sh out/main/teacher --resume
-[ -f out/main/student/test_metrics.json ] || bash run_distill.sh out/main/teacher out/main/student --resume
-"$PY" -m slmrec.report out/main
+# shellcheck disable=SC2086  # the *_FLAGS are word lists
+[ -f "$OUT/teacher/test_metrics.json" ] || bash run_finetune.sh "$OUT/teacher" --resume ${TEACHER_FLAGS:-}
+# shellcheck disable=SC2086
+[ -f "$OUT/student/test_metrics.json" ] || bash run_distill.sh "$OUT/teacher" "$OUT/student" --resume ${STUDENT_FLAGS:-}
+"$PY" -m slmrec.report "$OUT"

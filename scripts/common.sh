@@ -4,17 +4,18 @@ EMB_GIVEN=${EMB:-}                               # an embedding pickle named by 
 DATA=${DATA:-data/ml-100k}                       # a prepared dataset
 # The SASRec run whose embeddings the LLM models use: the main job's for ml-100k, one per dataset otherwise
 # (finetune.py also refuses embeddings whose recorded dataset fingerprint is not DATA's).
-if [ "$DATA" = data/ml-100k ]; then EMB_DIR=${EMB_DIR:-out/main/sasrec}; else EMB_DIR=${EMB_DIR:-out/$(basename "$DATA")/sasrec}; fi
+if [ "$(basename "$DATA")" = ml-100k ]; then EMB_DIR=${EMB_DIR:-out/main/sasrec}; else EMB_DIR=${EMB_DIR:-out/$(basename "$DATA")/sasrec}; fi
 EMB=${EMB:-$EMB_DIR/item_embedding.pkl}
 
 # Prepare ml-100k, train SASRec and export its embeddings, unless they are there already.
 ensure_embeddings() {
   if [ ! -f "$DATA/stats.json" ]; then
-    [ "$DATA" = data/ml-100k ] || { echo "error: no prepared dataset at $DATA (run prepare_data.py)" >&2; exit 2; }
+    [ "$(basename "$DATA")" = ml-100k ] || { echo "error: no prepared dataset at $DATA (run prepare_data.py)" >&2; exit 2; }
     "$PY" prepare_data.py --source ml-100k --output_dir "$DATA"
   fi
   [ -f "$EMB" ] && return
-  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume
+  # shellcheck disable=SC2086  # SASREC_FLAGS (run_main.sh): a word list
+  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume ${SASREC_FLAGS:-}
   "$PY" extract_emb.py --checkpoint "$EMB_DIR" --output "$EMB"
 }
 

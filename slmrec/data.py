@@ -575,7 +575,7 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
                 short[split] = draw_candidates(sequences, num_items, position, cfg.num_negatives, rng, writer,
                                                progress=bar.update)
         stats = {
-            "source": str(source),
+            "source": str(cfg.source),  # as given: the project cache's path of ml-100k is one machine's
             "users": int(len(user_codes)),
             "items": int(num_items),
             "interactions": int(len(items)),
