@@ -10,7 +10,7 @@
 # interrupted one from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
-SOURCE= GIVEN_DATA= NAME= ROOT=
+SOURCE= GIVEN_DATA=${DATA:-} NAME= ROOT=  # DATA=DIR in the environment is --data DIR
 while [ $# -gt 0 ]; do
   case "$1" in
     --source) SOURCE=$2; shift 2 ;;

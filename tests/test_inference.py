@@ -91,6 +91,22 @@ def test_compiled_path_scores_as_eager_and_never_recompiles():
     torch.testing.assert_close(out[3], ref[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_a_second_compiled_scorer_scores_with_its_own_weights():
+    """Validation builds a compiled scorer on new weights every time and may reuse the compiled graph: its scores
+    must be those of its own weights, not the first scorer's."""
+    x = histories()
+    torch._dynamo.reset()
+    first = FastELLMRec(random_ellmrec(20), InferenceConfig(precision="fp32", compile=True))
+    other = random_ellmrec(20)
+    other.w_in.weight.data *= 1.5
+    other.base_lm().layers[0].mlp.up_proj.base_layer.weight.data *= 1.5
+    with torch.no_grad():
+        ref = other.score(x)
+    second = FastELLMRec(other, InferenceConfig(precision="fp32", compile=True))
+    torch.testing.assert_close(second(x), ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(first(x), ref, atol=1e-3)
+
+
 def test_validation_path_compiled_under_bf16_autocast_leaves_lora_unmerged():
     """What training validates with on a large dataset (training.ranking, compiled): LoRA folded into copies, the
     model's own modules untouched, scores within bf16 rounding of the eager path's."""
