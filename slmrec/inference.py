@@ -16,8 +16,11 @@ on padding. Each option can be switched off, so benchmarks/inference_speed.py me
 
 import contextlib
 import dataclasses
+import importlib.util
 import inspect
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -84,13 +87,21 @@ def _cache_kwarg(lm):
 COMPILE_MIN_USERS = 100_000
 
 
+def can_compile(device) -> bool:
+    """Whether torch.compile's inductor can build kernels here: C++ on a CPU (a compiler must be installed),
+    Triton on a GPU."""
+    if torch.device(device).type == "cpu":
+        return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    return importlib.util.find_spec("triton") is not None
+
+
 def auto_compile(cfg: InferenceConfig, users: int, device) -> InferenceConfig:
     """cfg with --compile's default resolved for a pass over `users` histories: compiled on a CPU in bf16 from
-    COMPILE_MIN_USERS on; a --compile given is kept."""
+    COMPILE_MIN_USERS on, where inductor can build (can_compile); a --compile given is kept."""
     if cfg.compile is not None:
         return cfg
     on = torch.device(device).type == "cpu" and compute_dtype(cfg.precision) == torch.bfloat16
-    return dataclasses.replace(cfg, compile=on and users >= COMPILE_MIN_USERS)
+    return dataclasses.replace(cfg, compile=on and users >= COMPILE_MIN_USERS and can_compile(device))
 
 
 class FastELLMRec:
@@ -123,6 +134,9 @@ class FastELLMRec:
             own = cfg.decoder and not cfg.int8 and supports(model.base_lm())
             self.forward = (Decoder if own else TransformersForward)(model.base_lm(), prefix, max_len)
         self.compiled = bool(cfg.compile)
+        if self.compiled and not can_compile(device):
+            need = "a C++ compiler (g++ or clang++)" if torch.device(device).type == "cpu" else "Triton"
+            raise FlagError(f"--compile true: torch.compile needs {need} here; install it or pass --compile false")
         if self.compiled:
             t = time.perf_counter()
             self.forward = torch.compile(self.forward, dynamic=True)

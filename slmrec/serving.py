@@ -234,17 +234,21 @@ def _error(status, message):
 
 def configs(flags: dict):
     """(ServeConfig, InferenceConfig) from serve.py's flags, torch's threads set; a server compiles its scoring
-    path unless told not."""
-    from .inference import InferenceConfig
+    path where inductor can build kernels, unless told not."""
+    import torch
+
+    from .inference import InferenceConfig, can_compile
     from .utils import split_flags
 
     sflags, iflags = split_flags(flags, ServeConfig, InferenceConfig)
     cfg = ServeConfig(**sflags)
     if cfg.threads:
-        import torch
-
         torch.set_num_threads(cfg.threads)
-    return cfg, InferenceConfig(**{"compile": True, **iflags})
+    if "compile" not in iflags:
+        iflags["compile"] = can_compile("cuda" if torch.cuda.is_available() else "cpu")
+        if not iflags["compile"]:
+            log.warning("no C++ compiler (or Triton) for torch.compile: serving on the uncompiled path")
+    return cfg, InferenceConfig(**iflags)
 
 
 def app_from_env() -> FastAPI:

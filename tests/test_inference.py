@@ -91,6 +91,22 @@ def test_compiled_path_scores_as_eager_and_never_recompiles():
     torch.testing.assert_close(out[3], ref[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_without_a_cpp_compiler_nothing_compiles_by_default_and_asking_is_one_line(monkeypatch):
+    """inductor builds C++ on a CPU: where no compiler is installed, the defaults (a large evaluation, serve.py)
+    stay uncompiled instead of failing at their first batch, and --compile true is a flag error before any work."""
+    import slmrec.inference as inference
+    from slmrec.serving import configs
+
+    monkeypatch.setattr(inference.shutil, "which", lambda name: None)
+    cfg = inference.auto_compile(InferenceConfig(precision="bf16"), 10**6, "cpu")
+    assert cfg.compile is False and configs({})[1].compile is False
+    with pytest.raises(FlagError, match="C\\+\\+ compiler"):
+        FastELLMRec(random_ellmrec(20), InferenceConfig(precision="fp32", compile=True))
+    monkeypatch.undo()
+    assert inference.auto_compile(InferenceConfig(precision="bf16"), 10**6, "cpu").compile is True
+    assert inference.auto_compile(InferenceConfig(precision="bf16"), 10, "cpu").compile is False
+
+
 def test_a_second_compiled_scorer_scores_with_its_own_weights():
     """Validation builds a compiled scorer on new weights every time and may reuse the compiled graph: its scores
     must be those of its own weights, not the first scorer's."""
