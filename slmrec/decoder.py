@@ -117,16 +117,14 @@ class Decoder(nn.Module):
             q = rotate(q.view(B, T, H, D).transpose(1, 2), cos, sin)
             k = rotate(k.view(B, T, KV, D).transpose(1, 2), cos, sin)
             v = v.view(B, T, KV, D).transpose(1, 2)
+            mask = causal[None, None, None]  # [1, 1, 1, T, keys]
             if read is None:
                 prefix_kv.append((k, v))
                 if last:
                     return prefix_kv
-                mask = causal[None, None, None]  # [1, 1, 1, T, keys]
             else:
-                pk, pv = w.prefix_k, w.prefix_v
-                k = torch.cat([pk.expand(B, -1, -1, -1), k], 2)
-                v = torch.cat([pv.expand(B, -1, -1, -1), v], 2)
-                mask = causal[None, None, None]
+                k = torch.cat([w.prefix_k.expand(B, -1, -1, -1), k], 2)
+                v = torch.cat([w.prefix_v.expand(B, -1, -1, -1), v], 2)
                 if last:  # only the read row goes on: its query, its residual, the keys up to its position
                     rows = torch.arange(B, device=x.device)
                     q, x = q[rows, :, read][:, :, None], x[rows, read][:, None]

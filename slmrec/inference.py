@@ -8,7 +8,8 @@ The fast path (FastELLMRec) computes what ELLMRec.score computes, laid out for i
     those of training (the instruction from 0, the items after it);
   - LoRA merged into the base weights, the LM held in the compute dtype (bf16 where the hardware has it:
     no per-call weight casts, a bf16 residual stream), torch.inference_mode;
-  - on a CPU, transformers' eager attention instead of torch's SDPA kernel (faster there for these short rows);
+  - the LM pass through the project's LLaMA forward (slmrec/decoder.py) where the LM is LLaMA-shaped, else
+    transformers' own (TransformersForward); optionally compiled with torch.compile (InferenceConfig.compile);
   - optionally int8 weights (torch's dynamic quantisation, CPU) with fp32 activations.
 Batches are grouped by history length by Recommender and metrics.evaluate(by_length=True), so little is spent
 on padding. Each option can be switched off, so benchmarks/inference_speed.py measures them one by one.
@@ -123,10 +124,9 @@ class FastELLMRec:
             model.base_lm().to(self.dtype)
         else:
             model.cast_frozen(self.dtype)
-        self.lm = model.lm
         if cfg.attention != "keep":
             model.base_lm().set_attn_implementation(cfg.attention)
-        table = self.lm.get_input_embeddings()
+        table = model.lm.get_input_embeddings()
         with torch.inference_mode(), autocast(device, self.dtype):
             prefix = table(model.prefix_ids)
             self.suffix = table(model.suffix_ids) if model.cfg.readout == "response" else prefix[:0]

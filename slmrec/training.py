@@ -170,9 +170,9 @@ class SmallCheckpoints(Trainer):
 
 def ranking(model, precision, device, users=0) -> dict:
     """evaluate()'s scorer and batching for validation and test during training. An E-LLMRec scores through the
-    prefix-cached path (FastELLMRec: the instruction's keys and values once, batches of similar history length),
-    which gives ELLMRec.score's ranks (tests/test_inference.py) at 2.1-2.4x the users/s
-    (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
+    fast path (FastELLMRec: the instruction's keys and values once, batches of similar history length, the
+    project's LLaMA forward with LoRA folded into copies), which gives ELLMRec.score's ranks in fp32 within
+    rounding (tests/test_inference.py) at 3.6x the users/s in bf16 (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
     it trains (LoRA not merged, weights in their dtype, its attention kept), compiled for `users` histories where
     inference.auto_compile says it pays. Other models score with model.score."""
     if isinstance(model, ELLMRec):
