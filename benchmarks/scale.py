@@ -3,6 +3,7 @@ users, 376,858 items, 11.3 M interactions after the protocol), with the wall tim
 
     python benchmarks/scale.py --fractions 0.01,0.1          # 1% and 10% of Clothing
     python benchmarks/scale.py --fractions 1.0 --stages prepare,open
+    python benchmarks/scale.py --fractions 5.0 --stages prepare,open --negatives 99   # 5x Clothing's lines
 
 It writes an Amazon-shaped ratings file (item,user,rating,timestamp; users with at least 5 ratings above 3, ~9
 on average; Zipf-like item popularity; 10% of ratings at 3 or below and 1% repeated pairs, as Amazon's), then
@@ -12,7 +13,8 @@ runs each stage in a fresh process, so its peak RSS is its own:
     open         PreparedData (what every script does first)
     sasrec_step  SASRec training steps at the default batch (128), forward and backward
     sasrec_valid a validation pass as training runs it (the stored candidates)
-    sasrec_test  a test pass (the stored candidates and full ranking over all items)
+    sasrec_test  a test pass (the stored candidates and full ranking over all items), with the floors its full
+                 ranking has on this machine (arithmetic and memory bandwidth)
     ellmrec_step an E-LLMRec (teacher) step on a random tiny LM, batch 16
     recommend    recommend.py --user for one user of the dataset (a SASRec checkpoint: random weights time the
                  same as trained ones), from the start of the command
@@ -121,7 +123,27 @@ def time_serving(name, data, prepared):
         return {"seconds": ready, "request_ms": (time.perf_counter() - t) * 1000}
 
 
-def stage(name, source, prepared, steps=5):
+def machine_rates():
+    """(FLOP/s of a large fp32 matmul, bytes/s a 1 GiB copy moves, read plus write) on this machine: the floors
+    of ranking among all items are its arithmetic (2 d |I| FLOPs per user) and its score matrix written and read
+    once (8 |I| bytes per user). Measured in the parent process, so no stage's peak RSS includes them."""
+    import torch
+
+    a = torch.randn(2048, 2048)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    flops = 5 * 2 * 2048**3 / (time.perf_counter() - t)
+    x = np.ones(2**28, np.float32)
+    y = np.empty_like(x)
+    np.copyto(y, x)
+    t = time.perf_counter()
+    np.copyto(y, x)
+    return flops, 2 * x.nbytes / (time.perf_counter() - t)
+
+
+def stage(name, source, prepared, negatives="999", steps=5):
     """One stage in this process: prints {"seconds", "peak_rss_mb", ...} as its last line."""
     import torch
 
@@ -131,7 +153,7 @@ def stage(name, source, prepared, steps=5):
         from slmrec.data import PrepareConfig, prepare
 
         t = time.perf_counter()
-        stats = prepare(PrepareConfig(source), prepared)
+        stats = prepare(PrepareConfig(source, num_negatives=int(negatives)), prepared)
         out = {"seconds": time.perf_counter() - t, **{k: stats[k] for k in ("users", "items", "interactions",
                                                                           "lines_read")}}
         out["dataset_mb"] = sum(f.stat().st_size for f in Path(prepared).iterdir()) / 2**20
@@ -159,20 +181,27 @@ def stage(name, source, prepared, steps=5):
         elif name in ("recommend", "serve"):
             out = time_serving(name, data, Path(prepared))
         else:
+            from slmrec.training import ranking
+
             model = build_seqrec(SeqRecConfig(data.num_items)).eval()
             full = name == "sasrec_test"
             t = time.perf_counter()
-            evaluate(model.score, data, "test" if full else "valid", 50, 256, full=full,
-                     candidate_fn=None if full else model.score_candidates, progress=True)
+            evaluate(data=data, split="test" if full else "valid", max_len=50, batch_size=256, full=full,
+                     progress=True, **ranking(model, "fp32", "cpu"))
             seconds = time.perf_counter() - t
-            out = {"seconds": seconds, "users_per_s": data.num_users / seconds}
+            out = {"seconds": seconds, "users_per_s": data.num_users / seconds,
+                   "us_per_user": seconds / data.num_users * 1e6}
+            if full:
+                out.update(ranked_items=data.num_items, hidden=model.cfg.hidden_size)
     out["peak_rss_mb"] = peak_mb()
     print(json.dumps(out))
 
 
-def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
+def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, negatives: int = 999):
     """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: a folder that keeps the
-    ratings files between runs (each prepared dataset is made afresh), else a temporary one."""
+    ratings files between runs (each prepared dataset is made afresh), else a temporary one; negatives: the
+    stored candidates' negatives per user and split (fewer where 1,000 would not fit the disk: 43 GB at 5x
+    Clothing's users)."""
     from slmrec.utils import hardware
 
     wanted = list(stages) if isinstance(stages, (list, tuple)) else [s.strip() for s in stages.split(",") if s.strip()]
@@ -197,7 +226,7 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
             for name in wanted:
                 if name != "prepare" and not prepared.is_dir():
                     continue
-                res = subprocess.run([sys.executable, __file__, "stage", name, str(src), str(prepared)],
+                res = subprocess.run([sys.executable, __file__, "stage", name, str(src), str(prepared), str(negatives)],
                                      capture_output=True, text=True)
                 if res.returncode != 0:
                     rows.append((f, name, {"error": res.stderr.strip().splitlines()[-1][:120]}))
@@ -208,10 +237,18 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
         if not workdir:
             shutil.rmtree(root, ignore_errors=True)
     print(hardware())
+    if any("ranked_items" in r for _, _, r in rows):
+        flops, bandwidth = machine_rates()
+        print(f"fp32 matmul {flops / 1e12:.3f} TFLOP/s, copy {bandwidth / 1e9:.0f} GB/s (read plus write)")
+        for _, _, r in rows:
+            if "ranked_items" in r:
+                d, items = r.pop("hidden"), r.pop("ranked_items")
+                r.update(floor_us_arithmetic=2 * d * items / flops * 1e6, floor_us_bandwidth=8 * items / bandwidth * 1e6)
     print("| fraction | stage | seconds | peak RSS MB | notes |")
     print("|---|---|---|---|---|")
     for f, name, r in rows:
-        notes = ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in r.items()
+        notes = ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) and abs(v) >= 100 else
+                          f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
                           if k not in ("seconds", "peak_rss_mb") and v is not None)
         sec = f"{r['seconds']:.3f}" if "seconds" in r else "-"
         rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
@@ -220,6 +257,6 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None):
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "stage":
-        stage(*sys.argv[2:5])
+        stage(*sys.argv[2:6])
     else:
         run(main)

@@ -870,3 +870,12 @@ def left_pad(seqs, length):
         if len(s):
             out[r, length - len(s):] = s
     return out
+
+
+def trim_padding(history, *aligned):
+    """Drop the columns that are padding in every row of a left-padded batch (and the same columns of the
+    aligned tensors): a batch costs its own longest history, not max_len. The models' position ids are
+    counted from the right end (SASRec) or from the mask (E-LLMRec), so the scores agree with the untrimmed
+    batch's to rounding."""
+    keep = max(int((history != 0).sum(1).max()), 1)
+    return (history[:, -keep:], *(a[:, -keep:] for a in aligned))

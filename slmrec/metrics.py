@@ -8,10 +8,12 @@ below everything (as -inf, and ties count against it): a broken model can never 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from tqdm.auto import tqdm
 
 from .data import history_batches, left_pad
+from .utils import empty_huge
 
 KS = (1, 5, 10)
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -39,6 +41,83 @@ def full_ranks(scores: torch.Tensor, positives: torch.Tensor, exclude: torch.Ten
     return ahead - ((scores.gather(1, exclude) >= pos) & listed).sum(1, dtype=torch.int32)
 
 
+def matrix_ranks(scores, candidates, exclude=None):
+    """(candidate ranks, full ranks or None) under scores [B, items+1] (candidate_ranks; full_ranks where
+    `exclude` is given); a NaN score counts as -inf."""
+    scores = scores.float()
+    if scores.isnan().any():  # a NaN ranks as -inf: below everything, ties against it (a pass less when none)
+        scores = scores.masked_fill(scores.isnan(), float("-inf"))
+    return (candidate_ranks(scores, candidates),
+            None if exclude is None else full_ranks(scores, candidates[:, 0], exclude))
+
+
+# Items per block when ranking among all items from factors: a block's scores for a batch of users (128 x 4,096
+# floats, 2 MB) are compared while they are in cache, instead of a [B, |I|] matrix written out and read back.
+RANK_BLOCK = 4096
+# Floats of candidate vectors gathered at a time (8 MB): read back from cache by the dot products.
+GATHER_FLOATS = 1 << 21
+# Up to this many items per stored candidate, the candidates' scores are taken from the whole score matrix:
+# gathering C item vectors per user costs more than a matmul over a catalogue of up to ~16 C items.
+MATRIX_ITEMS_PER_CANDIDATE = 16
+
+
+class FactoredRanking:
+    """matrix_ranks of the scores h [B, d] @ items.T [d, items+1] (column 0, padding, never competes) without
+    their [B, items+1] matrix on a large catalogue: the candidates' scores from their gathered vectors (C dot
+    products per user), the full ranks a block of items at a time (blocked_full_ranks). A catalogue of one block scores as one matrix, as before.
+    Made once per pass: the table is copied into huge pages, and the gathered vectors go to one scratch buffer
+    there (torch's own gathers page-fault a new buffer each time: 2-3x slower on an AMD EPYC)."""
+
+    def __init__(self, items):
+        self.items, self.scratch = items.detach().float(), None
+        if self.items.device.type == "cpu" and self.items.nbytes >= 1 << 21:
+            self.items = empty_huge(self.items.shape).copy_(self.items)
+
+    def __call__(self, h, candidates, exclude=None):
+        h, table, C = h.float(), self.items, candidates.shape[1]
+        if table.shape[0] - 1 <= (RANK_BLOCK if exclude is not None else MATRIX_ITEMS_PER_CANDIDATE * C):
+            scores = h @ table.T
+            scores[:, 0] = float("-inf")
+            return matrix_ranks(scores, candidates, exclude)
+        rows = max(1, GATHER_FLOATS // (C * h.shape[1]))
+        if self.scratch is None or self.scratch.shape[0] < rows * C or self.scratch.device != h.device:
+            self.scratch = (empty_huge((rows * C, h.shape[1])) if h.device.type == "cpu"
+                            else torch.empty(rows * C, h.shape[1], device=h.device))
+        s = torch.empty(candidates.shape, device=h.device)
+        for i in range(0, len(h), rows):
+            c = candidates[i:i + rows]
+            vectors = torch.index_select(table, 0, c.flatten(), out=self.scratch[:c.numel()]).view(*c.shape, -1)
+            s[i:i + rows] = torch.einsum("bd,bcd->bc", h[i:i + rows], vectors)
+        s = s.masked_fill((candidates == 0) | s.isnan(), float("-inf"))
+        local = torch.arange(C, device=s.device).expand_as(s)  # column j scores candidate j
+        return (candidate_ranks(s, local, candidates),
+                None if exclude is None else blocked_full_ranks(h, table, candidates[:, 0], exclude, RANK_BLOCK))
+
+
+def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
+    """full_ranks of h @ table.T, RANK_BLOCK items at a time, each block counted while in cache. The positive and
+    the excluded items are counted out with their own block's scores, so a rank counts the other items exactly
+    as the blocks scored them; the positive's score comes from a [B, B] product of the same kind (equal to its
+    block's score but for the last bit, which only a tie at that bit would notice)."""
+    n_items = table.shape[0] - 1
+    pos = torch.mm(h, table[positives].T).diagonal()[:, None]
+    pos = pos.masked_fill(pos.isnan(), float("-inf"))
+    listed = torch.cat([positives[:, None], exclude.masked_fill(exclude == positives[:, None], 0)], 1)
+    # Each listed item's block and column in it (padding, 0, in no block), found once for all blocks.
+    where, column = (listed - 1).div(block, rounding_mode="floor"), (listed - 1) % block
+    ahead = torch.zeros(len(h), dtype=torch.int32, device=h.device)
+    for b, start in enumerate(range(1, n_items + 1, block)):
+        s = h @ table[start:start + block].T  # a NaN compares false: below a finite positive, as -inf would
+        ahead += (s >= pos).sum(1, dtype=torch.int32)
+        inside = where == b
+        if start + block > n_items:  # the last block may be narrower than the columns of the others
+            column = column.clamp(max=s.shape[1] - 1)
+        ahead -= ((s.gather(1, column) >= pos) & inside).sum(1, dtype=torch.int32)
+    # A positive scoring -inf (or NaN) has every other item ahead of it, NaN ones included.
+    everyone = n_items - (listed > 0).sum(1, dtype=torch.int32)
+    return torch.where(pos[:, 0] == float("-inf"), everyone, ahead)
+
+
 def metrics_from_ranks(ranks) -> dict:
     r = torch.as_tensor(ranks, dtype=torch.float64)
     out = {f"HR@{k}": (r < k).double().mean().item() for k in KS}
@@ -51,39 +130,38 @@ def metrics_from_ranks(ranks) -> dict:
 
 @torch.no_grad()
 def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device="cpu", by_length=False, full=True,
-               candidate_fn=None, progress=False):
+               user_fn=None, items=None, progress=False):
     """{name: (candidate ranks, full ranks or None)} per user. score_fn(LongTensor [B, max_len] left-padded)
     returns scores [B, items+1], or a dict of them (several scorings from one forward pass); a tensor is named
-    None. full: also rank among all items (else only the stored candidates); candidate_fn(history, candidates
-    [B, C]) -> scores [B, C]: the stored candidates scored alone, used when not full (scoring every item costs
-    |I| dot products per user, the candidates 1,000). by_length: batch users of similar history length together
-    (less padding); ranks still follow `users`."""
+    None. full: also rank among all items (else only the stored candidates). For models whose scores are user
+    states times an item table, user_fn(history) -> [B, d] and items [items+1, d] are used instead of score_fn:
+    the candidates cost C dot products per user and full ranking never holds the [B, items] matrix
+    (FactoredRanking). by_length: batch users of similar history length together (less padding); ranks still
+    follow `users`."""
     users = np.asarray(users)
     cand_r, full_r, order = {}, {}, []
     batches = history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length)
     bar = tqdm(total=len(users), desc=f"ranking {split}", unit="user", disable=not progress, leave=False)
+    factored = FactoredRanking(items) if user_fn is not None else None
     for idx, padded in batches:
         us = users[idx]
         order.append(idx)
         history = torch.from_numpy(padded).to(device)
         cand = torch.from_numpy(data.candidate_rows(split, us)).to(device)
-        if not full and candidate_fn is not None:
-            out = {None: candidate_fn(history, cand)}
-            local = torch.arange(cand.shape[1], device=device).expand_as(cand)  # column j scores candidate j
-        else:
-            out = score_fn(history)
-            out = out if isinstance(out, dict) else {None: out}
-            local = cand
+        seen = None
         if full:  # the users' whole sequences, left out of their full ranking
             seqs = [data.sequences[u] for u in us]
             seen = torch.from_numpy(left_pad(seqs, max(map(len, seqs)))).to(device)
-        for name, scores in out.items():
-            scores = scores.float()
-            if scores.isnan().any():  # a NaN ranks as -inf: below everything, ties against it (a pass less when none)
-                scores = scores.masked_fill(scores.isnan(), float("-inf"))
-            cand_r.setdefault(name, []).append(candidate_ranks(scores, local, cand).cpu())
+        if user_fn is not None:
+            ranked = {None: factored(user_fn(history), cand, seen)}
+        else:
+            out = score_fn(history)
+            ranked = {name: matrix_ranks(s, cand, seen) for name, s in (out if isinstance(out, dict)
+                                                                           else {None: out}).items()}
+        for name, (c, f) in ranked.items():
+            cand_r.setdefault(name, []).append(c.cpu())
             if full:
-                full_r.setdefault(name, []).append(full_ranks(scores, cand[:, 0], seen.to(scores.device)).cpu())
+                full_r.setdefault(name, []).append(f.cpu())
         bar.update(len(us))
     bar.close()
     back = np.argsort(np.concatenate(order))  # from batch order to the order of `users`
@@ -92,7 +170,7 @@ def rank_users(score_fn, data, split, users, max_len=50, batch_size=128, device=
 
 
 def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", per_user=False, by_length=False,
-             full=True, candidate_fn=None, progress=False) -> dict:
+             full=True, user_fn=None, items=None, progress=False) -> dict:
     """Metrics on `split` ("valid" or "test") for every user (a dict of them per name when score_fn returns
     a dict): on the stored candidates, and with `full` under "full" among all items too (rank_users); under
     torch.distributed each rank scores a share of the users and the ranks are gathered, so every rank returns
@@ -101,8 +179,8 @@ def evaluate(score_fn, data, split, max_len=50, batch_size=128, device="cpu", pe
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         users = users[dist.get_rank()::world]
-    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device, by_length, full, candidate_fn,
-                       progress)
+    ranks = rank_users(score_fn, data, split, users, max_len, batch_size, device, by_length, full, user_fn,
+                       items, progress)
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, (users, ranks))

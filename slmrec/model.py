@@ -28,6 +28,7 @@ from torch import nn
 
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
+from .data import trim_padding
 from .precision import compute_dtype
 from .utils import FlagError
 
@@ -269,14 +270,6 @@ def take_columns(x, index):
     """x [B, T, d] rearranged along T: row b's column j is x[b, index[b, j]]. Both prompt layouts (training's
     here, padding first; the fast path's, padding last after a cached instruction) are built with it."""
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def trim_padding(history, *aligned):
-    """Drop the columns that are padding in every row of a left-padded batch (and the same columns of the
-    aligned tensors): a batch costs its own longest history, not max_len. Position ids come from the mask,
-    so the scores do not change."""
-    keep = max(int((history != 0).sum(1).max()), 1)
-    return (history[:, -keep:], *(a[:, -keep:] for a in aligned))
 
 
 def check_same_data(cfg: ELLMRecConfig, data, where):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import trim_padding
 from .utils import FlagError, check_memory
 
 
@@ -53,7 +54,8 @@ def item_cross_entropy(h, items, targets):
     """Mean cross-entropy of rows h [n, d] over the items [|I|, d] (padding left out), targets 0..|I|-1: what
     F.cross_entropy(h @ items.T, targets) gives, in chunks of rows of CHUNKED_LOSS_SCORES / |I| rows. The chunk
     is set, not left to "auto", which on a CPU chose a path 9x slower (8.5 s against 0.9 s for 746 rows over
-    340 k items, AMD Zen 5, fp32; the full-logit loss took 1.9 s there)."""
+    340 k items, AMD Zen 5, fp32; the full-logit loss took 1.9 s there). A loss computing its gradients in the
+    forward pass (three matmuls a chunk, not four) was slower still here: benchmarks/item_loss.py."""
     rows = max(1, CHUNKED_LOSS_SCORES // items.shape[0])
     return F.linear_cross_entropy(h, items, targets, options=nn.LinearCrossEntropyOptions(batch_chunk_size=rows))
 
@@ -98,30 +100,30 @@ class SeqRec(nn.Module):
         return out
 
     def forward(self, input_ids, labels):
-        h = self.hidden(input_ids)
         if self.cfg.negatives:
+            h = self.hidden(input_ids)
             rows = labels != 0
             return {"loss": sampled_cross_entropy(h[rows], self.item_table(), labels[rows], self.cfg.negatives)}
         if labels.numel() * self.cfg.num_items <= CHUNKED_LOSS_SCORES:
             # Every position's scores, padding included: cheap on a small catalogue, and the computation the
             # recorded ml-100k runs were trained with (the other path agrees to rounding, not bit for bit).
+            h = self.hidden(input_ids)
             return {"loss": F.cross_entropy(self.logits(h).flatten(0, 1), labels.flatten(), ignore_index=0)}
-        # The positions that carry a label only (on Amazon-sized data 13% of a padded window), in chunks.
+        # A large catalogue (Amazon-sized data, where 87% of a padded window is padding): the batch's columns that
+        # are padding in every window dropped (positions count from the right end, so only rounding changes),
+        # then the positions that carry a label only, in chunks.
+        input_ids, labels = trim_padding(input_ids, labels)
+        h = self.hidden(input_ids)
         rows = labels != 0
         return {"loss": item_cross_entropy(h[rows], self.item_table()[1:], labels[rows] - 1)}
 
-    def score(self, history):
-        return self.logits(self.hidden(history)[:, -1])
+    def user_states(self, history):
+        """[B, d]: the state after each left-padded history, computed over the batch's longest history only
+        (on Amazon-sized data most of a 50-item window is padding)."""
+        return self.hidden(trim_padding(history)[0])[:, -1]
 
-    def score_candidates(self, history, candidates):
-        """[B, C] scores of candidates [B, C] (item 0, no candidate, scores -inf), as score() gives them: on a
-        catalogue much larger than C, C dot products per user instead of |I| (gathering C item vectors per user
-        costs more than a matmul over a catalogue of up to ~16 C items, where score() is gathered from)."""
-        if self.cfg.num_items <= 16 * candidates.shape[1]:
-            return self.score(history).gather(1, candidates)
-        h = self.hidden(history)[:, -1]
-        out = torch.einsum("bd,bcd->bc", h, self.item_table()[candidates])
-        return out.masked_fill(candidates == 0, float("-inf"))
+    def score(self, history):
+        return self.logits(self.user_states(history))
 
     def item_table(self):
         return self.item_embedding.weight[: self.cfg.num_items + 1]
@@ -147,7 +149,8 @@ class SASRec(SeqRec):
 
     def hidden(self, seq):
         B, L = seq.shape
-        pos = torch.arange(L, device=seq.device)
+        # Positions count from the window's right end, so a batch trimmed of its padding scores as the full one.
+        pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device)
         x = self.item_embedding(seq) * math.sqrt(self.cfg.hidden_size) + self.position_embedding(pos)
         x = self.dropout(x)
         # A position attends to real items (earlier ones only when causal) and always to itself, so padded
@@ -182,9 +185,9 @@ class BERT4Rec(SASRec):
         targets = torch.where(masked, seq, torch.zeros_like(seq))
         return super().forward(inputs, targets)
 
-    def score(self, history):
+    def user_states(self, history):
         shifted = torch.cat([history[:, 1:], torch.full_like(history[:, :1], self.mask_id)], dim=1)
-        return super().score(shifted)
+        return super().user_states(shifted)
 
 
 class GRU4Rec(SeqRec):

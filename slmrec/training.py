@@ -174,12 +174,13 @@ def ranking(model, precision, device, users=0) -> dict:
     project's LLaMA forward with LoRA folded into copies), which gives ELLMRec.score's ranks in fp32 within
     rounding (tests/test_inference.py) at 3.6x the users/s in bf16 (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
     it trains (LoRA not merged, weights in their dtype, its attention kept), compiled for `users` histories where
-    inference.auto_compile says it pays. Other models score with model.score."""
+    inference.auto_compile says it pays. SASRec, GRU4Rec and BERT4Rec rank from their user states and item table
+(metrics.FactoredRanking), in batches of similar history length trimmed of their padding."""
     if isinstance(model, ELLMRec):
         cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
         cfg = auto_compile(cfg, users, device)
         return dict(score_fn=FastELLMRec(model, cfg, torch.device(device).type), by_length=True)
-    return dict(score_fn=model.score, candidate_fn=model.score_candidates)
+    return dict(score_fn=model.score, user_fn=model.user_states, items=model.item_table(), by_length=True)
 
 
 class RecTrainer(SmallCheckpoints):

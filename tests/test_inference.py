@@ -161,7 +161,9 @@ def test_training_ranks_through_the_fast_path_and_leaves_the_model_as_it_trains(
     (l0, g0), (l1, g1) = step(random_ellmrec(tiny_dataset.num_items)), step(model)
     assert torch.equal(l0, l1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
     sasrec = build_seqrec(SeqRecConfig(tiny_dataset.num_items))
-    assert ranking(sasrec, "fp32", "cpu") == dict(score_fn=sasrec.score, candidate_fn=sasrec.score_candidates)
+    plain = ranking(sasrec, "fp32", "cpu")
+    assert plain.keys() == {"score_fn", "user_fn", "items", "by_length"} and plain["by_length"]
+    assert plain["user_fn"] == sasrec.user_states and torch.equal(plain["items"], sasrec.item_table())
 
 
 @pytest.mark.exactness

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG
 
-from slmrec.metrics import candidate_ranks, evaluate, full_ranks, metrics_from_ranks
+from slmrec import metrics
+from slmrec.metrics import blocked_full_ranks, candidate_ranks, evaluate, full_ranks, metrics_from_ranks
 
 
 def reference(scores, candidates):
@@ -83,14 +84,56 @@ def test_full_ranks_equal_the_masked_count_by_hand():
     assert full_ranks(scores, positives, unique).tolist() == expected
 
 
-def test_candidates_scored_alone_rank_as_from_all_scores(tiny_dataset):
-    g = torch.Generator().manual_seed(0)
-    table = torch.randn(tiny_dataset.num_items + 1, 4, generator=g)
-    state = lambda h: table[h[:, -1]] + 0.1 * table[h[:, -2]]  # noqa: E731 (a toy user state)
-    full = evaluate(lambda h: state(h) @ table.T, tiny_dataset, "valid", 6, 7, per_user=True)
-    alone = evaluate(None, tiny_dataset, "valid", 6, 7, per_user=True, full=False,
-                     candidate_fn=lambda h, c: (table[c] * state(h)[:, None]).sum(-1))
-    assert alone["ranks"]["candidates"] == full["ranks"]["candidates"] and "full" not in alone
+def integer_factors(items, d=3, seed=0):
+    """An item table and a toy user state with small integer values: every score is an exact integer in fp32
+    whatever the kernel, so two ways of scoring must rank alike bit for bit, ties (everywhere here) included."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randint(-2, 3, (items + 1, d), generator=g).float()
+    return table, lambda h: table[h[:, -1]] + 2 * table[h[:, -2]]
+
+
+def test_blocked_full_ranks_count_as_the_score_matrix():
+    g = torch.Generator().manual_seed(1)
+    B, items = 64, 50
+    table, _ = integer_factors(items)
+    table[7] = float("nan")  # an item the model cannot score
+    h = torch.randint(-2, 3, (B, 3), generator=g).float()
+    h[5] = float("nan")  # a user whose positive scores NaN: everything is ahead of it
+    positives = torch.randint(1, items + 1, (B,), generator=g)
+    positives[9] = 7
+    history = torch.stack([torch.randperm(items, generator=g)[:12] + 1 for _ in range(B)])
+    history[:, :3] = 0  # left padding
+    history[::4, -1] = positives[::4]  # the positive listed among the excluded items
+    scores = h @ table.T
+    scores[:, 0] = float("-inf")
+    expected = full_ranks(scores.masked_fill(scores.isnan(), float("-inf")), positives, history)
+    for r in (5, 9):  # everything not excluded is ahead of a positive scoring NaN
+        assert expected[r] == items - 1 - 9 + bool(positives[r] in history[r])
+    for block in (1, 7, 16, items, 1000):
+        assert torch.equal(blocked_full_ranks(h, table, positives, history, block), expected), block
+    table[3] += 1  # one item scored otherwise: the ranks move
+    assert not torch.equal(blocked_full_ranks(h, table, positives, history, 7), expected)
+
+
+@pytest.mark.parametrize("paths", ["matrix", "gathered and blocked"])
+def test_ranking_from_factors_as_from_all_scores(tiny_dataset, monkeypatch, paths):
+    """evaluate with user_fn and items (what SASRec and the others use) against evaluate on their score
+    matrix, on both of FactoredRanking's paths: the whole matrix (a small catalogue), and the candidates'
+    gathered vectors with full ranking a few items at a time."""
+    if paths != "matrix":
+        monkeypatch.setattr(metrics, "MATRIX_ITEMS_PER_CANDIDATE", 0)
+        monkeypatch.setattr(metrics, "RANK_BLOCK", 4)
+        monkeypatch.setattr(metrics, "GATHER_FLOATS", 20)
+    table, state = integer_factors(tiny_dataset.num_items)
+    for split in ("valid", "test"):
+        plain = evaluate(lambda h: state(h) @ table.T, tiny_dataset, split, 6, 7, per_user=True)
+        factored = evaluate(None, tiny_dataset, split, 6, 7, per_user=True, user_fn=state, items=table,
+                            by_length=True)
+        alone = evaluate(None, tiny_dataset, split, 6, 7, per_user=True, full=False, user_fn=state, items=table)
+        assert factored["ranks"] == plain["ranks"] and factored["full"] == plain["full"]
+        assert alone["ranks"]["candidates"] == plain["ranks"]["candidates"] and "full" not in alone
+    wrong = evaluate(None, tiny_dataset, "test", 6, 7, per_user=True, user_fn=lambda h: state(h) + 1, items=table)
+    assert wrong["ranks"] != plain["ranks"]
 
 
 def test_evaluate_on_a_prepared_dataset(tiny_dataset):
@@ -111,3 +154,11 @@ def test_evaluate_on_a_prepared_dataset(tiny_dataset):
     # full ranking leaves out the user's other history items: only the unseen items compete
     unseen = d.num_items - np.array([len(s) for s in d.sequences])
     assert flat["ranks"]["full"] == unseen.tolist()
+
+
+def test_huge_page_tensors_hold_what_is_written():
+    from slmrec.utils import empty_huge
+
+    t = torch.randn(1024, 640)
+    h = empty_huge(t.shape).copy_(t)
+    assert h.shape == t.shape and h.is_contiguous() and torch.equal(h, t)

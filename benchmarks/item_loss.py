@@ -1,0 +1,130 @@
+"""The item loss of a SASRec step at Amazon Clothing's shape, its implementations side by side, beside the floor
+its matmuls set, then where the rest of a step goes.
+
+    python benchmarks/item_loss.py                      # 746 labelled rows over 340,363 items, d = 64
+    python benchmarks/item_loss.py --items 34600        # a tenth of Clothing
+
+Rows: about the labelled positions of a default batch (128 windows of 50) on Amazon-shaped data. Each loss runs
+forward and backward (the seconds are the median of --repeats after a warm-up), with its peak memory above
+what the inputs hold. The floor: 3 matmuls of n x |I| x d (scores, grad of the rows, grad of the items), 6 n |I| d
+FLOPs, at the rate a large fp32 matmul reaches in the same process.
+"""
+
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmrec.cli import run
+from slmrec.seqrec import CHUNKED_LOSS_SCORES, SeqRecConfig, build_seqrec
+from slmrec.utils import hardware
+
+
+class GradientsInForward(torch.autograd.Function):
+    """The alternative measured here (not used by the project): the mean cross-entropy of h @ items.T a chunk of
+    rows at a time with the gradients computed in the forward pass while each chunk's scores exist, three
+    matmuls per chunk where a loss recomputing the scores in its backward pass does four."""
+
+    @staticmethod
+    def forward(ctx, h, items, targets, rows):
+        n = len(h)
+        loss, grad_h, grad_items = h.new_zeros(()), torch.empty_like(h), torch.zeros_like(items)
+        for i in range(0, n, rows):
+            x, t = h[i:i + rows], targets[i:i + rows]
+            scores = x @ items.T
+            lse = scores.logsumexp(1)
+            loss += (lse - scores.gather(1, t[:, None])[:, 0]).sum()
+            g = scores.sub_(lse[:, None]).exp_()  # softmax - one-hot, over n: d loss / d scores
+            g[torch.arange(len(t)), t] -= 1
+            g.div_(n)
+            grad_h[i:i + rows] = g @ items
+            grad_items.addmm_(g.T, x)
+        ctx.save_for_backward(grad_h, grad_items)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_items = ctx.saved_tensors
+        return grad_h * grad_loss, grad_items * grad_loss, None, None
+
+
+def seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def matmul_flops():
+    a = torch.randn(2048, 2048)
+    return 2 * 2048**3 / seconds(lambda: a @ a, 5)
+
+
+def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int = 5):
+    torch.manual_seed(0)
+    h = torch.randn(rows, hidden, requires_grad=True)
+    table = (0.02 * torch.randn(items, hidden)).requires_grad_()
+    targets = torch.randint(0, items, (rows,))
+    chunk = max(1, CHUNKED_LOSS_SCORES // items)
+
+    def full():
+        F.cross_entropy(h @ table.T, targets).backward()
+
+    def torch_chunked():
+        opts = nn.LinearCrossEntropyOptions(batch_chunk_size=chunk)
+        F.linear_cross_entropy(h, table, targets, options=opts).backward()
+
+    def fused():
+        GradientsInForward.apply(h, table, targets, chunk).backward()
+
+    flops = matmul_flops()
+    floor = 6 * rows * items * hidden / flops
+    print(f"{rows} rows x {items:,} items x d {hidden}; {hardware()}, fp32 matmul {flops / 1e12:.3f} TFLOP/s; "
+          f"floor (3 matmuls) {floor:.3f} s\n")
+    print("| item loss, forward + backward | seconds | x floor |")
+    print("|---|---|---|")
+    for name, fn in (("full logits (F.cross_entropy)", full), (f"F.linear_cross_entropy, chunks of {chunk} rows (the "
+                     "project's)", torch_chunked), (f"gradients in the forward pass, chunks of {chunk} rows", fused)):
+        s = seconds(fn, repeats)
+        print(f"| {name} | {s:.3f} | {s / floor:.2f} |", flush=True)
+
+    # A whole SASRec step at this shape, and its parts.
+    model = build_seqrec(SeqRecConfig(items)).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randint(1, items + 1, (128, 50))
+    # Window lengths as Amazon's (at least 5 ratings, ~9 on average, the last two held out): left padding.
+    lengths = np.minimum(50, 2 + np.random.default_rng(0).geometric(1 / 5.25, 128))
+    for r, n in enumerate(lengths):
+        x[r, : 50 - n] = 0
+    y = x.roll(-1, 1)
+    y[x == 0] = 0
+
+    def step():
+        model(x, y)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+    def forward_backward():
+        model(x, y)["loss"].backward()
+
+    s_step = seconds(step, repeats)
+    s_fb = seconds(forward_backward, repeats)
+    model.zero_grad()
+    forward_backward()
+    s_opt = seconds(opt.step, repeats)
+    n = int((y != 0).sum())
+    step_floor = 6 * n * items * hidden / flops
+    print(f"\nSASRec step, batch 128 x 50, {n} labelled positions: {s_step:.3f} s = {s_step / step_floor:.2f}x its item "
+          f"head's floor ({step_floor:.3f} s); forward + backward {s_fb:.3f} s, AdamW over "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M values {s_opt:.3f} s; peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+
+
+if __name__ == "__main__":
+    run(main)
