@@ -8,7 +8,6 @@ below everything (as -inf, and ties count against it): a broken model can never 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from tqdm.auto import tqdm
 
