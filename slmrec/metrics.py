@@ -63,9 +63,10 @@ MATRIX_ITEMS_PER_CANDIDATE = 16
 class FactoredRanking:
     """matrix_ranks of the scores h [B, d] @ items.T [d, items+1] (column 0, padding, never competes) without
     their [B, items+1] matrix on a large catalogue: the candidates' scores from their gathered vectors (C dot
-    products per user), the full ranks a block of items at a time (blocked_full_ranks). A catalogue of one block scores as one matrix, as before.
-    Made once per pass: the table is copied into huge pages, and the gathered vectors go to one scratch buffer
-    there (torch's own gathers page-fault a new buffer each time: 2-3x slower on an AMD EPYC)."""
+    products per user), the full ranks a block of items at a time (blocked_full_ranks). A catalogue of one
+    block scores as one matrix, as before. Made once per pass: the table is copied into huge pages, and the
+    gathered vectors go to one scratch buffer there (torch's own gathers page-fault a new buffer each time:
+    2-3x slower on an AMD EPYC)."""
 
     def __init__(self, items):
         self.items, self.scratch = items.detach().float(), None
