@@ -22,15 +22,17 @@ Steps, each added to the one before:
   eager attn    (a side row) transformers' eager attention instead of torch's SDPA kernel
   own forward   the project's LLaMA forward (slmrec/decoder.py): fused q/k/v and gate/up products, grouped-query
                 attention without repeated keys, only the read row through the last layer
-  compile       torch.compile of that forward (recommend.py's choice for a server or a large pass; its compile
-                time is printed)
+  blocks        each batch run in blocks of about InferenceConfig.token_block tokens (whole histories), so a
+                layer's intermediates stay in cache (every row above runs whole batches)
+  compile       torch.compile of that forward (serve.py's choice, and a large pass's; its compile time is
+                printed); a side row compiles it over whole batches
   int8          dynamic int8 weights, fp32 activations, transformers' forward (instead of bf16; CPU only)
-Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes
-(measured here at the same token count): FLOPs per user = 2 x weights in the kept layers x tokens (the
-instruction's and the history's; with the prefix cache only the history's), attention scores and the item
-head left out (under 2% here). The own forward skips work (the last layer's rows that are never read): "work
-floor" is the same for the FLOPs it does, so its share says how near the hardware it runs, and the floor's
-share what a user gets.
+Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes (measured
+here at the same token count; at batch_size, the better of the batch's token count and a block's): FLOPs per user =
+2 x weights in the kept layers x tokens (the instruction's and the history's; with the prefix cache only the
+history's), attention scores and the item head left out (under 2% here). The own forward skips work (the last
+layer's rows that are never read): "work floor" is the same for the FLOPs it does, so its share says how near the
+hardware it runs, and the floor's share what a user gets.
 """
 
 import time
@@ -141,6 +143,7 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
     row("SASRec", "fp32", users_per_second(sr_scorer, one, repeats), users_per_second(sr_scorer, big[True], repeats))
 
     summary = {}
+    block = InferenceConfig(precision=precision).token_block
     for n in parse_ints(layers):
         model = build(base_model, n, dataset.num_items, max_len).to(DEVICE)
         P = len(model.prefix_ids)
@@ -148,8 +151,10 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         weights = sum(i * o for i, o in shapes)
         floors = {}
         for kind, d in (("compute", dtype or torch.float32), ("fp32", torch.float32)):
-            for batch, tokens in (("1", P + hist_tokens), ("big", batch_size * (P + hist_tokens))):
-                floors[kind, batch] = matmul_flops(shapes, int(tokens), d)
+            floors[kind, "1"] = matmul_flops(shapes, int(P + hist_tokens), d)
+            # the better of a whole batch's token count and a block's: the paths run either
+            floors[kind, "big"] = max(matmul_flops(shapes, int(batch_size * (P + hist_tokens)), d),
+                                      matmul_flops(shapes, min(block, int(batch_size * (P + hist_tokens))), d))
         full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
         # the own forward: the last layer's k and v for every token, its other products for the read row only
         c = model.base_lm().config
@@ -171,20 +176,25 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         model.merge_lora()
         timed("+ merged LoRA", plain, False)
         timed("+ batches by length", plain, True)
-        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(precision=precision, residual="fp32",
-                                                                  decoder=False), DEVICE), True, flops=cached)
+        whole = dict(precision=precision, token_block=0)
+        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(**whole, residual="fp32", decoder=False), DEVICE),
+              True, flops=cached)
         timed("transformers' eager attention instead of SDPA", FastELLMRec(model, InferenceConfig(
-            precision=precision, decoder=False, attention="eager"), DEVICE), True, flops=cached)
+            **whole, decoder=False, attention="eager"), DEVICE), True, flops=cached)
         transformers = timed("+ bf16 residual stream (SDPA)", FastELLMRec(model, InferenceConfig(
-            precision=precision, decoder=False), DEVICE), True, flops=cached)
-        own = FastELLMRec(model, InferenceConfig(precision=precision, compile=False), DEVICE)
-        eager = timed("+ own forward (recommend.py's default)", own, True, flops=cached, work=done)
+            **whole, decoder=False), DEVICE), True, flops=cached)
+        eager = timed("+ own forward", FastELLMRec(model, InferenceConfig(**whole, compile=False), DEVICE), True,
+                      flops=cached, work=done)
+        timed(f"+ blocks of {block:,} tokens (recommend.py's default)", FastELLMRec(
+            model, InferenceConfig(precision=precision, compile=False), DEVICE), True, flops=cached, work=done)
         t = time.perf_counter()
         compiled = FastELLMRec(model, InferenceConfig(precision=precision, compile=True), DEVICE)
         compile_s = time.perf_counter() - t
         fast = timed(f"+ torch.compile ({compile_s:.0f} s to compile; serve.py's default)", compiled, True,
                      flops=cached, work=done)
-        summary[n] = (base, fast, transformers, eager)
+        compiled_whole = timed("compiled, whole batches instead of blocks", FastELLMRec(
+            model, InferenceConfig(**whole, compile=True), DEVICE), True, flops=cached, work=done)
+        summary[n] = (base, fast, transformers, eager, compiled_whole)
         if int8 and DEVICE == "cpu":
             q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))
             timed("int8 weights, fp32 activations, prefix cache, by length", q, True, None)
@@ -198,9 +208,9 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         print(f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
               f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
               f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x")
-    for n, (_, fast, transformers, eager) in summary.items():
-        print(f"{n} layers: own forward {eager / transformers:.2f}x transformers' (eager both), compiled "
-              f"{fast / eager:.2f}x eager")
+    for n, (_, fast, transformers, eager, compiled_whole) in summary.items():
+        print(f"{n} layers: own forward {eager / transformers:.2f}x transformers' (whole batches, eager both), "
+              f"compiled in blocks {fast / compiled_whole:.2f}x compiled whole batches")
 
 
 def _sync():

@@ -10,6 +10,8 @@ The fast path (FastELLMRec) computes what ELLMRec.score computes, laid out for i
     no per-call weight casts, a bf16 residual stream), torch.inference_mode;
   - the LM pass through the project's LLaMA forward (slmrec/decoder.py) where the LM is LLaMA-shaped, else
     transformers' own (TransformersForward); optionally compiled with torch.compile (InferenceConfig.compile);
+  - on a CPU, a batch run in blocks of about InferenceConfig.token_block tokens, so each layer's
+    intermediates stay in cache;
   - optionally int8 weights (torch's dynamic quantisation, CPU) with fp32 activations.
 Batches are grouped by history length by Recommender and metrics.evaluate(by_length=True), so little is spent
 on padding. Each option can be switched off, so benchmarks/inference_speed.py measures them one by one.
@@ -63,6 +65,12 @@ class InferenceConfig:
     # evaluate.py and validation during training where auto_compile says it pays
     compile: bool | None = None
     batch_size: int = 128  # on the CPU, 128 scored more users/s than 64, 256 or 512 (benchmarks/README.md)
+    # On a CPU the fast path runs a batch in blocks of about this many tokens (rows of whole histories): a
+    # layer's intermediates for 1,024 tokens (6 MB for SmolLM2's MLP in bf16) stay in cache between the
+    # passes, where a batch of 128 long histories sends them through memory; the products run as fast at that
+    # size. Up to 1.3x the users/s of whole batches of 128 (benchmarks/README.md, "Inference speed"). 0: whole
+    # batches
+    token_block: int = 1024
     by_length: bool = True  # batch histories of similar length together
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
@@ -70,8 +78,9 @@ class InferenceConfig:
         if self.residual not in ("compute", "fp32") or self.attention not in ("eager", "sdpa", "keep"):
             raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention eager, sdpa or "
                             f"keep (not {self.attention!r})")
-        if self.batch_size < 1:
-            raise FlagError(f"--batch_size must be at least 1, not {self.batch_size}")
+        if self.batch_size < 1 or self.token_block < 0:
+            raise FlagError(f"--batch_size must be at least 1 (not {self.batch_size}) and --token_block at least 0 "
+                            f"(not {self.token_block})")
 
 
 def autocast(device, dtype):
@@ -113,6 +122,7 @@ class FastELLMRec:
     def __init__(self, model, cfg: InferenceConfig, device="cpu"):
         self.model, self.device = model.eval(), device
         self.dtype = compute_dtype("fp32" if cfg.int8 else cfg.precision)
+        self.token_block = cfg.token_block if torch.device(device).type == "cpu" else 0  # a GPU wants whole batches
         if cfg.merge_lora or cfg.int8:
             model.merge_lora()
         if cfg.int8:
@@ -149,12 +159,14 @@ class FastELLMRec:
         lengths = (history != 0).sum(1)
         if int(lengths.min()) == 0:
             raise DataError("an empty history cannot be scored")
-        B = history.shape[0]
+        B, L = history.shape[0], int(lengths.max())
+        rows = max(2, self.token_block // (L + self.suffix.shape[0])) if self.token_block else B
+        if B > rows:
+            return torch.cat([self(history[i:i + rows]) for i in range(0, B, rows)])
         if self.compiled and B == 1:
             # A compiled graph specialises a size of 1: one history is scored as two (at batch 1 the weights'
             # reads, not the rows, set the time), so every batch runs the one graph compiled at start-up.
             return self(history.expand(2, -1))[:1]
-        L = int(lengths.max())
         history = history[:, -L:]
         S = self.suffix.shape[0]
         with autocast(self.device, self.dtype):

@@ -43,16 +43,17 @@ def histories():
     return x
 
 
+@pytest.mark.parametrize("token_block", [1024, 8])
 @pytest.mark.parametrize("decoder", [True, False])
 @pytest.mark.parametrize("readout", ["last_item", "response"])
-def test_fast_path_equals_plain_scores(readout, decoder):
+def test_fast_path_equals_plain_scores(readout, decoder, token_block):
     """Both LM passes of the fast path (the project's LLaMA forward, transformers' own) give model.score's
-    scores within fp32 rounding."""
+    scores within fp32 rounding, whole or in blocks of rows (8 tokens: blocks of 2, 2 and 1 histories)."""
     model = random_ellmrec(20, readout=readout)
     x = histories()
     with torch.no_grad():
         ref = model.score(x)
-    fast = FastELLMRec(model, InferenceConfig(precision="fp32", decoder=decoder))  # merges LoRA, caches the prompt
+    fast = FastELLMRec(model, InferenceConfig(precision="fp32", decoder=decoder, token_block=token_block))
     assert isinstance(fast.forward, Decoder if decoder else TransformersForward)
     assert not hasattr(model.lm, "peft_config")
     torch.testing.assert_close(fast(x), ref, atol=1e-4, rtol=1e-4)
@@ -86,7 +87,10 @@ def test_compiled_path_scores_as_eager_and_never_recompiles():
     fast = FastELLMRec(random_ellmrec(20), InferenceConfig(precision="fp32", compile=True))
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = [fast(x), fast(x[:1]), fast(x[3:4]), fast(x[:1, -1:])]
+        fast.token_block = 8  # blocks of 2, 2 and 1 rows: the same graph
+        blocked = fast(x)
     torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(out[1:3]), ref[[0, 3]], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[3], ref[:1], atol=1e-5, rtol=1e-5)
 
