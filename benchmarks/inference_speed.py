@@ -151,10 +151,11 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         weights = sum(i * o for i, o in shapes)
         floors = {}
         for kind, d in (("compute", dtype or torch.float32), ("fp32", torch.float32)):
+            batch_tokens = int(batch_size * (P + hist_tokens))
             floors[kind, "1"] = matmul_flops(shapes, int(P + hist_tokens), d)
             # the better of a whole batch's token count and a block's: the paths run either
-            floors[kind, "big"] = max(matmul_flops(shapes, int(batch_size * (P + hist_tokens)), d),
-                                      matmul_flops(shapes, min(block, int(batch_size * (P + hist_tokens))), d))
+            floors[kind, "big"] = max(matmul_flops(shapes, batch_tokens, d),
+                                      matmul_flops(shapes, min(block, batch_tokens), d))
         full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
         # the own forward: the last layer's k and v for every token, its other products for the read row only
         c = model.base_lm().config

@@ -159,8 +159,8 @@ class FastELLMRec:
         lengths = (history != 0).sum(1)
         if int(lengths.min()) == 0:
             raise DataError("an empty history cannot be scored")
-        B, L = history.shape[0], int(lengths.max())
-        rows = max(2, self.token_block // (L + self.suffix.shape[0])) if self.token_block else B
+        B, L, S = history.shape[0], int(lengths.max()), self.suffix.shape[0]
+        rows = max(2, self.token_block // (L + S)) if self.token_block else B
         if B > rows:
             return torch.cat([self(history[i:i + rows]) for i in range(0, B, rows)])
         if self.compiled and B == 1:
@@ -168,7 +168,6 @@ class FastELLMRec:
             # reads, not the rows, set the time), so every batch runs the one graph compiled at start-up.
             return self(history.expand(2, -1))[:1]
         history = history[:, -L:]
-        S = self.suffix.shape[0]
         with autocast(self.device, self.dtype):
             items = m.w_in(m.item_embedding[history]).to(self.suffix.dtype)
             pad = 1 if self.compiled and L + S == 1 else 0  # never a length of 1 either; padding goes last

@@ -83,8 +83,7 @@ class FactoredRanking:
             return matrix_ranks(scores, candidates, exclude)
         rows = max(1, GATHER_FLOATS // (C * h.shape[1]))
         if self.scratch is None or self.scratch.shape[0] < rows * C or self.scratch.device != h.device:
-            self.scratch = (empty_huge((rows * C, h.shape[1])) if h.device.type == "cpu"
-                            else torch.empty(rows * C, h.shape[1], device=h.device))
+            self.scratch = empty_huge((rows * C, h.shape[1]), device=h.device)
         s = torch.empty(candidates.shape, device=h.device)
         for i in range(0, len(h), rows):
             c = candidates[i:i + rows]
@@ -97,7 +96,7 @@ class FactoredRanking:
 
 
 def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
-    """full_ranks of h @ table.T, RANK_BLOCK items at a time, each block counted while in cache. The positive and
+    """full_ranks of h @ table.T, `block` items at a time, each block counted while in cache. The positive and
     the excluded items are counted out with their own block's scores, so a rank counts the other items exactly
     as the blocks scored them; the positive's score comes from a [B, B] product of the same kind (equal to its
     block's score but for the last bit, which only a tie at that bit would notice)."""

@@ -175,7 +175,7 @@ def ranking(model, precision, device, users=0) -> dict:
     rounding (tests/test_inference.py) at 3.6x the users/s in bf16 (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
     it trains (LoRA not merged, weights in their dtype, its attention kept), compiled for `users` histories where
     inference.auto_compile says it pays. SASRec, GRU4Rec and BERT4Rec rank from their user states and item table
-(metrics.FactoredRanking), in batches of similar history length trimmed of their padding."""
+    (metrics.FactoredRanking), in batches of similar history length trimmed of their padding."""
     if isinstance(model, ELLMRec):
         cfg = InferenceConfig(precision=precision, merge_lora=False, residual="fp32", attention="keep")
         cfg = auto_compile(cfg, users, device)

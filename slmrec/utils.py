@@ -212,14 +212,14 @@ def check_memory(nbytes, what):
                         f"available")
 
 
-def empty_huge(shape, dtype=torch.float32) -> torch.Tensor:
-    """An uninitialised CPU tensor in memory asked to be backed by 2 MB pages (madvise; a no-op where the
-    kernel's transparent huge pages are off). Random row reads from a table larger than the cache (the evaluator
+def empty_huge(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """An uninitialised tensor, on a CPU in memory asked to be backed by 2 MB pages (madvise; a no-op where the
+    kernel's transparent huge pages are off; on another device a plain torch.empty). Random row reads from a table larger than the cache (the evaluator
     gathers 1,000 candidate vectors per user from an 87 MB item table at Clothing's shape) then miss the TLB far
     less, and a scratch buffer reused through a pass is faulted in once: together 3x faster on an AMD EPYC."""
     nbytes = max(1, math.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype)
+    if torch.device(device).type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype, device=device)
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared memory has its own THP switch
     buf.madvise(mmap.MADV_HUGEPAGE)
     return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)
