@@ -2,9 +2,10 @@
 
 FastAPI (on Starlette, served by uvicorn) for its request models, which give validation and an OpenAPI page
 (/docs) from one declaration, and because uvicorn's worker model and graceful shutdown are what a deployment
-already knows. Concurrent requests wait in one queue; a background task takes the first, then whatever arrives
-within max_wait_ms, up to max_batch, and scores them in one forward pass on the fast path in one worker thread,
-so requests never race on the model and the event loop never blocks on it.
+already knows. Concurrent requests wait in one queue; a background task takes the first, then the requests still
+being read and checked as they come (for max_wait_ms at most), up to max_batch, and scores them in one forward
+pass on the fast path in one worker thread, so requests never race on the model and the event loop never blocks
+on it.
 """
 
 import asyncio
@@ -33,7 +34,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 64  # histories scored in one forward pass at most
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join it
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits at most for others being read to join
     max_body_bytes: int = 1_000_000  # a larger request body is refused (413)
     max_list: int = 256  # histories in one call at most
     max_history: int = 10_000  # items in one history at most (the model reads the last max_len of them)
@@ -75,6 +76,14 @@ class MicroBatcher:
         self.sizes = []
         self.task = None
         self.busy = False  # a batch is being scored
+        # requests that have come in and are still being read and checked (counted by the app's Arrivals
+        # middleware): a batch waits for them up to max_wait_s, and no longer once none is on its way
+        self.arriving = 0
+
+    def arrived(self, scope):
+        """The request of this ASGI scope is no longer on its way (its endpoint runs, or it was refused)."""
+        if scope.pop("slmrec.arriving", False):
+            self.arriving -= 1
 
     async def submit(self, job):
         future = asyncio.get_running_loop().create_future()
@@ -85,7 +94,7 @@ class MicroBatcher:
         batch = [await self.queue.get()]
         self.busy = True  # from the first job taken: drain() waits for it
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
-        while len(batch) < self.max_batch:
+        while len(batch) < self.max_batch and (self.arriving or not self.queue.empty()):
             left = deadline - asyncio.get_running_loop().time()
             try:
                 batch.append(self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left))
@@ -122,6 +131,64 @@ class MicroBatcher:
         self.executor.shutdown(wait=True)
 
 
+class Arrivals:
+    """Counts the requests to `path` in `batcher.arriving` from when they come in until their endpoint runs
+    (or they are refused before it), so that a batch waits for requests being read and checked, not for a
+    timer: with 8 clients the old fixed wait left the model idle max_wait_ms a batch after all 8 had come."""
+
+    def __init__(self, app, batcher, path):
+        self.app, self.batcher, self.path = app, batcher, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        self.batcher.arriving += 1
+        scope["slmrec.arriving"] = True
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.batcher.arrived(scope)
+
+
+class BodyLimit:
+    """Refuses a request body over max_bytes with a 413 before the endpoint reads it: by its content-length, or,
+    without one (chunked), counted while it arrives and then replayed to the endpoint. A plain ASGI middleware:
+    Starlette's @app.middleware("http") runs every response through an extra task and stream, a fifth of the
+    event loop's time per request under load (py-spy, benchmarks/README.md "Serving under load")."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = _error(413, f"request body over {self.max_bytes} bytes")
+        size = dict(scope["headers"]).get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.max_bytes):
+            return await too_large(scope, receive, send)
+        if size is None and scope["method"] == "POST":
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_bytes:
+                    return await too_large(scope, receive, send)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+            return await self.app(scope, replay, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
     """The HTTP app over a loaded slmrec.inference.Recommender."""
     cfg = cfg or ServeConfig()
@@ -150,19 +217,8 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
                   description="Top-k next items for item histories from a trained SLMRec/E-LLMRec or SeqRec model.")
     app.state.batcher, app.state.config = batcher, cfg
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
-            return _error(413, f"request body over {cfg.max_body_bytes} bytes")
-        if size is None and request.method == "POST":  # no length (chunked): the limit holds while reading
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > cfg.max_body_bytes:
-                    return _error(413, f"request body over {cfg.max_body_bytes} bytes")
-            request._body = bytes(body)  # what the endpoint reads (Starlette replays a body read here)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(Arrivals, batcher=batcher, path="/recommend")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
@@ -192,7 +248,8 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
         return {"ready": True, "items": data.num_items, "max_batch": cfg.max_batch}
 
     @app.post("/recommend", summary="top-k items for one request or a list of them")
-    async def recommend(body: RecRequest | list[RecRequest]):
+    async def recommend(body: RecRequest | list[RecRequest], request: Request):
+        batcher.arrived(request.scope)
         many = isinstance(body, list)
         requests = body if many else [body]
         if not requests or len(requests) > cfg.max_list:
@@ -201,7 +258,7 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
         results = await asyncio.gather(*(batcher.submit(job[1:]) for job in jobs))
         rows = [{**({"user": label} if label is not None else {}), "items": item_rows(data, top)}
                 for (label, *_), top in zip(jobs, results)]
-        return rows if many else rows[0]
+        return JSONResponse(rows if many else rows[0])  # plain JSON already: FastAPI's encoder would walk it again
 
     return app
 

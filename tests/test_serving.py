@@ -104,6 +104,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_goes_on(run_dir, ti
         assert r.status_code == 500 and "internal error" in r.json()["error"]
         monkeypatch.setattr(c.app.state.batcher, "fn", real)
         assert c.post("/recommend", json=good).status_code == 200
+        assert c.app.state.batcher.arriving == 0  # every refused request was counted out of the arrivals
 
 
 def test_shutdown_lets_queued_requests_finish():
@@ -127,6 +128,47 @@ def test_shutdown_lets_queued_requests_finish():
 
     results, sizes = asyncio.run(scenario())
     assert results == [i * 10 for i in range(20)] and max(sizes) == 4 and sum(sizes) == 20
+
+
+def test_a_batch_waits_for_requests_on_their_way_not_for_a_timer():
+    """A lone job is scored at once, not after max_wait; a job whose request is still being read (counted in
+    `arriving`, as the Arrivals middleware does) is waited for and joins the batch."""
+    import asyncio
+    import time
+
+    from slmrec.serving import MicroBatcher
+
+    async def scenario():
+        batcher = MicroBatcher(lambda jobs: jobs, max_batch=8, max_wait_s=2.0)
+        batcher.task = asyncio.create_task(batcher.run())
+        t = time.monotonic()
+        await batcher.submit(1)
+        alone = time.monotonic() - t
+        scope = {"slmrec.arriving": True}
+        batcher.arriving += 1
+        first = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.2)  # the other request is still being read
+        batcher.arrived(scope)
+        await batcher.submit(3)
+        await first
+        await batcher.drain()
+        return alone, batcher.sizes, batcher.arriving
+
+    alone, sizes, arriving = asyncio.run(scenario())
+    assert alone < 1.0 and sizes == [1, 2] and arriving == 0
+
+
+def test_requests_in_flight_are_counted_until_their_endpoint_runs(run_dir, tiny_dataset, monkeypatch):
+    """The endpoint counts its own request out (the same ASGI scope the middleware counted it in), so a batch
+    does not wait for requests already queued."""
+    with client(run_dir, tiny_dataset) as c:
+        batcher = c.app.state.batcher
+        seen = []
+        real = batcher.arrived
+        monkeypatch.setattr(batcher, "arrived", lambda scope: (seen.append("slmrec.arriving" in scope), real(scope)))
+        item_ids, _ = tiny_dataset.items()
+        assert c.post("/recommend", json={"history": [item_ids[1]]}).status_code == 200
+    assert seen == [True, False] and batcher.arriving == 0
 
 
 def test_a_worker_of_serve_py_workers_runs_with_serve_py_flags(run_dir, tiny_dataset, monkeypatch):
