@@ -28,7 +28,8 @@ Steps, each added to the one before:
                 printed); a side row compiles it over whole batches
   int8          dynamic int8 weights, fp32 activations, transformers' forward (instead of bf16; CPU only)
 Floor: users/s if every matmul ran at the throughput this machine reaches on the model's own layer shapes (measured
-here at the same token count; at batch_size, the better of the batch's token count and a block's): FLOPs per user =
+here at the same token count; at batch_size, the better of the batch's token count and a block's, measured again
+right before each row's pass, since this shared machine's throughput drifts over minutes): FLOPs per user =
 2 x weights in the kept layers x tokens (the instruction's and the history's; with the prefix cache only the
 history's), attention scores and the item head left out (under 2% here). The own forward skips work (the last
 layer's rows that are never read): "work floor" is the same for the FLOPs it does, so its share says how near the
@@ -110,9 +111,10 @@ def build(base_model, layers, num_items, max_len, readout="last_item"):
 
 def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4,8,30", batch_size: int = 128,
          users: int | None = None, batch1_users: int = 48, precision: str = "auto", int8: bool = True,
-         sasrec: str | None = None, repeats: int = 2):
+         sasrec: str | None = None, repeats: int = 2, only_fast: bool = False):
     """layers: the depths timed (4: the student, 8: the teacher, 30: all of SmolLM2); users: test histories
-    timed at batch_size (default all), batch1_users: timed one at a time."""
+    timed at batch_size (default all), batch1_users: timed one at a time; only_fast: only the rows of the
+    project's forward (uncompiled, blocks, compiled), the paths recommend.py and serve.py run: minutes, not 25."""
     torch.manual_seed(0)
     dataset = PreparedData(data)
     precision = resolve_precision(precision)
@@ -149,13 +151,19 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         P = len(model.prefix_ids)
         shapes = linear_shapes(model)
         weights = sum(i * o for i, o in shapes)
-        floors = {}
-        for kind, d in (("compute", dtype or torch.float32), ("fp32", torch.float32)):
-            batch_tokens = int(batch_size * (P + hist_tokens))
-            floors[kind, "1"] = matmul_flops(shapes, int(P + hist_tokens), d)
-            # the better of a whole batch's token count and a block's: the paths run either
+        kinds = {"compute": dtype or torch.float32, "fp32": torch.float32}
+        batch_tokens = int(batch_size * (P + hist_tokens))
+        floors = {(kind, "1"): matmul_flops(shapes, int(P + hist_tokens), d) for kind, d in kinds.items()}
+
+        def floor_big(kind):
+            """Measured again before every row (this shared machine's throughput drifts over minutes): the better
+            of a whole batch's token count and a block's, since the paths run either."""
+            d = kinds[kind]
             floors[kind, "big"] = max(matmul_flops(shapes, batch_tokens, d),
                                       matmul_flops(shapes, min(block, batch_tokens), d))
+            return floors[kind, "big"]
+
+        floor_big("fp32")
         full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
         # the own forward: the last layer's k and v for every token, its other products for the read row only
         c = model.base_lm().config
@@ -165,25 +173,31 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         name = f"E-LLMRec {n} layers"
 
         def timed(step, scorer, grouped, kind="compute", flops=full, work=None):
-            u1, ub = users_per_second(scorer, one, repeats), users_per_second(scorer, big[grouped], repeats)
-            f1, fb = (floors[kind, "1"] / flops, floors[kind, "big"] / flops) if kind else ("", None)
-            row(name, step, u1, ub, f"{f1:.0f}" if kind else "", fb, floors[kind, "big"] / work if work else None)
+            u1 = users_per_second(scorer, one, repeats)
+            rate = floor_big(kind) if kind else None
+            ub = users_per_second(scorer, big[grouped], repeats)
+            f1, fb = (floors[kind, "1"] / flops, rate / flops) if kind else ("", None)
+            row(name, step, u1, ub, f"{f1:.0f}" if kind else "", fb, rate / work if work else None)
             return ub
 
-        plain = PlainScorer(model, InferenceConfig(precision=precision), DEVICE)
-        base = timed("plain", plain, False)
-        model.cast_frozen(dtype)
-        timed("+ bf16 weights", plain, False)
-        model.merge_lora()
-        timed("+ merged LoRA", plain, False)
-        timed("+ batches by length", plain, True)
         whole = dict(precision=precision, token_block=0)
-        timed("+ prefix cache", FastELLMRec(model, InferenceConfig(**whole, residual="fp32", decoder=False), DEVICE),
-              True, flops=cached)
-        timed("transformers' eager attention instead of SDPA", FastELLMRec(model, InferenceConfig(
-            **whole, decoder=False, attention="eager"), DEVICE), True, flops=cached)
-        transformers = timed("+ bf16 residual stream (SDPA)", FastELLMRec(model, InferenceConfig(
-            **whole, decoder=False), DEVICE), True, flops=cached)
+        base = transformers = None
+        if only_fast:
+            model.cast_frozen(dtype).merge_lora()
+        else:
+            plain = PlainScorer(model, InferenceConfig(precision=precision), DEVICE)
+            base = timed("plain", plain, False)
+            model.cast_frozen(dtype)
+            timed("+ bf16 weights", plain, False)
+            model.merge_lora()
+            timed("+ merged LoRA", plain, False)
+            timed("+ batches by length", plain, True)
+            timed("+ prefix cache", FastELLMRec(model, InferenceConfig(**whole, residual="fp32", decoder=False),
+                                                DEVICE), True, flops=cached)
+            timed("transformers' eager attention instead of SDPA", FastELLMRec(model, InferenceConfig(
+                **whole, decoder=False, attention="eager"), DEVICE), True, flops=cached)
+            transformers = timed("+ bf16 residual stream (SDPA)", FastELLMRec(model, InferenceConfig(
+                **whole, decoder=False), DEVICE), True, flops=cached)
         eager = timed("+ own forward", FastELLMRec(model, InferenceConfig(**whole, compile=False), DEVICE), True,
                       flops=cached, work=done)
         timed(f"+ blocks of {block:,} tokens (recommend.py's default)", FastELLMRec(
@@ -204,14 +218,14 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
               f"(batch 1); {weights / 1e6:.1f} M weights in the layers, {P} instruction tokens |  |  |  |  |  |  |",
               flush=True)
     depths = sorted(summary)
-    if len(depths) > 1:
+    if len(depths) > 1 and not only_fast:
         s, t = depths[0], depths[1]
         print(f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
               f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
               f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x")
     for n, (_, fast, transformers, eager, compiled_whole) in summary.items():
-        print(f"{n} layers: own forward {eager / transformers:.2f}x transformers' (whole batches, eager both), "
-              f"compiled in blocks {fast / compiled_whole:.2f}x compiled whole batches")
+        own = "" if only_fast else f"own forward {eager / transformers:.2f}x transformers' (whole batches, eager), "
+        print(f"{n} layers: {own}compiled in blocks {fast / compiled_whole:.2f}x compiled whole batches")
 
 
 def _sync():
