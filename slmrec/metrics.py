@@ -55,6 +55,7 @@ def matrix_ranks(scores, candidates, exclude=None):
 # written out and read back. At Clothing's shape 2,048 ranked in 460 us a user (median of 8), 4,096 in 825-861:
 # its 4 MB of scores left the cache (1,024: 470).
 RANK_BLOCK = 2048
+SORTED_PAIRS_BLOCKS = 32  # blocked_full_ranks sorts the listed items by block above this many blocks
 # Floats of candidate vectors gathered at a time (8 MB): read back from cache by the dot products.
 GATHER_FLOATS = 1 << 21
 # Up to this many items per stored candidate, the candidates' scores are taken from the whole score matrix:
@@ -104,16 +105,29 @@ def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
     pos = torch.mm(h, table[positives].T).diagonal()[:, None]
     pos = pos.masked_fill(pos.isnan(), float("-inf"))
     listed = torch.cat([positives[:, None], exclude.masked_fill(exclude == positives[:, None], 0)], 1)
-    # Each listed item's block and column in it (padding, 0, in no block), found once for all blocks.
+    # Each listed (user, item) pair's block (padding, 0, in block -1) and column in it. Over many blocks the pairs
+    # are sorted by block once, so a block corrects only its own few; over a few, the sort costs more than
+    # looking at every pair in each block.
     where, column = (listed - 1).div(block, rounding_mode="floor"), (listed - 1) % block
+    blocks = -(-n_items // block)
+    sorted_pairs = blocks > SORTED_PAIRS_BLOCKS
+    if sorted_pairs:
+        order_by_block, order = where.reshape(-1).sort()
+        bounds = torch.searchsorted(order_by_block, torch.arange(blocks + 1, device=h.device)).tolist()
+        rows, column = order // listed.shape[1], column.reshape(-1)[order]
     ahead = torch.zeros(len(h), dtype=torch.int32, device=h.device)
+    scratch = h.new_empty((len(h), block))  # one block's scores, reused: a fresh one each block is slower
     for b, start in enumerate(range(1, n_items + 1, block)):
-        s = h @ table[start:start + block].T  # a NaN compares false: below a finite positive, as -inf would
-        ahead += (s >= pos).sum(1, dtype=torch.int32)
-        inside = where == b
-        if start + block > n_items:  # the last block may be narrower than the columns of the others
-            column = column.clamp(max=s.shape[1] - 1)
-        ahead -= ((s.gather(1, column) >= pos) & inside).sum(1, dtype=torch.int32)
+        w = table[start:start + block]
+        s = torch.mm(h, w.T, out=scratch) if len(w) == block else h @ w.T
+        ahead += (s >= pos).sum(1, dtype=torch.int32)  # a NaN compares false: below a finite positive, as -inf
+        if sorted_pairs:
+            r, c = rows[bounds[b]:bounds[b + 1]], column[bounds[b]:bounds[b + 1]]
+            ahead.index_add_(0, r, (s[r, c] >= pos[r, 0]).to(torch.int32), alpha=-1)
+        else:
+            if len(w) < block:  # the last block may be narrower than the columns of the others
+                column = column.clamp(max=len(w) - 1)
+            ahead -= ((s.gather(1, column) >= pos) & (where == b)).sum(1, dtype=torch.int32)
     # A positive scoring -inf (or NaN) has every other item ahead of it, NaN ones included.
     everyone = n_items - (listed > 0).sum(1, dtype=torch.int32)
     return torch.where(pos[:, 0] == float("-inf"), everyone, ahead)

@@ -92,7 +92,7 @@ def integer_factors(items, d=3, seed=0):
     return table, lambda h: table[h[:, -1]] + 2 * table[h[:, -2]]
 
 
-def test_blocked_full_ranks_count_as_the_score_matrix():
+def test_blocked_full_ranks_count_as_the_score_matrix(monkeypatch):
     g = torch.Generator().manual_seed(1)
     B, items = 64, 50
     table, _ = integer_factors(items)
@@ -109,8 +109,10 @@ def test_blocked_full_ranks_count_as_the_score_matrix():
     expected = full_ranks(scores.masked_fill(scores.isnan(), float("-inf")), positives, history)
     for r in (5, 9):  # everything not excluded is ahead of a positive scoring NaN
         assert expected[r] == items - 1 - 9 + bool(positives[r] in history[r])
-    for block in (1, 7, 16, items, 1000):
-        assert torch.equal(blocked_full_ranks(h, table, positives, history, block), expected), block
+    for sort_above in (0, 10**9):  # the listed items sorted by block, or looked up in every block
+        monkeypatch.setattr(metrics, "SORTED_PAIRS_BLOCKS", sort_above)
+        for block in (1, 7, 16, items, 1000):
+            assert torch.equal(blocked_full_ranks(h, table, positives, history, block), expected), (block, sort_above)
     table[3] += 1  # one item scored otherwise: the ranks move
     assert not torch.equal(blocked_full_ranks(h, table, positives, history, 7), expected)
 
