@@ -114,7 +114,7 @@ def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
     if sorted_pairs:
         order_by_block, order = where.reshape(-1).sort()
         bounds = torch.searchsorted(order_by_block, torch.arange(blocks + 1, device=h.device)).tolist()
-        rows, column = order // listed.shape[1], column.reshape(-1)[order]
+        pair_rows, pair_columns = order // listed.shape[1], column.reshape(-1)[order]
     ahead = torch.zeros(len(h), dtype=torch.int32, device=h.device)
     scratch = h.new_empty((len(h), block))  # one block's scores, reused: a fresh one each block is slower
     for b, start in enumerate(range(1, n_items + 1, block)):
@@ -122,7 +122,7 @@ def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
         s = torch.mm(h, w.T, out=scratch) if len(w) == block else h @ w.T
         ahead += (s >= pos).sum(1, dtype=torch.int32)  # a NaN compares false: below a finite positive, as -inf
         if sorted_pairs:
-            r, c = rows[bounds[b]:bounds[b + 1]], column[bounds[b]:bounds[b + 1]]
+            r, c = pair_rows[bounds[b]:bounds[b + 1]], pair_columns[bounds[b]:bounds[b + 1]]
             ahead.index_add_(0, r, (s[r, c] >= pos[r, 0]).to(torch.int32), alpha=-1)
         else:
             if len(w) < block:  # the last block may be narrower than the columns of the others

@@ -162,10 +162,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = _error(413, f"request body over {self.max_bytes} bytes")
         size = dict(scope["headers"]).get(b"content-length")
         if size is not None and (not size.isdigit() or int(size) > self.max_bytes):
-            return await too_large(scope, receive, send)
+            return await self.refuse(scope, receive, send)
         if size is None and scope["method"] == "POST":
             body, more = bytearray(), True
             while more:
@@ -175,7 +174,7 @@ class BodyLimit:
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
                 if len(body) > self.max_bytes:
-                    return await too_large(scope, receive, send)
+                    return await self.refuse(scope, receive, send)
             replayed = False
 
             async def replay():
@@ -187,6 +186,9 @@ class BodyLimit:
 
             return await self.app(scope, replay, send)
         await self.app(scope, receive, send)
+
+    async def refuse(self, scope, receive, send):
+        await _error(413, f"request body over {self.max_bytes} bytes")(scope, receive, send)
 
 
 def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
