@@ -19,8 +19,10 @@ def main(source: str = None, output_dir: str = None, overwrite: bool = False, co
     Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter.
     OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other
     flags are PrepareConfig's fields (slmrec/data.py): --format, --metadata, --rating_threshold, --k_core,
-    --num_negatives, --seed. --convert DIR rewrites a dataset prepared in the .npz format (format 1) as
-    memory-mapped .npy files, same fingerprint; --verify DIR reads every array of DIR against its fingerprint."""
+    --num_negatives, --seed, --reader (columnar: Polars wherever it reads the file exactly as the line reader
+    does, the line reader elsewhere; lines: the line reader only). --convert DIR rewrites a dataset prepared in
+    the .npz format (format 1) as memory-mapped .npy files, same fingerprint; --verify DIR reads every array of
+    DIR against its fingerprint."""
     setup_logging()
     if convert or verify:
         if source or output_dir or flags:

@@ -1,11 +1,12 @@
 """The first step of preparation (read an Amazon ratings CSV, keep ratings > 3, each (user, item) pair once at
-its earliest time) by the project's reader and by two columnar engines, each in a fresh process with its time
-and peak RSS; the pair counts must agree.
+its earliest time) by the project's two readers (slmrec/raw.py: the line reader, and the columnar one that
+prepare_data.py uses, on Polars) and by Polars and DuckDB alone, each in a fresh process with its time and peak
+RSS; the pair counts must agree.
 
     python benchmarks/read_engines.py /tmp/scale/ratings-1.csv     # a file from benchmarks/scale.py
 
-Polars and DuckDB are not dependencies of the project: install them to compare (pip install polars duckdb);
-an engine that is not installed is skipped.
+DuckDB is not a dependency of the project: install it to compare (pip install duckdb); an engine that is not
+installed is skipped.
 """
 
 import json
@@ -16,7 +17,7 @@ import time
 
 from slmrec.cli import run
 
-ENGINES = ("project", "polars", "duckdb")
+ENGINES = ("lines", "columnar", "polars", "duckdb")  # the project's two readers, then each engine alone
 
 
 def child(engine, path):
@@ -42,7 +43,7 @@ def child(engine, path):
     else:
         from slmrec.data import dedupe_earliest, read_interactions
 
-        raw = read_interactions(path, "amazon-csv")
+        raw = read_interactions(path, "amazon-csv", reader=engine)
         pairs = len(dedupe_earliest(raw.user, raw.item, raw.time, raw.line))
     print(json.dumps({"seconds": time.perf_counter() - t, "pairs": int(pairs),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

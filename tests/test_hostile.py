@@ -1,7 +1,7 @@
 """Hostile and unlucky inputs beyond the flag catalogue (tests/test_bad_inputs.py), one test per class:
 
 - outputs that are not regular files: devices, named pipes, symlinks are written in place, never replaced;
-- text inputs: one decoding policy (slmrec.data.text_lines), a bad line is one line of error naming file and
+- text inputs: one decoding policy (slmrec.raw.text_lines), a bad line is one line of error naming file and
   line; byte-order marks and CRLF endings are read;
 - ids that hold tabs, quotes or newlines round-trip through the prepared dataset's own files;
 - a student's dataset: the teacher's by default, a teacher whose dataset is gone or changed is refused.
@@ -23,7 +23,8 @@ import recommend
 from conftest import ROOT, synthetic_rows, write_amazon_csv
 from slmrec import cli
 from slmrec.checkpoints import CheckpointError
-from slmrec.data import DataError, PrepareConfig, PreparedData, prepare, text_lines
+from slmrec.data import DataError, PrepareConfig, PreparedData, prepare
+from slmrec.raw import text_lines
 from slmrec.utils import check_writable, save_json
 from test_distill import tiny_teacher  # noqa: F401 (a fixture)
 from test_teacher import TINY_TRAIN
