@@ -425,7 +425,7 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     except pl.exceptions.PolarsError as e:
         log.info("%s: the columnar reader cannot read it (%s); reading it line by line", path, str(e)[:200])
         return None
-    others = others["line"].to_numpy()
+    others = np.sort(others["line"].to_numpy())  # ascending, as the pass below reads forward
     if len(others) > MAX_NOT_PLAIN:
         return None
     lines_read, filtered = int(counts["lines"][0]) + skip, int(counts["filtered"][0])
