@@ -192,12 +192,13 @@ def _recbole_order(header: str, path: Path):
 
 
 # The separator and the field index of user, item, rating and time of each delimited format (RecBole's from its
-# header).
+# header: _recbole_order).
 LAYOUTS = {
     "amazon-csv": (",", (1, 0, 2, 3)),
     "amazon-2014-csv": (",", (0, 1, 2, 3)),
     "ml-100k": ("\t", (0, 1, 2, 3)),
     "ml-1m": ("::", (0, 1, 2, 3)),
+    "recbole": ("\t", None),
 }
 
 
@@ -391,8 +392,6 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     import polars as pl  # here: only preparation reads raw files, and every script imports this module
 
     sep, order = LAYOUTS.get(fmt, (None, None))
-    if fmt == "recbole":
-        sep = "\t"
     if sep is None or len(sep) != 1:
         return None
     with open(path, "rb") as fh:
