@@ -12,7 +12,6 @@ what the inputs hold. The floor: 3 matmuls of n x |I| x d (scores, grad of the r
 FLOPs, at the rate a large fp32 matmul reaches in the same process.
 """
 
-import resource
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch import nn
 
 from slmrec.cli import run
 from slmrec.seqrec import CHUNKED_LOSS_SCORES, SeqRecConfig, build_seqrec
-from slmrec.utils import hardware
+from slmrec.utils import hardware, peak_rss_mb
 
 
 class GradientsInForward(torch.autograd.Function):
@@ -184,7 +183,7 @@ def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int =
     print(f"\nSASRec step, batch 128 x 50, {n} labelled positions: {s_step:.3f} s = {s_step / step_floor:.2f}x its item "
           f"head's floor ({step_floor:.3f} s); forward + backward {s_fb:.3f} s, AdamW over "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M values {s_opt:.3f} s; peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+          f"{peak_rss_mb() / 1024:.2f} GB")
 
 
 if __name__ == "__main__":

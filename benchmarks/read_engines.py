@@ -10,12 +10,12 @@ installed is skipped.
 """
 
 import json
-import resource
 import subprocess
 import sys
 import time
 
 from slmrec.cli import run
+from slmrec.utils import peak_rss_mb
 
 ENGINES = ("lines", "columnar", "polars", "duckdb")  # the project's two readers, then each engine alone
 
@@ -46,7 +46,7 @@ def child(engine, path):
         raw = read_interactions(path, "amazon-csv", reader=engine)
         pairs = len(dedupe_earliest(raw.user, raw.item, raw.time, raw.line))
     print(json.dumps({"seconds": time.perf_counter() - t, "pairs": int(pairs),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def main(path: str):

@@ -20,11 +20,11 @@ runs each stage in a fresh process, so its peak RSS is its own:
                  same as trained ones), from the start of the command
     serve        serve.py's app: from its start to /ready (model loaded and warmed up), then one request
 
-Peak RSS includes the Python interpreter and torch (~400 MB before any data).
+Peak RSS is each stage's own (VmHWM, utils.peak_rss_mb) and includes the Python interpreter and torch (~220 MB
+before any data).
 """
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from slmrec.cli import run
+from slmrec.utils import peak_rss_mb
 
 CLOTHING = dict(users=1_219_678, items=376_858)
 STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellmrec_step", "recommend", "serve")
@@ -68,10 +69,6 @@ def generate(path, fraction, seed=0, chunk_users=200_000):
             frame.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).to_csv(fh, header=False, index=False)
             lines += len(frame)
     return lines
-
-
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_steps(model, examples, batch_size, steps):
@@ -193,7 +190,7 @@ def stage(name, source, prepared, negatives="999", steps=5):
                    "us_per_user": seconds / data.num_users * 1e6}
             if full:
                 out.update(ranked_items=data.num_items, hidden=model.cfg.hidden_size)
-    out["peak_rss_mb"] = peak_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -311,6 +311,19 @@ def hardware():
     return f"GPU {gpu}" if gpu else f"{_cpu()}, {os.cpu_count()} cores"
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, MB. On Linux VmHWM, which starts afresh at exec: getrusage's
+    ru_maxrss keeps the largest size before it, so a child started by a 1 GB parent reports at least 1 GB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: ru_maxrss (kB here, bytes on macOS) is what there is
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+    return int(status.split("VmHWM:", 1)[1].split()[0]) / 1024
+
+
 def _cpu():
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()

@@ -1,5 +1,7 @@
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +240,15 @@ def test_ids_of_another_shape_keep_the_named_format(tmp_path):
     assert raw.amazon_layout(src) is None
     prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
     assert json.loads((tmp_path / "p" / "prepare_config.json").read_text())["format"] == "amazon-2014-csv"
+
+
+def test_peak_rss_is_the_childs_own_not_its_parents():
+    """The benchmarks' peak memory: a child of a large process reports its own peak (getrusage's ru_maxrss would
+    start it at the parent's size), and memory the child does touch shows."""
+    ballast = np.ones(2**27)  # 1 GiB in this process
+    probe = ("import sys, numpy as np; from slmrec.utils import peak_rss_mb; x = np.ones(int(sys.argv[1])); "
+             "print(peak_rss_mb())")
+    small, large = (float(subprocess.run([sys.executable, "-c", probe, str(n)], check=True, capture_output=True,
+                                         text=True).stdout) for n in (1, 2**26))
+    assert ballast[0] == 1 and small < 900, small
+    assert 400 < large - small < 700, (small, large)  # the child's 512 MiB
