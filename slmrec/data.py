@@ -15,6 +15,7 @@ Format 1 (sequences.npz, candidates.npz) still opens; `prepare_data.py --convert
 the same fingerprint.
 """
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,27 +83,40 @@ def k_core(user, item, k):
 
 class NpyRows:
     """A 2-D .npy file written a block of rows at a time (its shape known in advance), so that an array larger
-    than memory can be written without holding it; also feeds its rows as int32 to a hash (the fingerprint's)."""
+    than memory can be written without holding it; also feeds its rows as int32 to a hash (the fingerprint's).
+    A block is hashed and written by a thread while the caller makes the next one (at Clothing's shape a split's
+    4.3 GB of candidates go to disk at ~0.3 GB/s, half as long as their draws take), at most two blocks behind;
+    so a block must not change after write()."""
 
     def __init__(self, path, shape, dtype, hasher=None):
         self.dtype, self.hasher, self.rows, self.shape = np.dtype(dtype), hasher, 0, shape
         self.fh = open(path, "wb")
         np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                                                        "fortran_order": False, "shape": shape})
+        self.pool, self.pending = ThreadPoolExecutor(max_workers=1), collections.deque()
 
     def write(self, block):
-        if self.hasher is not None:
-            self.hasher.update(np.ascontiguousarray(block, np.int32).tobytes())
-        self.fh.write(np.ascontiguousarray(block, self.dtype).tobytes())
+        self.pending.append(self.pool.submit(self._write, block))
         self.rows += len(block)
+        while len(self.pending) > 2:
+            self.pending.popleft().result()  # the thread's error (a full disk) raised here
+
+    def _write(self, block):
+        if self.hasher is not None:
+            self.hasher.update(np.ascontiguousarray(block, np.int32))
+        self.fh.write(np.ascontiguousarray(block, self.dtype))
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, *_):
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)  # the file is closed after its last write
         self.fh.close()
-        if kind is None and self.rows != self.shape[0]:
-            raise RuntimeError(f"{self.fh.name}: wrote {self.rows} rows of {self.shape[0]}")
+        if kind is None:
+            for done in self.pending:
+                done.result()
+            if self.rows != self.shape[0]:
+                raise RuntimeError(f"{self.fh.name}: wrote {self.rows} rows of {self.shape[0]}")
 
 
 def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, block=8192, progress=None):

@@ -1,3 +1,5 @@
+import errno
+import functools
 import gzip
 import json
 import subprocess
@@ -176,6 +178,23 @@ def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(str(src)), tmp_path / "out")
     assert {"sequences.npy", "candidates_valid.npy"} <= set(written)  # interrupted after those were written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
+def test_a_write_that_fails_in_the_writer_thread_stops_the_run_and_leaves_no_dataset(tmp_path, monkeypatch):
+    """The candidates are written by a thread (NpyRows): its error (here a full disk) reaches the caller."""
+    src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows())
+    write = D.NpyRows._write
+
+    def full_disk(self, block):
+        if self.fh.name.endswith("candidates_test.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, block)
+
+    monkeypatch.setattr(D.NpyRows, "_write", full_disk)
+    monkeypatch.setattr(D, "draw_candidates", functools.partial(D.draw_candidates, block=4))
+    with pytest.raises(OSError, match="No space left"):
+        prepare(PrepareConfig(str(src)), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
 
 
