@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from slmrec.cli import run
-from slmrec.data import DataError, PreparedData, is_prepared
+from slmrec.data import PreparedData, is_prepared
+from slmrec.errors import DataError
 from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_teacher, student_config,
                             teacher_states)
 from slmrec.examples import ExampleConfig, Indexed, training_examples

@@ -9,7 +9,8 @@
 import json
 
 from slmrec.cli import run
-from slmrec.data import PrepareConfig, PreparedData, convert as convert_dataset, prepare
+from slmrec.data import PreparedData
+from slmrec.prepare import PrepareConfig, convert as convert_dataset, prepare
 from slmrec.utils import FlagError, setup_logging, split_flags
 
 
@@ -18,7 +19,7 @@ def main(source: str = None, output_dir: str = None, overwrite: bool = False, co
     """SOURCE is `ml-100k` (fetched from the recbole wheel) or a ratings file:
     Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter.
     OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other
-    flags are PrepareConfig's fields (slmrec/data.py): --format, --metadata, --rating_threshold, --k_core,
+    flags are PrepareConfig's fields (slmrec/prepare.py): --format, --metadata, --rating_threshold, --k_core,
     --num_negatives, --seed, --reader (columnar: Polars wherever it reads the file exactly as the line reader
     does, the line reader elsewhere; lines: the line reader only). --convert DIR rewrites a dataset prepared in
     the .npz format (format 1) as memory-mapped .npy files, same fingerprint; --verify DIR reads every array of

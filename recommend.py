@@ -16,7 +16,8 @@ import json
 from tqdm import tqdm
 
 from slmrec.cli import run
-from slmrec.data import DataError, PreparedData
+from slmrec.data import PreparedData
+from slmrec.errors import DataError
 from slmrec.raw import text_lines
 from slmrec.inference import InferenceConfig, Recommender, item_rows, parse_history, user_history
 from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags, written_whole

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from slmrec.cli import run
-from slmrec.data import DEFAULT_DATA, default_prepared
+from slmrec.prepare import DEFAULT_DATA, default_prepared
 from slmrec.embeddings import DEFAULT_SASREC
 from slmrec.examples import WindowDataset
 from slmrec.seqrec import SeqRecConfig, build_seqrec

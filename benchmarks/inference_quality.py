@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from slmrec.cli import run
-from slmrec.data import PreparedData, left_pad
+from slmrec.batches import left_pad
+from slmrec.data import PreparedData
 from slmrec.inference import InferenceConfig, load_scorer
 from slmrec.metrics import evaluate
 from slmrec.utils import hardware

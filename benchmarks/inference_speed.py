@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from slmrec.cli import run
 from slmrec.backbone import decoder_layers, load_backbone
-from slmrec.data import PreparedData, history_batches, left_pad
+from slmrec.batches import history_batches, left_pad
+from slmrec.data import PreparedData
 from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec

@@ -41,7 +41,8 @@ def child(engine, path):
             WHERE rating > 3 GROUP BY user, item""").fetchnumpy()  # the pairs in memory, as the others hold them
         pairs = len(frame["time"])
     else:
-        from slmrec.data import dedupe_earliest, read_interactions
+        from slmrec.prepare import dedupe_earliest
+        from slmrec.raw import read_interactions
 
         raw = read_interactions(path, "amazon-csv", reader=engine)
         pairs = len(dedupe_earliest(raw.user, raw.item, raw.time, raw.line))

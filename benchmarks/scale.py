@@ -147,7 +147,7 @@ def stage(name, source, prepared, negatives="999", steps=5):
     torch.manual_seed(0)
     out = {}
     if name == "prepare":
-        from slmrec.data import PrepareConfig, prepare
+        from slmrec.prepare import PrepareConfig, prepare
 
         t = time.perf_counter()
         stats = prepare(PrepareConfig(source, num_negatives=int(negatives)), prepared)

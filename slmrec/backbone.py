@@ -20,9 +20,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .data import cache_dir
+from .errors import BackboneError
 from .precision import native_bf16
-from .utils import file_digest
+from .utils import cache_dir, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ RANDOM_PRESETS = {
     "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=32),
 }
-
-
-class BackboneError(ValueError):
-    pass
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

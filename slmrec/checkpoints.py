@@ -11,7 +11,8 @@ from pathlib import Path
 import safetensors
 import safetensors.torch
 
-from .utils import LOCK, FlagError, coerce, load_json, save_json, written_whole
+from .errors import CheckpointError, FlagError
+from .utils import LOCK, coerce, load_json, save_json, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ def save_model(model, output_dir):
     with written_whole(output_dir / WEIGHTS) as tmp:
         safetensors.torch.save_file(trainable_state_dict(model), tmp, metadata={"format": "pt"})
     save_json(model.checkpoint_config(), output_dir / MODEL_CONFIG)
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def load_checkpoint_config(checkpoint_dir, model_type) -> dict:

@@ -19,16 +19,10 @@ import typing
 
 import fire
 
-from .backbone import BackboneError
-from .data import DataError
-from .embeddings import EmbeddingFileError
-from .checkpoints import CheckpointError
-from .training import NonFiniteError
-from .utils import DamagedFile, FlagError, coerce
+from .errors import EXPECTED, FlagError
+from .utils import coerce
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
-EXPECTED = (BackboneError, CheckpointError, DamagedFile, DataError, EmbeddingFileError, FlagError, NonFiniteError,
-            FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def flag_names(argv):

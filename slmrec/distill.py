@@ -13,8 +13,9 @@ from transformers import TrainerCallback
 
 from .examples import ExampleConfig
 from .inference import autocast
-from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
-from .model import ELLMRec, ELLMRecConfig, item_loss, load_ellmrec
+from .losses import (NORM_VARIANTS, block_pairs, cosine_loss, item_loss, logit_kd_loss, multi_supervision_loss,
+                     norm_loss)
+from .model import ELLMRec, ELLMRecConfig, load_ellmrec
 from .teacher_cache import TeacherStates, cache_key, load_or_build
 from .checkpoints import load_checkpoint_config, save_model
 from .precision import compute_dtype

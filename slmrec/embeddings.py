@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import EmbeddingFileError
 from .utils import file_digest, written_whole
 
 _ALLOWED = {
@@ -22,10 +23,6 @@ _ALLOWED = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 }
-
-
-class EmbeddingFileError(ValueError):
-    pass
 
 
 class _SafeUnpickler(pickle.Unpickler):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import left_pad
+from .batches import left_pad
 from .utils import FlagError
 
 OBJECTIVES = ("every_position", "last_target")
@@ -63,6 +63,10 @@ class WindowDataset(Dataset):
     def __len__(self):
         return len(self.windows)
 
+    def lengths(self) -> np.ndarray:
+        """Each example's real history length (the sampler's length groups)."""
+        return np.array([len(w) - 1 for w in self.windows], np.int64)
+
     def __getitem__(self, i):
         w = self.windows[i]
         return {"input_ids": _left_pad(w[:-1], self.max_len), "labels": _left_pad(w[1:], self.max_len)}
@@ -86,6 +90,9 @@ class NextItemDataset(Dataset):
     def __len__(self):
         return len(self.users)
 
+    def lengths(self) -> np.ndarray:
+        return np.minimum(self.positions, self.max_len).astype(np.int64)
+
     def example(self, u, t):
         seq = self.data.train_part(u)
         return {"input_ids": _left_pad(seq[max(0, t - self.max_len):t], self.max_len),
@@ -103,6 +110,10 @@ class UserTargetDataset(NextItemDataset):
         self.data, self.max_len = data, max_len
         self.users = np.array([u for u in range(data.num_users) if len(data.train_part(u)) > 1], np.int32)
 
+    def lengths(self) -> np.ndarray:
+        """The longest history a user's draw can give (the drawn one is known only at access)."""
+        return np.array([min(len(self.data.train_part(int(u))) - 1, self.max_len) for u in self.users], np.int64)
+
     def __getitem__(self, i):
         u = int(self.users[i])
         t = int(torch.randint(1, len(self.data.train_part(u)), ()).item())
@@ -117,6 +128,9 @@ class Indexed(Dataset):
 
     def __len__(self):
         return len(self.examples)
+
+    def lengths(self) -> np.ndarray:
+        return self.examples.lengths()
 
     def __getitem__(self, i):
         return {**self.examples[i], "index": torch.tensor(i)}

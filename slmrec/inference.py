@@ -20,7 +20,6 @@ on padding. Each option can be switched off, so benchmarks/inference_speed.py me
 import contextlib
 import dataclasses
 import importlib.util
-import inspect
 import logging
 import os
 import shutil
@@ -33,8 +32,10 @@ from torch import nn
 
 from .backbone import decoder_layers
 from .decoder import Decoder, supports
-from .data import DataError, PreparedData, history_batches
-from .model import check_same_data, load_ellmrec, take_columns
+from .batches import history_batches
+from .data import PreparedData
+from .errors import DataError
+from .model import cache_kwarg, check_same_data, load_ellmrec
 from .seqrec import load_seqrec
 from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
@@ -87,11 +88,6 @@ def autocast(device, dtype):
     return torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _cache_kwarg(lm):
-    """transformers renamed forward's past_key_values to cache (5.x); use the name this version takes."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-
-
 # Compiling gave 1.2-1.3x the users/s in bf16 on a CPU (about 0.3 ms less per user for the student, so 10-40 s of
 # compiling pay from about 50,000 users) and nothing measurable in fp32 (benchmarks/README.md).
 COMPILE_MIN_USERS = 100_000
@@ -112,6 +108,12 @@ def auto_compile(cfg: InferenceConfig, users: int, device) -> InferenceConfig:
         return cfg
     on = torch.device(device).type == "cpu" and compute_dtype(cfg.precision) == torch.bfloat16
     return dataclasses.replace(cfg, compile=on and users >= COMPILE_MIN_USERS and can_compile(device))
+
+
+def take_columns(x, index):
+    """x [B, T, d] rearranged along T: row b's column j is x[b, index[b, j]]. The fast path's prompt layout
+    (padding last, after a cached instruction) is built with it."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class FastELLMRec:
@@ -188,7 +190,6 @@ class TransformersForward:
         self.lm, self.P = lm, prefix_embeds.shape[0]
         out = lm(inputs_embeds=prefix_embeds[None], use_cache=True)
         self.prefix_kv = [(layer.keys, layer.values) for layer in out.to_tuple()[1].layers]
-        self.cache_kwarg = _cache_kwarg(lm)
 
     def __call__(self, x, read):
         from transformers import DynamicCache
@@ -196,7 +197,7 @@ class TransformersForward:
         B, T, _ = x.shape
         cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.prefix_kv])
         positions = torch.arange(self.P, self.P + T, device=x.device)[None].expand(B, -1)
-        out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True, **{self.cache_kwarg: cache})
+        out = self.lm(inputs_embeds=x, position_ids=positions, use_cache=True, **{cache_kwarg(self.lm): cache})
         return out.last_hidden_state[torch.arange(B, device=x.device), read]
 
 

@@ -8,8 +8,15 @@ position of every window (every-position training).
 import torch
 import torch.nn.functional as F
 
-from .model import item_loss
 from .utils import FlagError
+
+
+def item_loss(scores, labels):
+    """Cross-entropy over all items (paper eq. 1), scores [n, items + 1]; column 0 is padding and never a
+    prediction."""
+    scores = scores.clone()
+    scores[:, 0] = float("-inf")
+    return F.cross_entropy(scores, labels)
 
 
 def block_pairs(teacher_layers: int, student_layers: int, blocks: int):

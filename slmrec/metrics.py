@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from tqdm.auto import tqdm
 
-from .data import history_batches, left_pad
+from .batches import history_batches, left_pad
 from .utils import empty_huge
 
 KS = (1, 5, 10)

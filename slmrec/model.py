@@ -1,13 +1,17 @@
 """The E-LLMRec model (paper §3) that teacher and student share: frozen item embeddings projected into a
 truncated LM (LoRA), a user state read after the final norm, a linear head onto the item table.
 
-Prompt layout for a history of n real items, padded to L on the far left of the whole sequence:
+Prompt layout for a history of n real items, left-padded to L:
 
-    [pad x (L - n)] [instruction tokens] [W_in e_1 ... W_in e_n] ([response tokens])
+    [instruction tokens (P)] [pad x (L - n)] [W_in e_1 ... W_in e_n] ([response tokens])
 
-so every real token is contiguous; position ids count from the first real token. The response marker is
-there only when it is the readout (`readout="response"`, the paper's); with `readout="last_item"` the user
-is read at the last history item's position.
+The padding is masked out of attention and position ids count real tokens only, so every real token sees the
+same keys at the same positions (the instruction at 0..P-1, the items from P) as with all padding at the far
+left of the sequence (SPEC §2). The instruction is the same for every row and causal attention keeps it from
+seeing the rest, so training computes its keys and values once per batch and every row attends to them
+(instruction_cache); the fast scoring path (slmrec/inference.py) does the same once for all batches. The
+response marker is there only when it is the readout (`readout="response"`, the paper's); with
+`readout="last_item"` the user is read at the last history item's position.
 
 Two training objectives share the model, told apart by the labels' shape:
   - labels [B]: one target per example, read at the readout position (the paper's unit);
@@ -18,17 +22,19 @@ Two training objectives share the model, told apart by the labels' shape:
 """
 
 import dataclasses
+import inspect
 import logging
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers import DynamicCache
 
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
-from .data import trim_padding
+from .batches import trim_padding
+from .losses import item_loss
 from .precision import compute_dtype
 from .utils import FlagError
 
@@ -54,9 +60,13 @@ class ELLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    # transformers' attention in training: sdpa (torch's kernel), or eager, the same function rounded
-    # differently, whose backward is 1.5x faster a bf16 step on a CPU (benchmarks/README.md, "A training step")
-    attention: str = "sdpa"
+    # transformers' attention in training: sdpa (torch's kernel), eager (the same function rounded differently), or
+    # auto: eager where training computes in bf16 or fp16 on a CPU, whose flash-attention backward is slower there,
+    # sdpa elsewhere (benchmarks/README.md, "Training speed")
+    attention: str = "auto"
+    # training computes the instruction's states once per batch, every row attending to them (model._lm); False:
+    # in every row, as the original did (the reference the tests and benchmarks/profile_step.py compare with)
+    instruction_once: bool = True
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
     quantization: str | None = None
@@ -64,8 +74,8 @@ class ELLMRecConfig:
     embedding_digest: str = ""
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
-        if self.attention not in ("sdpa", "eager"):
-            raise FlagError(f"--attention must be sdpa or eager, not {self.attention!r}")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise FlagError(f"--attention must be auto, sdpa or eager, not {self.attention!r}")
         if self.readout not in READOUTS:
             raise FlagError(f"--readout must be one of {READOUTS}, not {self.readout!r}")
         if self.max_len < 1 or self.num_layers < 1:
@@ -94,10 +104,15 @@ class ELLMRec(nn.Module):
         self.register_buffer("item_embedding", item_embedding.float().clone())
         for p in lm.parameters():
             p.requires_grad_(False)
-        lm.set_attn_implementation(cfg.attention)
+        lm.set_attn_implementation(training_attention(cfg.attention, precision))
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none")
         self.lm = _with_lora(lm, lora, cfg.lora_targets)
+        for module in self.lm.modules():
+            if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
+                for name, dropout in module.lora_dropout.items():
+                    if isinstance(dropout, nn.Dropout):
+                        module.lora_dropout[name] = MaskDropout(dropout.p)
         self.w_in = nn.Linear(d0, d1)
         # Zero heads: uniform scores, loss = ln|I| at the start. A random head on SASRec's large-scale
         # embeddings starts far above that and stalls for hundreds of steps (README, "The teacher").
@@ -121,49 +136,67 @@ class ELLMRec(nn.Module):
             self._states.append(output[0] if isinstance(output, tuple) else output)
 
     def embed(self, history):
-        """(inputs_embeds, attention_mask, position_ids) for left-padded histories [B, L]."""
-        B, L = history.shape
+        """(inputs_embeds, attention_mask, position_ids) of the prompt after the instruction, for left-padded
+        histories [B, L]: [pad x (L - n)] [W_in e_1 ... W_in e_n] ([response]), the mask and positions covering
+        the instruction's P tokens too ([B, P + T]). Positions count real tokens only, so the items sit at P..
+        whatever their padding."""
+        B, P = history.shape[0], len(self.prefix_ids)
         table = self.lm.get_input_embeddings()
-        dtype = table.weight.dtype
-        prefix = table(self.prefix_ids).expand(B, -1, -1)
-        parts = [prefix, self.w_in(self.item_embedding[history]).to(dtype)]
+        parts = [self.w_in(self.item_embedding[history]).to(table.weight.dtype)]
         if self.cfg.readout == "response":
             parts.append(table(self.suffix_ids).expand(B, -1, -1))
-        source = torch.cat(parts, dim=1)  # prefix before the padding: moved below
-        P, T = prefix.shape[1], source.shape[1]
-        pads = (history == 0).sum(1, keepdim=True)  # k pads per row, all at the left of the history
-        j = torch.arange(T, device=history.device).expand(B, -1)
-        # Row layout wanted: k pads, then the prefix, then the real items (and the response). Positions
-        # from k + P on already hold the right token; positions k..k+P-1 take the prefix; pads take anything.
-        # So history column c sits at position P + c in every row.
-        index = torch.where(j < pads + P, (j - pads).clamp(min=0), j)
-        embeds = take_columns(source, index)
-        mask = (j >= pads).long()
+        embeds = torch.cat(parts, dim=1)
+        ones = lambda n: torch.ones(B, n, dtype=torch.long, device=history.device)
+        mask = torch.cat([ones(P), (history != 0).long(), ones(embeds.shape[1] - history.shape[1])], dim=1)
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         return embeds, mask, position_ids
+
+    def instruction_cache(self, batch_size):
+        """The instruction's keys and values in every layer, computed once (with gradients while training) and
+        shared by the batch's rows: a cache the LM's forward continues from."""
+        table = self.lm.get_input_embeddings()
+        out = self.lm(inputs_embeds=table(self.prefix_ids)[None], use_cache=True)
+        cache = out.to_tuple()[1]
+        return DynamicCache([(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+                             for layer in cache.layers])
+
+    def _lm(self, history, cache):
+        """The LM's hidden states [B, T, d] of the prompt after the instruction (see embed), continuing from the
+        instruction's cache (instruction_cache), or with None computing the instruction in every row (the
+        reference: every real token sees the same keys at the same positions, so the same states to rounding)."""
+        embeds, mask, position_ids = self.embed(history)
+        P = len(self.prefix_ids)
+        if cache is None:
+            table = self.lm.get_input_embeddings()
+            embeds = torch.cat([table(self.prefix_ids).expand(len(history), -1, -1), embeds], 1)
+            out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            return out.last_hidden_state[:, P:]
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids[:, P:], use_cache=True,
+                       **{cache_kwarg(self.base_lm()): cache}).last_hidden_state
 
     def _read(self, x, L, every_position):
         """The readout position of x [B, T, d] ([B, d]); with every_position, each history column's position
         (then the response marker's, when it is the readout) [B, L (+1), d]."""
         if not every_position:
             return x[:, -1]  # the response marker's last token, or the last item when there is no marker
-        P = len(self.prefix_ids)
-        items = x[:, P:P + L]
+        items = x[:, :L]
         return torch.cat([items, x[:, -1:]], 1) if self.cfg.readout == "response" else items
 
     def encode(self, history, layer_states=False, every_position=False):
         """User states after the final norm at the readout position [B, d1] (with every_position, at every
         history position, see _read); with layer_states, also every decoder layer's output (before any
         norm) at the same positions, a list of num_layers tensors."""
-        embeds, mask, position_ids = self.embed(history)
+        once = self.cfg.instruction_once
+        cache = self.instruction_cache(len(history)) if once else None  # before the layer hooks record
         self._states = [] if layer_states else None
         try:
-            out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
-            states = self._states
+            x = self._lm(history, cache)
+            P = 0 if once else len(self.prefix_ids)
+            states = [s[:, P:] for s in self._states] if layer_states else None
         finally:
             self._states = None
         L = history.shape[1]
-        h = self._read(out.last_hidden_state, L, every_position).float()
+        h = self._read(x, L, every_position).float()
         return (h, [self._read(s, L, every_position).float() for s in states]) if layer_states else h
 
     def item_scores(self, h, head=None):
@@ -247,6 +280,36 @@ class ELLMRec(nn.Module):
         return self
 
 
+def training_attention(attention, precision=None) -> str:
+    """ELLMRecConfig.attention with auto resolved for a run computing in `precision` (None: fp32)."""
+    if attention != "auto":
+        return attention
+    low = precision is not None and compute_dtype(precision) is not None
+    return "eager" if low and not torch.cuda.is_available() else "sdpa"
+
+
+class MaskDropout(nn.Module):
+    """LoRA's dropout with its mask drawn from 15 random bits an element, two elements from each 32-bit draw of
+    torch's generator, where nn.Dropout draws a float per element: a third of the time on a CPU
+    (benchmarks/README.md, "Training speed"). An element is dropped with probability round(p * 2^15) / 2^15
+    (p = 0.05: 0.04999) and the kept ones scaled to keep the mean, as nn.Dropout does."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p, self.threshold = p, round(p * 2 ** 15)
+
+    def forward(self, x):
+        if not self.training or self.threshold == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_().view(torch.int16)[:n]
+        keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
+        return x * (keep.to(x.dtype) * (2 ** 15 / (2 ** 15 - self.threshold)))  # one product to differentiate
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
 def _with_lora(lm, lora, targets):
     """peft's LoRA on the named projections; names that match no module are a flag error listing the names
     there are (peft would raise deep inside, or adapt nothing)."""
@@ -258,18 +321,9 @@ def _with_lora(lm, lora, targets):
     return get_peft_model(lm, lora)
 
 
-def item_loss(scores, labels):
-    """Cross-entropy over all items (paper eq. 1), scores [n, items + 1]; column 0 is padding and never a
-    prediction."""
-    scores = scores.clone()
-    scores[:, 0] = float("-inf")
-    return F.cross_entropy(scores, labels)
-
-
-def take_columns(x, index):
-    """x [B, T, d] rearranged along T: row b's column j is x[b, index[b, j]]. Both prompt layouts (training's
-    here, padding first; the fast path's, padding last after a cached instruction) are built with it."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+def cache_kwarg(lm):
+    """transformers renamed forward's past_key_values to cache (5.x); the name this version takes."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def check_same_data(cfg: ELLMRecConfig, data, where):

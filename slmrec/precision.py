@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .data import cache_dir
-from .utils import FlagError, load_json, save_json
+from .utils import FlagError, cache_dir, load_json, save_json
 
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:

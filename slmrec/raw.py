@@ -18,15 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("amazon-csv", "amazon-2014-csv", "amazon-json", "ml-100k", "ml-1m", "recbole")
 CHUNK_LINES = 1_000_000
-
-
-class DataError(ValueError):
-    """Input data that cannot be used, with a message naming the file and the problem."""
-
 
 
 def text_encoding(head: bytes) -> str:

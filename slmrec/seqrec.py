@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import trim_padding
+from .batches import trim_padding
 from .utils import FlagError, check_memory
 
 

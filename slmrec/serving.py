@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from .data import DataError
+from .errors import DataError
 from .inference import UnknownUser, item_rows, parse_history, user_history
 from .utils import FlagError
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .checkpoints import (WEIGHTS, CheckpointError, check_run_dir, load_trained_weights, load_weights,
                           newest_complete_checkpoint, resume_mode, save_model, settings_changed)
@@ -18,6 +19,7 @@ from .inference import FastELLMRec, InferenceConfig, auto_compile
 from .metrics import evaluate, flatten
 from .model import ELLMRec
 from .precision import resolve_precision
+from .errors import NonFiniteError
 from .utils import FlagError, hardware, jsonable, load_json, run_lock, save_json, save_npz
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ class TrainConfig:
     # validations rank the stored candidates (the paper's protocol, which picks the checkpoint); true: also every
     # item, as the test does (|I| scores per user: on a large catalogue it costs more than the training)
     full_ranking_valid: bool = False
+    # training batches of examples of like history length (transformers' LengthGroupedSampler: random groups of
+    # 50 batches, each sorted by length, so the order stays random and seeded), each trimmed to its longest row
+    # (the models' trim_padding); false: uniformly shuffled batches
+    group_by_length: bool = True
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         for name in ("batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
@@ -65,9 +71,9 @@ ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, le
                      lr_scheduler="cosine", warmup_steps=50, logging_steps=10)
 
 
-# SASRec's, GRU4Rec's and BERT4Rec's over TrainConfig's: early stopping on validation MRR, in fp32 (small models:
-# bf16 would save little and change their numbers).
-SEQREC_TRAIN = dict(epochs=200, patience=20, precision="fp32")
+# SASRec's, GRU4Rec's and BERT4Rec's over TrainConfig's: early stopping on validation MRR, in fp32, on uniformly
+# shuffled batches (small models: bf16 and length groups would save little and change their recorded numbers).
+SEQREC_TRAIN = dict(epochs=200, patience=20, precision="fp32", group_by_length=False)
 
 
 def steps_per_epoch(cfg: TrainConfig, num_examples) -> int:
@@ -114,10 +120,6 @@ def training_arguments(cfg: TrainConfig, output_dir, num_examples=None) -> Train
         use_cpu=not cuda,
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
-
-
-class NonFiniteError(ValueError):
-    pass
 
 
 def check_finite(terms: dict, step):
@@ -186,11 +188,21 @@ def ranking(model, precision, device, users=0) -> dict:
 class RecTrainer(SmallCheckpoints):
     """Evaluates with the project's evaluator on the stored validation candidates; saves small checkpoints."""
 
-    def __init__(self, *args, data, max_len, full_ranking_valid=False, **kwargs):
+    def __init__(self, *args, data, max_len, full_ranking_valid=False, group_by_length=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.data, self.max_len, self.full_ranking_valid = data, max_len, full_ranking_valid
+        self.group_by_length = group_by_length
         self.precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         self.started = time.time()
+
+    def _get_train_sampler(self, train_dataset=None):
+        # The examples' lengths are known without reading them (examples.py: lengths()); the Trainer's own
+        # grouping would read every example, and takes the padded length.
+        dataset = train_dataset or self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(dataset)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=dataset.lengths().tolist())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -254,7 +266,8 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
-                          data=data, max_len=max_len, full_ranking_valid=cfg.full_ranking_valid, callbacks=callbacks,
+                          data=data, max_len=max_len, full_ranking_valid=cfg.full_ranking_valid,
+                          group_by_length=cfg.group_by_length, callbacks=callbacks,
                           **trainer_kwargs)
     log.info("training on %s, %d process(es), %d examples, validation every %d steps", args.device,
              args.world_size, len(train_dataset), args.eval_steps)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DamagedFile, FlagError
+
 
 def setup_logging(level=logging.INFO):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
@@ -65,6 +67,11 @@ def written_whole(path, suffix=""):
         tmp.unlink(missing_ok=True)
 
 
+def cache_dir() -> Path:
+    """The project's cache (converted base models, ml-100k): $SLMREC_CACHE, else ~/.cache/slmrec."""
+    return Path(os.environ.get("SLMREC_CACHE", Path.home() / ".cache" / "slmrec"))
+
+
 def save_json(obj, path):
     with written_whole(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=jsonable))
@@ -82,10 +89,6 @@ def file_digest(path) -> str:
 def save_npz(path, **arrays):
     with written_whole(path, ".npz") as tmp:
         np.savez(tmp, **arrays)
-
-
-class DamagedFile(ValueError):
-    """A file of the project's (a record, a config, a run's metrics) that does not parse: named, with what to do."""
 
 
 def load_json(path):
@@ -117,10 +120,6 @@ def split_flags(flags: dict, *configs, fixed=()) -> list:
         raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
                         + ", ".join(c.__name__ for c in configs))
     return [{k: coerce(k, v, h[k]) for k, v in flags.items() if k in n} for n, h in zip(names, hints)]
-
-
-class FlagError(ValueError):
-    pass
 
 
 TRUE, FALSE = {"true", "yes", "1"}, {"false", "no", "0"}

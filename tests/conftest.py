@@ -37,7 +37,8 @@ def synthetic_rows(num_users=30, num_items=25, per_user=12, seed=0):
 @pytest.fixture
 def tiny_dataset(tmp_path):
     """A prepared dataset from synthetic Amazon CSV: 30 users, 25 items, 12 interactions each."""
-    from slmrec.data import PrepareConfig, PreparedData, prepare
+    from slmrec.data import PreparedData
+    from slmrec.prepare import PrepareConfig, prepare
 
     src = write_amazon_csv(tmp_path / "ratings.csv", synthetic_rows())
     prepare(PrepareConfig(str(src), num_negatives=15), tmp_path / "prepared")

@@ -26,7 +26,9 @@ import reproduce
 import train_sr_trad
 from conftest import ROOT, synthetic_rows, write_amazon_csv
 from slmrec import cli
-from slmrec.data import DataError, PrepareConfig, PreparedData, prepare
+from slmrec.data import PreparedData
+from slmrec.errors import DataError
+from slmrec.prepare import PrepareConfig, prepare
 from slmrec.embeddings import EmbeddingFileError, load_item_embedding, save_item_embedding
 from slmrec.metrics import evaluate
 from slmrec.seqrec import SeqRecConfig

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec import data as D, raw
-from slmrec.data import DataError, PrepareConfig, PreparedData, k_core, prepare, read_interactions
+from slmrec import prepare as P, raw
+from slmrec.data import PreparedData
+from slmrec.errors import DataError
+from slmrec.prepare import PrepareConfig, k_core, prepare
+from slmrec.raw import read_interactions
 from slmrec.examples import WindowDataset
 
 
@@ -166,7 +169,7 @@ def test_missing_file_and_nothing_left(tmp_path):
 def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows())
     written = []
-    write = D.NpyRows.write
+    write = P.NpyRows.write
 
     def failing_write(self, block):  # killed while the test candidates are written, the valid ones complete
         if self.fh.name.endswith("candidates_test.npy"):
@@ -174,7 +177,7 @@ def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         write(self, block)
 
-    monkeypatch.setattr(D.NpyRows, "write", failing_write)
+    monkeypatch.setattr(P.NpyRows, "write", failing_write)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(str(src)), tmp_path / "out")
     assert {"sequences.npy", "candidates_valid.npy"} <= set(written)  # interrupted after those were written
@@ -184,15 +187,15 @@ def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
 def test_a_write_that_fails_in_the_writer_thread_stops_the_run_and_leaves_no_dataset(tmp_path, monkeypatch):
     """The candidates are written by a thread (NpyRows): its error (here a full disk) reaches the caller."""
     src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows())
-    write = D.NpyRows._write
+    write = P.NpyRows._write
 
     def full_disk(self, block):
         if self.fh.name.endswith("candidates_test.npy"):
             raise OSError(errno.ENOSPC, "No space left on device")
         write(self, block)
 
-    monkeypatch.setattr(D.NpyRows, "_write", full_disk)
-    monkeypatch.setattr(D, "draw_candidates", functools.partial(D.draw_candidates, block=4))
+    monkeypatch.setattr(P.NpyRows, "_write", full_disk)
+    monkeypatch.setattr(P, "draw_candidates", functools.partial(P.draw_candidates, block=4))
     with pytest.raises(OSError, match="No space left"):
         prepare(PrepareConfig(str(src)), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]

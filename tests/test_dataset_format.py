@@ -9,8 +9,10 @@ import pytest
 
 import prepare_data
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec import data as D
-from slmrec.data import DataError, PrepareConfig, PreparedData, convert, prepare
+from slmrec import data as D, prepare as P
+from slmrec.data import PreparedData
+from slmrec.errors import DataError
+from slmrec.prepare import PrepareConfig, convert, prepare
 
 # Fingerprints of these inputs as prepared by the format-1 code (.npz files, int32 tables in memory), before
 # the candidates were written as drawn: the protocol and the draws are unchanged, so they must be the same.
@@ -121,10 +123,10 @@ def test_a_pickled_array_is_refused_not_loaded(tiny_dataset):
 def test_memory_does_not_hold_the_candidates_while_they_are_drawn(tmp_path, monkeypatch):
     """Candidates go to disk a block of users at a time: with blocks of 4 users, no table of all users exists."""
     blocks = []
-    write = D.NpyRows.write
-    monkeypatch.setattr(D.NpyRows, "write", lambda self, block: blocks.append(len(block)) or write(self, block))
-    draw = D.draw_candidates
-    monkeypatch.setattr(D, "draw_candidates", lambda *a, **k: draw(*a, **{**k, "block": 4}))
+    write = P.NpyRows.write
+    monkeypatch.setattr(P.NpyRows, "write", lambda self, block: blocks.append(len(block)) or write(self, block))
+    draw = P.draw_candidates
+    monkeypatch.setattr(P, "draw_candidates", lambda *a, **k: draw(*a, **{**k, "block": 4}))
     src = write_amazon_csv(tmp_path / "a.csv", synthetic_rows())
     stats = prepare(PrepareConfig(str(src), num_negatives=15), tmp_path / "p")
     assert stats["fingerprint"] == FORMAT1_FINGERPRINTS["amazon-csv"] and max(blocks) == 4

@@ -10,7 +10,7 @@ import distill
 import finetune
 from benchmarks import loss_scales
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec.data import PrepareConfig, prepare
+from slmrec.prepare import PrepareConfig, prepare
 from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, distill_loss, student_config,
                             teacher_states)
 from slmrec.examples import ExampleConfig, training_examples

@@ -23,7 +23,9 @@ import recommend
 from conftest import ROOT, synthetic_rows, write_amazon_csv
 from slmrec import cli
 from slmrec.checkpoints import CheckpointError
-from slmrec.data import DataError, PrepareConfig, PreparedData, prepare
+from slmrec.data import PreparedData
+from slmrec.errors import DataError
+from slmrec.prepare import PrepareConfig, prepare
 from slmrec.raw import text_lines
 from slmrec.utils import check_writable, save_json
 from test_distill import tiny_teacher  # noqa: F401 (a fixture)

@@ -9,7 +9,8 @@ import torch
 import evaluate as evaluate_cli
 import recommend
 from slmrec.backbone import load_backbone
-from slmrec.data import DataError, left_pad
+from slmrec.batches import left_pad
+from slmrec.errors import DataError
 from slmrec.decoder import Decoder
 from slmrec.inference import FastELLMRec, InferenceConfig, Recommender, TransformersForward, load_scorer
 from slmrec.metrics import rank_users

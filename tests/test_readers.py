@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slmrec import raw
-from slmrec.data import PrepareConfig, prepare
+from slmrec.prepare import PrepareConfig, prepare
 from slmrec.raw import DataError, read_columnar, read_interactions, read_lines
 
 # Values the line reader reads, or refuses, in its own way: spaces it strips, bytes that are not ASCII, numbers

@@ -12,7 +12,8 @@ import evaluate as evaluate_cli
 import finetune
 from conftest import ROOT
 from slmrec.backbone import BackboneError, decoder_layers, load_backbone
-from slmrec.data import PrepareConfig, PreparedData, prepare
+from slmrec.data import PreparedData
+from slmrec.prepare import PrepareConfig, prepare
 from slmrec.embeddings import EmbeddingFileError
 from slmrec.metrics import METRICS, evaluate
 from slmrec import report

@@ -1,0 +1,128 @@
+"""The LM-based models' training step, the old way beside the new, in one process (issue 35):
+
+    per_row  the instruction computed in every row, uniformly shuffled batches (instruction_once false,
+             --group_by_length false: the step before 2026-12-03)
+    once     the instruction computed once per batch, batches of like length (the default)
+
+for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
+8-layer teacher, whose forward is then part of the step), on each dataset and in each precision.
+
+    python benchmarks/train_speed.py --data data/ml-100k,data/clothing-tenth
+
+Columns: the mean step over the same number of batches drawn at random from each path's own epoch (its batches
+differ in length, so a mean, not a median); tokens the LM computes per history token over that whole epoch
+(from the examples' lengths: the instruction's P tokens per row or per batch, and each batch padded to its
+longest row); the epoch time that implies; and the step beside its floor counted on the history tokens alone:
+the step's matrix-product FLOPs (torch's FlopCounterMode) scaled to the history tokens, at the matmul rate this
+machine reaches on the layers' shapes (measured in the same run). Random LM weights and item table time the
+same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout 0.05).
+"""
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from profile_step import matmul_throughput
+from slmrec.backbone import load_backbone
+from slmrec.cli import run
+from slmrec.data import PreparedData
+from slmrec.distill import DistillConfig, student_config
+from slmrec.efficiency import autocast_for, collate, train_step
+from slmrec.examples import ExampleConfig, training_examples
+from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.precision import compute_dtype, native_bf16, resolve_precision
+from slmrec.utils import hardware, peak_rss_mb
+
+
+def epoch_order(lengths, batch_size, grouped, seed):
+    """One epoch's batches of example indices: like lengths together (the Trainer's sampler), or shuffled."""
+    if grouped:
+        torch.manual_seed(seed)
+        order = np.fromiter(iter(LengthGroupedSampler(batch_size, lengths=lengths.tolist())), np.int64)
+    else:
+        order = np.random.default_rng(seed).permutation(len(lengths))
+    return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+
+
+def tokens_per_history_token(lengths, batches, prompt, suffix, once):
+    """What the LM computes over an epoch, per history token: each batch padded to its longest row, the
+    instruction's `prompt` tokens in every row or once per batch."""
+    computed = sum((prompt if once else prompt * len(b)) + len(b) * (lengths[b].max() + suffix) for b in batches)
+    return computed / lengths.sum()
+
+
+def lm_share(counter, step_tokens, history_tokens):
+    """The step's FLOPs if the LMs computed only the history tokens: the LM modules' FLOPs scaled by
+    history / computed tokens, the rest (heads, item scores, losses: per supervised row) as counted."""
+    counts = counter.get_flop_counts()
+    lm = sum(sum(v.values()) for k, v in counts.items() if k.endswith(".lm") and k.count(".") == 1)
+    return lm * history_tokens / step_tokens + (counter.get_total_flops() - lm)
+
+
+def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", precisions=None, batch_size: int = 16,
+         steps: int = 12, seed: int = 0, attention: str = "sdpa", lora_dropout: float = 0.05):
+    """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
+    and fp32; steps: batches timed per path (after one warm-up step)."""
+    precisions = precisions.split(",") if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
+    t_layers, s_layers = (int(n) for n in layers.split(","))
+    print(f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, {attention} attention, "
+          f"LoRA dropout {lora_dropout}, mean of {steps} steps per path, {hardware()}\n")
+    print("| data | step | precision | path | step s | tokens per history token | epoch (steps) | epoch h | "
+          "matmul TFLOP/s here | history floor s | of floor | speed-up | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in data.split(","):
+        dataset = PreparedData(path)
+        examples = training_examples(dataset, 50, ExampleConfig())
+        lengths = examples.lengths()
+        table = torch.randn(dataset.num_items + 1, 64, generator=torch.Generator().manual_seed(0))
+        for precision in precisions:
+            resolve_precision(precision)
+            dtype = compute_dtype(precision) or torch.float32
+            cfg = ELLMRecConfig(base_model=base_model, num_layers=t_layers, lora_dropout=lora_dropout,
+                                attention=attention)
+            teacher = ELLMRec(cfg, table, backbone=load_backbone(base_model, t_layers), precision=precision)
+            dcfg = DistillConfig("unused")
+            student = ELLMRec(student_config(cfg, s_layers, dcfg), table, backbone=load_backbone(base_model, s_layers),
+                              precision=precision)
+            frozen = ELLMRec(cfg, table, backbone=load_backbone(base_model, t_layers), precision=precision).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+            P = len(teacher.prefix_ids)
+            rate = matmul_throughput(teacher, int(batch_size * np.mean(lengths)), dtype)
+            for name, model, kd in (("teacher", teacher, None), ("student + live teacher", student, frozen)):
+                before = None
+                for once in (False, True):
+                    for m in (model, kd) if kd is not None else (model,):
+                        m.cfg.instruction_once = once
+                    epoch = epoch_order(lengths, batch_size, once, seed)
+                    drawn = np.random.default_rng(seed).choice(len(epoch), steps + 1, replace=False)
+                    batches = [collate([examples[int(i)] for i in epoch[j]]) for j in drawn]
+                    step = train_step(model, batches, autocast_for(precision, "cpu"), kd, dcfg if kd else None)
+                    step()  # warm-up
+                    t = time.perf_counter()
+                    for _ in range(steps):
+                        step()
+                    seconds = (time.perf_counter() - t) / steps
+                    ratio = tokens_per_history_token(lengths, epoch, P, 0, once)
+                    # FLOPs of one more step (the first drawn batch), and that batch's token counts
+                    b = epoch[drawn[(steps + 1) % len(drawn)]]
+                    counter = FlopCounterMode(display=False)
+                    with counter:
+                        step()
+                    step_tokens = (P if once else P * len(b)) + len(b) * lengths[b].max()
+                    floor_flops = lm_share(counter, step_tokens, lengths[b].sum())
+                    # the step's floor scaled to the epoch's mean batch: FLOPs per history token x its tokens
+                    floor = floor_flops / lengths[b].sum() * lengths.sum() / len(epoch) / rate
+                    speedup = f"{before / seconds:.2f}x" if before else "1"
+                    before = before or seconds
+                    print(f"| {dataset.path.name} | {name} | {precision} | {'once' if once else 'per_row'} | "
+                          f"{seconds:.3f} | {ratio:.2f} | {len(epoch):,} | {seconds * len(epoch) / 3600:.2f} | "
+                          f"{rate / 1e12:.2f} | {floor:.3f} | {floor / seconds:.0%} | {speedup} | "
+                          f"{peak_rss_mb():.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

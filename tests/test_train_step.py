@@ -1,0 +1,147 @@
+"""Training computes the instruction once per batch (ELLMRec.instruction_cache): the same loss, gradients and layer
+states as the instruction computed in every row, and as the prompt laid out with all padding at the far left
+(SPEC §2), built here by hand."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from slmrec.model import ELLMRec, ELLMRecConfig
+
+PROMPT = dict(instruction="History of a user:", response="Next:")
+
+
+def pair(lm_dir, **kw):
+    """Two models with the same weights (LoRA's B random, so every LoRA weight gets a gradient), the
+    instruction once per batch and in every row."""
+    table = torch.randn(21, 8, generator=torch.Generator().manual_seed(1))
+    cfg = ELLMRecConfig(base_model=str(lm_dir), num_layers=4, max_len=6, lora_dropout=0.0, **PROMPT, **kw)
+    once = ELLMRec(cfg, table)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in once.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    rows = ELLMRec(dataclasses.replace(cfg, instruction_once=False), table)
+    rows.load_state_dict(once.state_dict())
+    return once.train(), rows.train()
+
+
+HISTORY = torch.tensor([[0, 0, 0, 5, 9, 2], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7], [0, 3, 8, 1, 1, 4]])
+EVERY = torch.tensor([[0, 0, 0, 9, 2, 11], [2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 8], [0, 8, 1, 1, 4, 3]])
+LAST = torch.tensor([11, 7, 8, 3])
+
+
+def grads(model, labels):
+    model.zero_grad()
+    out = model(HISTORY, labels, layer_states=True)
+    out["loss"].backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("readout", ["last_item", "response"])
+@pytest.mark.parametrize("labels", [EVERY, LAST], ids=["every_position", "last_target"])
+def test_loss_gradients_and_states_equal_the_per_row_instruction(tiny_lm_dir, readout, labels):
+    once, rows = pair(tiny_lm_dir, readout=readout)
+    (a, ga), (b, gb) = grads(once, labels), grads(rows, labels)
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+    assert ga.keys() == gb.keys() and any("lora_A" in n for n in ga)
+    for n in ga:
+        assert ga[n].abs().max() > 0, n
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
+    for s, t in zip(a["states"], b["states"]):
+        torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-5)
+
+
+def far_left_states(model, history, shift=0):
+    """The final-norm states at every history column, from the prompt laid out as SPEC §2 states it: all
+    padding at the far left of the whole sequence, position ids from the mask (the items' + shift: rotary
+    phases are relative, so only a shift between the instruction and the items shows)."""
+    table = model.lm.get_input_embeddings()
+    B, L = history.shape
+    P = len(model.prefix_ids)
+    rows = []
+    for r in range(B):
+        real = history[r][history[r] != 0]
+        pads = L - len(real)
+        embeds = torch.cat([torch.zeros(pads, table.weight.shape[1]), table(model.prefix_ids),
+                            model.w_in(model.item_embedding[real])])
+        mask = torch.tensor([0] * pads + [1] * (P + len(real)))
+        positions = (mask.cumsum(0) - 1).clamp(min=0)
+        positions[pads + P:] += shift
+        out = model.lm(inputs_embeds=embeds[None], attention_mask=mask[None], position_ids=positions[None])
+        rows.append(out.last_hidden_state[0, -L:])
+    return torch.stack(rows)
+
+
+def test_states_equal_the_far_left_layout_and_a_shifted_position_is_caught(tiny_lm_dir):
+    once, _ = pair(tiny_lm_dir)
+    once.eval()
+    with torch.no_grad():
+        h = once.encode(HISTORY, every_position=True)
+        ref = far_left_states(once, HISTORY)
+        shifted = far_left_states(once, HISTORY, shift=1)
+    real = HISTORY != 0
+    torch.testing.assert_close(h[real], ref[real], rtol=1e-5, atol=1e-5)
+    assert (h[real] - shifted[real]).abs().max() > 1e-4  # the items one position late: 10x the tolerance
+
+
+def test_a_row_attending_to_another_instruction_is_caught(tiny_lm_dir):
+    """The cache is the instruction's: with another instruction's keys and values the states change."""
+    once, _ = pair(tiny_lm_dir)
+    once.eval()
+    with torch.no_grad():
+        right = once.encode(HISTORY)
+        once.prefix_ids = once.prefix_ids.flip(0)
+        wrong = once.encode(HISTORY)
+    assert (right - wrong).abs().max() > 1e-3
+
+
+def test_length_groups_know_each_examples_length_and_stay_random(tiny_dataset):
+    from transformers import TrainingArguments
+
+    from slmrec.examples import Indexed, NextItemDataset, UserTargetDataset, WindowDataset
+    from slmrec.training import RecTrainer
+
+    for examples in (WindowDataset(tiny_dataset, 4), NextItemDataset(tiny_dataset, 4)):
+        real = [int((examples[i]["input_ids"] != 0).sum()) for i in range(len(examples))]
+        assert examples.lengths().tolist() == real == Indexed(examples).lengths().tolist()
+    users = UserTargetDataset(tiny_dataset, 4)
+    assert all(int((users[i]["input_ids"] != 0).sum()) <= n for i, n in enumerate(users.lengths()))
+
+    lengths = torch.arange(400) % 37 + 1
+    examples = type("Examples", (), {"lengths": lambda self: lengths.numpy(), "__len__": lambda self: 400})()
+
+    def batches(group):
+        args = TrainingArguments("unused", per_device_train_batch_size=8, use_cpu=True, report_to=[])
+        trainer = RecTrainer.__new__(RecTrainer)
+        trainer.args, trainer.train_dataset, trainer.group_by_length = args, examples, group
+        order = torch.tensor(list(iter(trainer._get_train_sampler())))
+        assert sorted(order.tolist()) == list(range(400))  # every example once
+        return lengths[order].view(-1, 8)
+
+    torch.manual_seed(0)
+    grouped, again = batches(True), batches(True)
+    spread = lambda b: (b.max(1).values - b.min(1).values).float().mean()
+    assert spread(grouped) < 5 < 20 < spread(batches(False))  # like lengths together; a shuffle mixes them
+    assert not torch.equal(grouped, again)  # a new order every epoch
+
+
+def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_dir):
+    from slmrec.model import MaskDropout, training_attention
+
+    model = ELLMRec(ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, **PROMPT),
+                    torch.randn(21, 8))
+    masks = [m for m in model.modules() if isinstance(m, MaskDropout)]
+    assert len(masks) == 2 * 3 and not any(type(m) is torch.nn.Dropout for m in model.modules())
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = masks[0].train()(x)
+    dropped = (y == 0).float()
+    assert abs(dropped.mean().item() - 0.25) < 4 * (0.25 * 0.75 / len(x)) ** 0.5  # the rate, to 4 sigma
+    assert abs((dropped[:-1] * dropped[1:]).mean().item() - 0.25 ** 2) < 0.003  # neighbours drawn apart
+    assert abs(y.mean().item() - 1) < 0.01  # kept elements scaled to keep the mean
+    assert torch.equal(masks[0].eval()(x), x)
+    assert training_attention("auto", None) == "sdpa" == training_attention("auto", "fp32")
+    assert training_attention("sdpa", "bf16") == "sdpa"
