@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
 PY=$(bash scripts/python.sh)
+"$PY" -m ruff check --quiet .  # style and unused names (pyproject.toml), before the tests
 "$PY" -m pytest -q tests "$@"
 # The equality tests (marker "exactness") once more under the oldest x86 kernel family (SSE4: MKL, oneDNN and
 # ATen's own kernels), which block and so round differently from any CPU's native one: an equality that holds

@@ -20,9 +20,9 @@ from slmrec.utils import is_main_process, seed_everything, setup_logging, split_
 
 def main(data: str = DEFAULT_DATA, output_dir: str = DEFAULT_SASREC, resume: str = "false", **flags):
     """With no flags: SASRec on the embedded default (ml-100k, prepared first if missing) into out/main/sasrec, as
-    the main job's first stage. Flags are the fields of SeqRecConfig (slmrec/seqrec.py: --model, --max_len, --hidden_size, --num_layers,
-    --num_heads, --dropout, --mask_prob) and TrainConfig (slmrec/training.py: --epochs, --batch_size,
-    --learning_rate, --eval_steps (default 0: once per epoch), --patience, --seed, ...)."""
+    the main job's first stage. Flags are the fields of SeqRecConfig (slmrec/seqrec.py: --model, --max_len,
+    --hidden_size, --num_layers, --num_heads, --dropout, --mask_prob) and TrainConfig (slmrec/training.py: --epochs,
+    --batch_size, --learning_rate, --eval_steps (default 0: once per epoch), --patience, --seed, ...)."""
     setup_logging()
     resume = resume_mode(resume)
     mflags, tflags = split_flags(flags, SeqRecConfig, TrainConfig, fixed=("num_items", "data_fingerprint"))

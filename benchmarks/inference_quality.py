@@ -27,7 +27,10 @@ VARIANTS = {
     "fast, fp32, own forward": (dict(precision="fp32"), "plain, fp32"),
     "fast, fp32, own forward compiled": (dict(precision="fp32", compile=True), "plain, fp32"),
     "plain, bf16 autocast": (dict(fast=False, precision="bf16"), None),
-    "fast, bf16 matmuls, fp32 residual": (dict(precision="bf16", residual="fp32", decoder=False), "plain, bf16 autocast"),
+    "fast, bf16 matmuls, fp32 residual": (
+        dict(precision="bf16", residual="fp32", decoder=False),
+        "plain, bf16 autocast",
+    ),
     "fast, bf16, transformers' forward": (dict(precision="bf16", decoder=False), "plain, bf16 autocast"),
     "fast, bf16, own forward (recommend.py)": (dict(precision="bf16"), "plain, bf16 autocast"),
     "fast, bf16, own forward compiled (serve.py)": (dict(precision="bf16", compile=True), "plain, bf16 autocast"),

@@ -168,7 +168,12 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         full, cached = 2 * weights * (P + hist_tokens), 2 * weights * hist_tokens
         # the own forward: the last layer's k and v for every token, its other products for the read row only
         c = model.base_lm().config
-        kv = 2 * c.hidden_size * c.num_key_value_heads * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        kv = (
+            2
+            * c.hidden_size
+            * c.num_key_value_heads
+            * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        )
         last = weights // n
         done = 2 * ((weights - last + kv) * hist_tokens + (last - kv))
         name = f"E-LLMRec {n} layers"
@@ -208,14 +213,20 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         compile_s = time.perf_counter() - t
         fast = timed(f"+ torch.compile ({compile_s:.0f} s to compile; serve.py's default)", compiled, True,
                      flops=cached, work=done)
-        compiled_whole = timed("compiled, whole batches instead of blocks", FastELLMRec(
-            model, InferenceConfig(**whole, compile=True), DEVICE), True, flops=cached, work=done)
+        compiled_whole = timed(
+            "compiled, whole batches instead of blocks",
+            FastELLMRec(model, InferenceConfig(**whole, compile=True), DEVICE),
+            True,
+            flops=cached,
+            work=done,
+        )
         summary[n] = (base, fast, transformers, eager, compiled_whole)
         if int8 and DEVICE == "cpu":
             q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))
             timed("int8 weights, fp32 activations, prefix cache, by length", q, True, None)
-        print(f"|  | matmul throughput on these shapes: {precision} {floors['compute', 'big'] / 1e12:.2f} TFLOP/s, fp32 "
-              f"{floors['fp32', 'big'] / 1e12:.2f} (batch {batch_size}); {precision} {floors['compute', '1'] / 1e12:.2f} "
+        big, one = floors['compute', 'big'] / 1e12, floors['compute', '1'] / 1e12
+        print(f"|  | matmul throughput on these shapes: {precision} {big:.2f} TFLOP/s, fp32 "
+              f"{floors['fp32', 'big'] / 1e12:.2f} (batch {batch_size}); {precision} {one:.2f} "
               f"(batch 1); {weights / 1e6:.1f} M weights in the layers, {P} instruction tokens |  |  |  |  |  |  |",
               flush=True)
     depths = sorted(summary)

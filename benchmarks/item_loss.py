@@ -180,10 +180,12 @@ def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int =
     s_opt = seconds(opt.step, repeats)
     n = int((y != 0).sum())
     step_floor = 6 * n * items * hidden / flops
-    print(f"\nSASRec step, batch 128 x 50, {n} labelled positions: {s_step:.3f} s = {s_step / step_floor:.2f}x its item "
-          f"head's floor ({step_floor:.3f} s); forward + backward {s_fb:.3f} s, AdamW over "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M values {s_opt:.3f} s; peak RSS "
-          f"{peak_rss_mb() / 1024:.2f} GB")
+    print(
+        f"\nSASRec step, batch 128 x 50, {n} labelled positions: {s_step:.3f} s = {s_step / step_floor:.2f}x its item "
+        f"head's floor ({step_floor:.3f} s); forward + backward {s_fb:.3f} s, AdamW over "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M values {s_opt:.3f} s; peak RSS "
+        f"{peak_rss_mb() / 1024:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """How large each term of eq. 6 is when distillation starts: a trained teacher, a fresh student, real
-training batches (the default every-position objective unless --objective last_target), every D_norm variant. Shows whether the loss weights balance the terms on your LM.
+training batches (the default every-position objective unless --objective last_target), every D_norm variant.
+Shows whether the loss weights balance the terms on your LM.
 
     python benchmarks/loss_scales.py --teacher out/main/teacher --data data/ml-100k
 

@@ -240,7 +240,9 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, neg
         for _, _, r in rows:
             if "ranked_items" in r:
                 d, items = r.pop("hidden"), r.pop("ranked_items")
-                r.update(floor_us_arithmetic=2 * d * items / flops * 1e6, floor_us_bandwidth=8 * items / bandwidth * 1e6)
+                r.update(
+                    floor_us_arithmetic=2 * d * items / flops * 1e6, floor_us_bandwidth=8 * items / bandwidth * 1e6
+                )
     print("| fraction | stage | seconds | peak RSS MB | notes |")
     print("|---|---|---|---|---|")
     for f, name, r in rows:

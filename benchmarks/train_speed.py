@@ -1,8 +1,10 @@
 """The LM-based models' training step, the old way beside the new, in one process (issue 35):
 
-    per_row  the instruction computed in every row, uniformly shuffled batches (instruction_once false,
-             --group_by_length false: the step before 2026-12-03)
-    once     the instruction computed once per batch, batches of like length (the default)
+    before   the step before 2026-12-03: the instruction computed in every row, uniformly shuffled batches,
+             sdpa attention, nn.Dropout's masks (instruction_once false, --group_by_length false,
+             --attention sdpa)
+    once     the instruction computed once per batch and batches of like length, attention and masks as before
+    now      once, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout)
 
 for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
 8-layer teacher, whose forward is then part of the step), on each dataset and in each precision.
@@ -32,9 +34,20 @@ from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, student_config
 from slmrec.efficiency import autocast_for, collate, train_step
 from slmrec.examples import ExampleConfig, training_examples
-from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.model import ELLMRec, ELLMRecConfig, MaskDropout, training_attention
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
 from slmrec.utils import hardware, peak_rss_mb
+
+
+def configure(model, path, precision):
+    """Set a model up as the path trains it (see the module docstring)."""
+    model.cfg.instruction_once = path != "before"
+    new = path == "now"
+    model.base_lm().set_attn_implementation(training_attention("auto" if new else "sdpa", precision))
+    for module in model.lm.modules():
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            for name, d in module.lora_dropout.items():
+                module.lora_dropout[name] = MaskDropout(d.p) if new else torch.nn.Dropout(d.p)
 
 
 def epoch_order(lengths, batch_size, grouped, seed):
@@ -63,13 +76,13 @@ def lm_share(counter, step_tokens, history_tokens):
 
 
 def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", precisions=None, batch_size: int = 16,
-         steps: int = 12, seed: int = 0, attention: str = "sdpa", lora_dropout: float = 0.05):
+         steps: int = 12, seed: int = 0, lora_dropout: float = 0.05):
     """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
     and fp32; steps: batches timed per path (after one warm-up step)."""
     precisions = precisions.split(",") if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
     t_layers, s_layers = (int(n) for n in layers.split(","))
-    print(f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, {attention} attention, "
-          f"LoRA dropout {lora_dropout}, mean of {steps} steps per path, {hardware()}\n")
+    print(f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, LoRA dropout "
+          f"{lora_dropout}, mean of {steps} steps per path, {hardware()}\n")
     print("| data | step | precision | path | step s | tokens per history token | epoch (steps) | epoch h | "
           "matmul TFLOP/s here | history floor s | of floor | speed-up | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -81,8 +94,7 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
         for precision in precisions:
             resolve_precision(precision)
             dtype = compute_dtype(precision) or torch.float32
-            cfg = ELLMRecConfig(base_model=base_model, num_layers=t_layers, lora_dropout=lora_dropout,
-                                attention=attention)
+            cfg = ELLMRecConfig(base_model=base_model, num_layers=t_layers, lora_dropout=lora_dropout)
             teacher = ELLMRec(cfg, table, backbone=load_backbone(base_model, t_layers), precision=precision)
             dcfg = DistillConfig("unused")
             student = ELLMRec(student_config(cfg, s_layers, dcfg), table, backbone=load_backbone(base_model, s_layers),
@@ -94,9 +106,10 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
             rate = matmul_throughput(teacher, int(batch_size * np.mean(lengths)), dtype)
             for name, model, kd in (("teacher", teacher, None), ("student + live teacher", student, frozen)):
                 before = None
-                for once in (False, True):
+                for path_name in ("before", "once", "now"):
+                    once = path_name != "before"
                     for m in (model, kd) if kd is not None else (model,):
-                        m.cfg.instruction_once = once
+                        configure(m, path_name, precision)
                     epoch = epoch_order(lengths, batch_size, once, seed)
                     drawn = np.random.default_rng(seed).choice(len(epoch), steps + 1, replace=False)
                     batches = [collate([examples[int(i)] for i in epoch[j]]) for j in drawn]
@@ -118,7 +131,7 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
                     floor = floor_flops / lengths[b].sum() * lengths.sum() / len(epoch) / rate
                     speedup = f"{before / seconds:.2f}x" if before else "1"
                     before = before or seconds
-                    print(f"| {dataset.path.name} | {name} | {precision} | {'once' if once else 'per_row'} | "
+                    print(f"| {dataset.path.name} | {name} | {precision} | {path_name} | "
                           f"{seconds:.3f} | {ratio:.2f} | {len(epoch):,} | {seconds * len(epoch) / 3600:.2f} | "
                           f"{rate / 1e12:.2f} | {floor:.3f} | {floor / seconds:.0%} | {speedup} | "
                           f"{peak_rss_mb():.0f} |", flush=True)

@@ -76,7 +76,9 @@ def help_text(fn, configs=(), defaults=None) -> str:
              inspect.cleandoc(fn.__doc__ or ""), "", "flags:"]
     for p in inspect.signature(fn).parameters.values():
         if p.kind is not inspect.Parameter.VAR_KEYWORD:
-            lines.append(f"  --{p.name}" + ("" if p.default is inspect.Parameter.empty else f" (default {p.default!r})"))
+            lines.append(
+                f"  --{p.name}" + ("" if p.default is inspect.Parameter.empty else f" (default {p.default!r})")
+            )
     for cls in configs:
         notes = field_notes(cls)
         lines += ["", f"{cls.__name__} ({inspect.getmodule(cls).__name__}):"]

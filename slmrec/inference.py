@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class InferenceConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, as in training), fp32, bf16, fp16
-    fast: bool = True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, the reference it is tested against
+    fast: bool = (
+        True  # E-LLMRec: the prefix-cached path below; False: ELLMRec.score, the reference it is tested against
+    )
     merge_lora: bool = True
     # compute: the whole LM (embeddings, norms, so the residual stream) in the compute dtype, as on a GPU;
     # fp32: training's fp32 residual stream, bf16 matmuls over frozen weights held in bf16 (autocast). In bf16
@@ -152,7 +154,8 @@ class FastELLMRec:
         if self.compiled:
             t = time.perf_counter()
             self.forward = torch.compile(self.forward, dynamic=True)
-            self(torch.ones(3, 2, dtype=torch.long, device=device))  # one graph for every batch and length: see __call__
+            # one graph for every batch and length: see __call__
+            self(torch.ones(3, 2, dtype=torch.long, device=device))
             log.info("scoring path compiled in %.1f s (torch.compile, inductor)", time.perf_counter() - t)
 
     @torch.inference_mode()

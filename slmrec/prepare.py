@@ -271,7 +271,8 @@ def _swap_in(tmp: Path, output_dir: Path):
 
 
 def fetch_ml100k():
-    """MovieLens-100K from the recbole wheel on PyPI (nothing else is reachable here); cached. Returns (.inter, .item) paths."""
+    """MovieLens-100K from the recbole wheel on PyPI (nothing else is reachable here); cached. Returns (.inter,
+    .item) paths."""
     dest = cache_dir() / "ml-100k"
     inter, item = dest / "ml-100k.inter", dest / "ml-100k.item"
     if inter.is_file() and item.is_file():

@@ -174,8 +174,9 @@ def ranking(model, precision, device, users=0) -> dict:
     """evaluate()'s scorer and batching for validation and test during training. An E-LLMRec scores through the
     fast path (FastELLMRec: the instruction's keys and values once, batches of similar history length, the
     project's LLaMA forward with LoRA folded into copies), which gives ELLMRec.score's ranks in fp32 within
-    rounding (tests/test_inference.py) at 3.6x the users/s in bf16 (benchmarks/validation_speed.py): built afresh on the current weights at every call, and leaving the model as
-    it trains (LoRA not merged, weights in their dtype, its attention kept), compiled for `users` histories where
+    rounding (tests/test_inference.py) at several times the users/s in bf16 (benchmarks/README.md, "Validation
+    during training"): built afresh on the current weights at every call, and leaving the model as it trains (LoRA
+    not merged, weights in their dtype, its attention kept), compiled for `users` histories where
     inference.auto_compile says it pays. SASRec, GRU4Rec and BERT4Rec rank from their user states and item table
     (metrics.FactoredRanking), in batches of similar history length trimmed of their padding."""
     if isinstance(model, ELLMRec):
@@ -196,8 +197,9 @@ class RecTrainer(SmallCheckpoints):
         self.started = time.time()
 
     def _get_train_sampler(self, train_dataset=None):
-        # The examples' lengths are known without reading them (examples.py: lengths()); the Trainer's own
-        # grouping would read every example, and takes the padded length.
+        # The one private method overridden outside SmallCheckpoints (checked against transformers 4.56 and 5.24):
+        # the examples' lengths are known without reading them (examples.py: lengths()), where the Trainer's own
+        # grouping would read every example and take its padded length.
         dataset = train_dataset or self.train_dataset
         if not self.group_by_length:
             return super()._get_train_sampler(dataset)

@@ -213,9 +213,10 @@ def check_memory(nbytes, what):
 
 def empty_huge(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """An uninitialised tensor, on a CPU in memory asked to be backed by 2 MB pages (madvise; a no-op where the
-    kernel's transparent huge pages are off; on another device a plain torch.empty). Random row reads from a table larger than the cache (the evaluator
-    gathers 1,000 candidate vectors per user from an 87 MB item table at Clothing's shape) then miss the TLB far
-    less, and a scratch buffer reused through a pass is faulted in once: together 3x faster on an AMD EPYC."""
+    kernel's transparent huge pages are off; on another device a plain torch.empty). Random row reads from a
+    table larger than the cache (the evaluator gathers 1,000 candidate vectors per user from the item table) then
+    miss the TLB far less, and a scratch buffer reused through a pass is faulted in once (benchmarks/README.md,
+    "The paper's data scale")."""
     nbytes = max(1, math.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
     if torch.device(device).type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype, device=device)

@@ -116,7 +116,12 @@ def places(tiny_dataset, tmp_path):
     (empty / "notes.txt").write_text("mine")
     save_item_embedding(torch.randn(tiny_dataset.num_items + 1, 8), tmp_path / "src" / "emb.pkl",
                         tiny_dataset.fingerprint)
-    return {"data": str(tiny_dataset.path), "tmp": str(empty), "src": str(src), "emb": str(tmp_path / "src" / "emb.pkl")}
+    return {
+        "data": str(tiny_dataset.path),
+        "tmp": str(empty),
+        "src": str(src),
+        "emb": str(tmp_path / "src" / "emb.pkl"),
+    }
 
 
 @pytest.mark.parametrize("script,args,message", CATALOGUE, ids=[f"{s}: {m}" for s, _, m in CATALOGUE])
@@ -157,7 +162,8 @@ def test_nan_scores_rank_last(tiny_dataset):
 
     def positive_nan(h):  # only the held-out item is NaN: still last
         s = torch.zeros(h.shape[0], tiny_dataset.num_items + 1)
-        return s.scatter(1, torch.as_tensor([tiny_dataset.target(u, "test") for u in range(len(h))])[:, None], torch.nan)
+        targets = torch.as_tensor([tiny_dataset.target(u, "test") for u in range(len(h))])
+        return s.scatter(1, targets[:, None], torch.nan)
 
     assert evaluate(positive_nan, tiny_dataset, "test", 6, tiny_dataset.num_users)["HR@10"] == 0
 
@@ -311,7 +317,8 @@ def test_one_run_per_output_folder(tiny_dataset, tmp_path, capsys):
     try:
         (out / ".lock").write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
         with pytest.raises(SystemExit):
-            cli.run(train_sr_trad.main, ["--data", str(tiny_dataset.path), "--output_dir", str(out), "--max_steps", "1"])
+            flags = ["--data", str(tiny_dataset.path), "--output_dir", str(out), "--max_steps", "1"]
+            cli.run(train_sr_trad.main, flags)
         assert f"in use by another run (pid {live.pid})" in capsys.readouterr().err
         assert not (out / "run_config.json").exists()
     finally:

@@ -90,7 +90,9 @@ def test_gguf_is_converted_once_and_read_back_with_the_same_weights_and_tokens(t
     # the second load reads the directory: the GGUF is not parsed again
     parsed = []
     real = AutoModel.from_pretrained
-    monkeypatch.setattr(AutoModel, "from_pretrained", lambda *a, **k: parsed.append(k.get("gguf_file")) or real(*a, **k))
+    monkeypatch.setattr(
+        AutoModel, "from_pretrained", lambda *a, **k: parsed.append(k.get("gguf_file")) or real(*a, **k)
+    )
     lm2, _ = load_backbone(str(path), 2)
     assert parsed == [None] and all(torch.equal(v, lm.state_dict()[k]) for k, v in lm2.state_dict().items())
     # another file (same name, other content) gets its own conversion
