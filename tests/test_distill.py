@@ -338,6 +338,7 @@ def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_te
 def test_distillation_with_the_cache_trains_as_with_the_live_teacher(tiny_dataset, tiny_teacher, tmp_path):
     train = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
     train["max_steps"] = 8  # 64 examples: at least the one pass over the 60 windows that a cache costs
+    train["patience"] = 0  # all eight steps, whatever the validations say
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "live"), teacher_states="live", **train)
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "cached"), **train)  # auto
     live, cached = (json.loads((tmp_path / d / "test_metrics.json").read_text()) for d in ("live", "cached"))
