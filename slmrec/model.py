@@ -65,7 +65,7 @@ class ELLMRecConfig:
     # sdpa elsewhere (benchmarks/README.md, "Training speed")
     attention: str = "auto"
     # training computes the instruction's states once per batch, every row attending to them (model._lm); False:
-    # in every row, as the original did (the reference the tests and benchmarks/profile_step.py compare with)
+    # in every row, as the original did (the reference tests/test_train_step.py and benchmarks/train_speed.py use)
     instruction_once: bool = True
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
