@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
 from slmrec.cli import run
 from slmrec.data import PreparedData, is_prepared
@@ -22,10 +21,14 @@ from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
-from slmrec.checkpoints import (check_run_dir, load_checkpoint_config, load_checkpoint_files, load_trained_weights,
-                                newest_complete_checkpoint, resume_mode, trained_on)
+from slmrec.checkpoints import (load_checkpoint_config, load_checkpoint_files, load_trained_weights,
+                                newest_complete_checkpoint, open_run_dir, trained_on)
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
-from slmrec.utils import FlagError, is_main_process, run_lock, seed_everything, setup_logging, split_flags
+from slmrec.errors import FlagError
+from slmrec.files import run_lock
+from slmrec.flags import split_flags
+from slmrec.runtime import is_main_process, seed_everything, setup_logging
+from slmrec.machine import compute_device
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int
     setup_logging()
     if output_dir is None:
         raise FlagError("--output_dir is required: the folder the student is trained into")
-    resume = resume_mode(resume)
     dflags, eflags, tflags = split_flags(flags, DistillConfig, ExampleConfig, TrainConfig)
     dcfg = DistillConfig(teacher, **dflags)
     examples_cfg = ExampleConfig(**eflags)
@@ -49,13 +51,13 @@ def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int
     cfg = TrainConfig(**{**ELLMREC_TRAIN, **tflags})
     seed_everything(cfg.seed)
     data = data or teacher_dataset(teacher)
-    check_run_dir(Path(output_dir), reads=[teacher, data])
+    run_dir = open_run_dir(output_dir, resume, reads=[teacher, data])
     dataset = PreparedData(data)
     teacher_model = load_teacher(dcfg, dataset, num_layers, precision=cfg.precision)
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
     scfg = student_config(teacher_model.cfg, num_layers, dcfg, **overrides)
     student = ELLMRec(scfg, teacher_model.item_embedding, precision=cfg.precision)
-    if resume != "no" and dcfg.kd_mode == "online":
+    if run_dir.resume != "no" and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)
     run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
@@ -65,7 +67,7 @@ def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int
     with run_lock(output_dir):  # one run per folder, from before the teacher's states are computed
         states, extra = None, {}
         if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = compute_device()
             pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)
             t = time.time()
             states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision,
@@ -74,9 +76,9 @@ def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int
                 extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
                          "teacher_states_build_seconds": states.meta["build_seconds"]}
                 examples = Indexed(examples)
-        metrics = fit_and_test(student, dataset, examples, cfg, output_dir, scfg.max_len, run_config,
-                               resume=resume, trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg,
-                               states=states, extra_metrics=extra, reads=[teacher])
+        metrics = fit_and_test(student, dataset, examples, cfg, run_dir, scfg.max_len, run_config,
+                               trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg, states=states,
+                               extra_metrics=extra)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 

@@ -23,7 +23,10 @@ from slmrec.inference import InferenceConfig, auto_compile, autocast, load_score
 from slmrec.metrics import evaluate
 from slmrec.model import load_ellmrec
 from slmrec.precision import compute_dtype
-from slmrec.utils import check_writable, parse_ints, save_json, save_npz, setup_logging, split_flags
+from slmrec.files import check_writable, save_json, save_npz
+from slmrec.flags import parse_ints, split_flags
+from slmrec.runtime import setup_logging
+from slmrec.machine import compute_device
 
 
 def main(checkpoint: str, data: str, split: str = "test", layers=None, output: str = None, **flags):
@@ -33,7 +36,7 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
     if output:
         check_writable(output, "--output", reads=[checkpoint, data])
     dataset = PreparedData(data)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = compute_device()
     if layers is None:
         scorer, max_len = load_scorer(checkpoint, dataset, auto_compile(cfg, dataset.num_users, device), device)
         results = evaluate(scorer, dataset, split, max_len, cfg.batch_size, device, by_length=cfg.by_length)

@@ -9,7 +9,7 @@ from pathlib import Path
 from slmrec.cli import run
 from slmrec.embeddings import DEFAULT_SASREC, save_item_embedding
 from slmrec.seqrec import load_seqrec
-from slmrec.utils import check_writable
+from slmrec.files import check_writable
 
 
 def main(checkpoint: str = DEFAULT_SASREC, output: str = None):

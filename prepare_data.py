@@ -1,4 +1,4 @@
-"""Prepare a dataset by the paper's protocol (§5.1; README "Data preparation").
+"""Prepare a dataset by the paper's protocol (§5.1; docs/data.md).
 
     python prepare_data.py --source ml-100k --output_dir data/ml-100k
     python prepare_data.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
@@ -11,7 +11,9 @@ import json
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.prepare import PrepareConfig, convert as convert_dataset, prepare
-from slmrec.utils import FlagError, setup_logging, split_flags
+from slmrec.errors import FlagError
+from slmrec.flags import split_flags
+from slmrec.runtime import setup_logging
 
 
 def main(source: str = None, output_dir: str = None, overwrite: bool = False, convert: str = None,

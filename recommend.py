@@ -5,8 +5,9 @@
     python recommend.py --checkpoint out/main/student --data data/ml-100k --input users.jsonl --output recs.jsonl
 
 Item ids are the dataset's original ids (items.tsv of the prepared dataset), histories oldest first. --user
-takes that user's whole stored sequence. --input: JSON lines, each {"history": [ids...]} with an optional
-"user" key (echoed back; alone, it names a user of the dataset whose sequence is used). --output: JSON lines,
+takes that user's whole stored sequence. --input: JSON lines, each a request as the HTTP API takes it
+(serve.py): {"history": [ids...]} with an optional "user" (echoed back; alone, it names a user of the dataset
+whose sequence is used), and "k" or "keep_seen" where a line wants other than --k and --keep_seen. --output: JSON lines,
 one object per input, {"user"?, "items": [{"item", "title", "score"}, ...]}, written to a temporary file and
 renamed; without it, a table on stdout. Everything is checked before anything is scored or written.
 """
@@ -17,21 +18,25 @@ from tqdm import tqdm
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.errors import DataError
+from slmrec.errors import DataError, FlagError
+from slmrec.files import check_writable, written_whole
+from slmrec.flags import coerce, split_flags
+from slmrec.inference import InferenceConfig
 from slmrec.raw import text_lines
-from slmrec.inference import InferenceConfig, Recommender, item_rows, parse_history, user_history
-from slmrec.utils import FlagError, check_writable, coerce, setup_logging, split_flags, written_whole
+from slmrec.recommender import Recommender, answer_row, read_request
+from slmrec.runtime import setup_logging
 
 
-def read_requests(data: PreparedData, user=None, history=None, input=None):
-    """[(label or None, item indices)], every id checked: errors name the input line."""
+def read_requests(data: PreparedData, user=None, history=None, input=None, k=10, keep_seen=False) -> list:
+    """[Request], every one checked by read_request as the HTTP API checks its own; errors name the flag or the
+    input line. --k and --keep_seen are the defaults of lines that do not set their own."""
     given = [x is not None for x in (user, history, input)]
     if sum(given) != 1:
         raise FlagError("give exactly one of --user, --history or --input")
     if user is not None:
-        return [(str(user), user_history(data, user, "--user"))]
+        return [read_request(data, {"user": str(user)}, "--user", k, keep_seen)]
     if history is not None:
-        return [(None, parse_history(data, coerce("history", history, list), "--history"))]
+        return [read_request(data, {"history": coerce("history", history, list)}, "--history", k, keep_seen)]
     requests = []
     for n, line in text_lines(input):
         if not line.strip():
@@ -41,22 +46,14 @@ def read_requests(data: PreparedData, user=None, history=None, input=None):
             obj = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as e:
             raise DataError(f"{where}: not JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
-        if not isinstance(obj, dict) or not ({"history", "user"} & obj.keys()):
-            raise DataError(f'{where}: expected an object with "history" (a list of item ids) and/or "user"')
-        label = str(obj["user"]) if "user" in obj else None
-        if "history" in obj:
-            if not isinstance(obj["history"], list):
-                raise DataError(f'{where}: "history" must be a list of item ids')
-            requests.append((label, parse_history(data, [str(i) for i in obj["history"]], where)))
-        else:
-            requests.append((label, user_history(data, label, where)))
+        requests.append(read_request(data, obj, where, k, keep_seen))
     if not requests:
         raise DataError(f"{input}: no histories in the file")
     return requests
 
 
 def write_jsonl(rows, path):
-    """All rows, renamed into place at the end (utils.written_whole): no half-written output."""
+    """All rows, renamed into place at the end (files.written_whole): no half-written output."""
     with written_whole(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -70,14 +67,11 @@ def main(checkpoint: str, data: str, user=None, history=None, input: str = None,
     if output:
         check_writable(output, "--output", reads=[checkpoint, data, *([input] if input else [])])
     dataset = PreparedData(data)
-    if not isinstance(k, int) or not 1 <= k <= dataset.num_items:
-        raise FlagError(f"--k must be an integer in 1..{dataset.num_items}, not {k!r}")
-    requests = read_requests(dataset, user, history, input)
+    requests = read_requests(dataset, user, history, input, k, keep_seen)
     rec = Recommender.from_checkpoint(checkpoint, dataset, cfg)
     with tqdm(total=len(requests), desc="recommending", unit="history", disable=len(requests) < 2) as bar:
-        top = rec.recommend([h for _, h in requests], k, keep_seen, progress=bar.update)
-    rows = [{**({"user": label} if label is not None else {}), "items": item_rows(dataset, items)}
-            for (label, _), items in zip(requests, top)]
+        top = rec.answer(requests, progress=bar.update)
+    rows = [answer_row(dataset, r, items) for r, items in zip(requests, top)]
     if output:
         write_jsonl(rows, output)
         print(f"wrote {len(rows)} recommendation lists to {output}")

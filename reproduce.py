@@ -19,7 +19,10 @@ from slmrec.records import RECORD, record_dir, runs_root
 from slmrec.tables import rows_of, write_all
 from slmrec.precision import resolve_precision
 from slmrec.training import ELLMREC_TRAIN
-from slmrec.utils import FlagError, hardware, load_json, parse_ints, save_json
+from slmrec.errors import FlagError
+from slmrec.files import load_json, save_json
+from slmrec.flags import parse_ints
+from slmrec.machine import hardware
 
 
 def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", source: str = "ml-100k",

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
 PY=$(bash scripts/python.sh)
-"$PY" -m ruff check --quiet .  # style and unused names (pyproject.toml), before the tests
+"$PY" -m ruff check --quiet .  # unused names and errors (pyproject.toml), before the tests
+"$PY" -m ruff format --check --quiet . || { echo "error: not formatted: run ruff format ." >&2; exit 1; }
 "$PY" -m pytest -q tests "$@"
 # The equality tests (marker "exactness") once more under the oldest x86 kernel family (SSE4: MKL, oneDNN and
 # ATen's own kernels), which block and so round differently from any CPU's native one: an equality that holds

@@ -15,9 +15,10 @@ import uvicorn
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.inference import InferenceConfig, Recommender
+from slmrec.inference import InferenceConfig
+from slmrec.recommender import Recommender
 from slmrec.serving import ServeConfig, configs, create_app
-from slmrec.utils import setup_logging
+from slmrec.runtime import setup_logging
 
 
 def main(checkpoint: str, data: str, **flags):

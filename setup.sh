@@ -2,8 +2,9 @@
 # Installs everything the project needs into its Python (scripts/python.sh): the active virtual environment, or
 # a project one in .venv, created here from python3 (3.10+) when none is active. A stock Debian/Ubuntu python3
 # refuses `pip install` outside a virtual environment, so the project never installs into it.
-# torch comes first and pinned, so the requirements' range is already met and pip never pulls another
-# (multi-GB) build; keep an existing torch (e.g. your CUDA build) with SLMREC_KEEP_TORCH=1.
+# torch comes first: a torch 2.13 or newer already there (your CUDA build, say) is kept; otherwise TORCH_SPEC
+# (default torch==2.13.0, the version the tests run on) is installed, so the requirements' range is met and pip
+# never pulls another (multi-GB) build.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=$(bash scripts/python.sh)
@@ -18,7 +19,8 @@ if [ ! -x "$PY" ] && [ "$PY" = "$PWD/.venv/bin/python" ]; then
 fi
 "$PY" -m pip --version >/dev/null 2>&1 ||
   { echo "error: $PY has no pip (Debian/Ubuntu: apt install python3-venv, then remove .venv and run again)" >&2; exit 2; }
-if [ "${SLMREC_KEEP_TORCH:-0}" != 1 ] || ! "$PY" -c "import torch" 2>/dev/null; then
+if ! "$PY" -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) < (2, 13))' 2>/dev/null
+then
   "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 "$PY" -m pip install -q -r requirements.txt

@@ -6,16 +6,16 @@ keep the best checkpoint by validation MRR; write test metrics.
 """
 
 import json
-from pathlib import Path
 
 from slmrec.cli import run
 from slmrec.prepare import DEFAULT_DATA, default_prepared
 from slmrec.embeddings import DEFAULT_SASREC
 from slmrec.examples import WindowDataset
 from slmrec.seqrec import SeqRecConfig, build_seqrec
-from slmrec.checkpoints import check_run_dir, resume_mode
+from slmrec.checkpoints import open_run_dir
 from slmrec.training import SEQREC_TRAIN, TrainConfig, fit_and_test
-from slmrec.utils import is_main_process, seed_everything, setup_logging, split_flags
+from slmrec.flags import split_flags
+from slmrec.runtime import is_main_process, seed_everything, setup_logging
 
 
 def main(data: str = DEFAULT_DATA, output_dir: str = DEFAULT_SASREC, resume: str = "false", **flags):
@@ -24,17 +24,16 @@ def main(data: str = DEFAULT_DATA, output_dir: str = DEFAULT_SASREC, resume: str
     --hidden_size, --num_layers, --num_heads, --dropout, --mask_prob) and TrainConfig (slmrec/training.py: --epochs,
     --batch_size, --learning_rate, --eval_steps (default 0: once per epoch), --patience, --seed, ...)."""
     setup_logging()
-    resume = resume_mode(resume)
     mflags, tflags = split_flags(flags, SeqRecConfig, TrainConfig, fixed=("num_items", "data_fingerprint"))
     cfg = TrainConfig(**{**SEQREC_TRAIN, **tflags})
-    check_run_dir(Path(output_dir), reads=[data])
+    run_dir = open_run_dir(output_dir, resume, reads=[data])
     seed_everything(cfg.seed)
     dataset = default_prepared(data)
     model_cfg = SeqRecConfig(dataset.num_items, **mflags, data_fingerprint=dataset.fingerprint)
     net = build_seqrec(model_cfg)
     windows = WindowDataset(dataset, model_cfg.max_len)
     run_config = {"script": "train_sr_trad.py", "data": data, "model": model_cfg, "train": cfg}
-    metrics = fit_and_test(net, dataset, windows, cfg, output_dir, model_cfg.max_len, run_config, resume=resume)
+    metrics = fit_and_test(net, dataset, windows, cfg, run_dir, model_cfg.max_len, run_config)
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 

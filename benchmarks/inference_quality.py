@@ -18,7 +18,7 @@ from slmrec.batches import left_pad
 from slmrec.data import PreparedData
 from slmrec.inference import InferenceConfig, load_scorer
 from slmrec.metrics import evaluate
-from slmrec.utils import hardware
+from slmrec.machine import hardware
 
 # name: (InferenceConfig flags, the row it is compared with)
 VARIANTS = {

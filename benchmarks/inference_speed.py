@@ -40,20 +40,21 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from slmrec.cli import run
-from slmrec.backbone import decoder_layers, load_backbone
+from slmrec.backbone import load_backbone
 from slmrec.batches import history_batches, left_pad
 from slmrec.data import PreparedData
 from slmrec.inference import FastELLMRec, InferenceConfig, PlainScorer
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
 from slmrec.precision import compute_dtype, resolve_precision
-from slmrec.utils import hardware, parse_ints
+from slmrec.flags import parse_ints
+from slmrec.machine import compute_device, hardware
+from slmrec.timing import linear_shapes, matmul_rate, seconds
 
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = compute_device()
 
 
 def batches_of(histories, batch_size, max_len, by_length):
@@ -64,39 +65,7 @@ def batches_of(histories, batch_size, max_len, by_length):
 def users_per_second(scorer, batches, repeats=1):
     """Users scored per second over all batches (after one warm-up batch), best of `repeats` passes."""
     scorer(batches[0])
-    best = float("inf")
-    for _ in range(repeats):
-        _sync()
-        t = time.perf_counter()
-        for b in batches:
-            scorer(b)
-        _sync()
-        best = min(best, time.perf_counter() - t)
-    return sum(len(b) for b in batches) / best
-
-
-def linear_shapes(model):
-    """(in, out) of every linear weight in the decoder layers (LoRA's low-rank pair left out)."""
-    return [tuple(m.weight.shape[::-1]) for layer in decoder_layers(model.base_lm())
-            for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
-
-
-def matmul_flops(shapes, tokens, dtype, repeats=3):
-    """FLOP/s of the layers' matmuls (x [tokens, in] @ W [in, out]) on this machine, in dtype."""
-    ws = {s: torch.randn(s[1], s[0], device=DEVICE).to(dtype) for s in set(shapes)}
-    x = {s: torch.randn(tokens, s[0], device=DEVICE).to(dtype) for s in set(shapes)}
-    with torch.inference_mode():
-        for s in ws:
-            F.linear(x[s], ws[s])
-        best = float("inf")
-        for _ in range(repeats):
-            _sync()
-            t = time.perf_counter()
-            for s in shapes:
-                F.linear(x[s], ws[s])
-            _sync()
-            best = min(best, time.perf_counter() - t)
-    return sum(2 * tokens * i * o for i, o in shapes) / best
+    return sum(len(b) for b in batches) / seconds(lambda: [scorer(b) for b in batches], repeats, 0, "min")
 
 
 def build(base_model, layers, num_items, max_len, readout="last_item"):
@@ -154,14 +123,14 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         weights = sum(i * o for i, o in shapes)
         kinds = {"compute": dtype or torch.float32, "fp32": torch.float32}
         batch_tokens = int(batch_size * (P + hist_tokens))
-        floors = {(kind, "1"): matmul_flops(shapes, int(P + hist_tokens), d) for kind, d in kinds.items()}
+        floors = {(kind, "1"): matmul_rate(shapes, int(P + hist_tokens), d, DEVICE) for kind, d in kinds.items()}
 
         def floor_big(kind):
             """Measured again before every row (this shared machine's throughput drifts over minutes): the better
             of a whole batch's token count and a block's, since the paths run either."""
             d = kinds[kind]
-            floors[kind, "big"] = max(matmul_flops(shapes, batch_tokens, d),
-                                      matmul_flops(shapes, min(block, batch_tokens), d))
+            floors[kind, "big"] = max(matmul_rate(shapes, batch_tokens, d, DEVICE),
+                                      matmul_rate(shapes, min(block, batch_tokens), d, DEVICE))
             return floors[kind, "big"]
 
         floor_big("fp32")
@@ -238,11 +207,6 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
     for n, (_, fast, transformers, eager, compiled_whole) in summary.items():
         own = "" if only_fast else f"own forward {eager / transformers:.2f}x transformers' (whole batches, eager), "
         print(f"{n} layers: {own}compiled in blocks {fast / compiled_whole:.2f}x compiled whole batches")
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

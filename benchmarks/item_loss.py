@@ -12,7 +12,6 @@ what the inputs hold. The floor: 3 matmuls of n x |I| x d (scores, grad of the r
 FLOPs, at the rate a large fp32 matmul reaches in the same process.
 """
 
-import time
 
 import numpy as np
 import torch
@@ -21,7 +20,8 @@ from torch import nn
 
 from slmrec.cli import run
 from slmrec.seqrec import CHUNKED_LOSS_SCORES, SeqRecConfig, build_seqrec
-from slmrec.utils import hardware, peak_rss_mb
+from slmrec.machine import hardware, peak_rss_mb
+from slmrec.timing import matmul_rate, seconds
 
 
 class GradientsInForward(torch.autograd.Function):
@@ -85,19 +85,8 @@ class ItemBlocked(torch.autograd.Function):
         return grad_h, grad_items, None, None, None
 
 
-def seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def matmul_flops():
-    a = torch.randn(2048, 2048)
-    return 2 * 2048**3 / seconds(lambda: a @ a, 5)
+    return matmul_rate([(2048, 2048)], 2048)
 
 
 def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int = 5):

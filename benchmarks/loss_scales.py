@@ -17,7 +17,7 @@ from slmrec.efficiency import sample_batches
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.losses import NORM_VARIANTS, block_pairs, norm_loss
 from slmrec.model import ELLMRec
-from slmrec.utils import seed_everything
+from slmrec.runtime import seed_everything
 
 
 def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every_position", seed=42, **distill):

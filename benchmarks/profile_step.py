@@ -10,44 +10,26 @@ step goes (torch's profiler, self time by operator), as tables.
 """
 
 import tempfile
-import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from slmrec.backbone import decoder_layers, load_backbone
+from slmrec.backbone import load_backbone
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.distill import DistillConfig, load_teacher, student_config, teacher_states
-from slmrec.efficiency import autocast_for, median_seconds, sample_batches, train_step
+from slmrec.efficiency import autocast_for, sample_batches, train_step
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
-from slmrec.utils import hardware, parse_ints
+from slmrec.flags import parse_ints
+from slmrec.machine import hardware
+from slmrec.timing import linear_shapes, matmul_rate, seconds
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")
-
-
-def matmul_throughput(model, tokens, dtype, repeats=3):
-    """FLOP/s of x [tokens, in] @ W over the decoder layers' linear shapes (LoRA's pair left out), in dtype."""
-    shapes = [tuple(m.weight.shape) for layer in decoder_layers(model.base_lm())
-              for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
-    ws = {s: torch.randn(s).to(dtype) for s in set(shapes)}
-    xs = {s: torch.randn(tokens, s[1]).to(dtype) for s in set(shapes)}
-    with torch.no_grad():
-        for s in ws:
-            F.linear(xs[s], ws[s])
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for s in shapes:
-                F.linear(xs[s], ws[s])
-            best = min(best, time.perf_counter() - t)
-    return sum(2 * tokens * o * i for o, i in shapes) / best
 
 
 def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", teacher: str = None,
@@ -94,7 +76,7 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
                 m.base_lm().set_attn_implementation(attention)
             batches = sample_batches(batch_examples, batch_size, steps + 3)
             step = train_step(model, batches, autocast_for(precision, "cpu"), t_model, dcfg, states)
-            seconds = median_seconds(step, steps)
+            step_s = seconds(step, steps, warmup=2)
             counter = FlopCounterMode(display=False)
             with counter:
                 step()
@@ -102,7 +84,7 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
             prompt = len(model.prefix_ids)
             tokens = int(batch_size * (prompt + np.mean([int((b["input_ids"] != 0).sum(1).float().mean())
                                                          for b in batches])))
-            rate = matmul_throughput(model, tokens, compute_dtype(precision) or torch.float32)
+            rate = matmul_rate(linear_shapes(model), tokens, compute_dtype(precision) or torch.float32)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
                     step()
@@ -113,8 +95,8 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
                              for e in ops if not e.key.startswith(MATMULS))
             rest = ", ".join(rest.split(", ")[:rows])
             floor = flops / rate
-            print(f"| {name} | {precision} | {seconds:.3f} | {flops / 1e9:.0f} | {rate / 1e12:.2f} | {floor:.3f} | "
-                  f"{floor / seconds:.0%} | {mm / total:.0%} | {rest} |", flush=True)
+            print(f"| {name} | {precision} | {step_s:.3f} | {flops / 1e9:.0f} | {rate / 1e12:.2f} | {floor:.3f} | "
+                  f"{floor / step_s:.0%} | {mm / total:.0%} | {rest} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import time
 
 from slmrec.cli import run
-from slmrec.utils import peak_rss_mb
+from slmrec.machine import peak_rss_mb
 
 ENGINES = ("lines", "columnar", "polars", "duckdb")  # the project's two readers, then each engine alone
 
@@ -51,7 +51,7 @@ def child(engine, path):
 
 
 def main(path: str):
-    from slmrec.utils import hardware
+    from slmrec.machine import hardware
 
     print(f"{path}, {hardware()}")
     print("| engine | seconds | peak RSS MB | pairs |")

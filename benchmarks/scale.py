@@ -3,7 +3,7 @@ users, 376,858 items, 11.3 M interactions after the protocol), with the wall tim
 
     python benchmarks/scale.py --fractions 0.01,0.1          # 1% and 10% of Clothing
     python benchmarks/scale.py --fractions 1.0 --stages prepare,open
-    python benchmarks/scale.py --fractions 5.0 --stages prepare,open --negatives 99   # 5x Clothing's lines
+    python benchmarks/scale.py --fractions 5.0 --stages prepare,open --num_negatives 99   # 5x Clothing's lines
 
 It writes an Amazon-shaped ratings file (item,user,rating,timestamp; users with at least 5 ratings above 3, ~9
 on average; Zipf-like item popularity; 10% of ratings at 3 or below and 1% repeated pairs, as Amazon's), then
@@ -20,7 +20,7 @@ runs each stage in a fresh process, so its peak RSS is its own:
                  same as trained ones), from the start of the command
     serve        serve.py's app: from its start to /ready (model loaded and warmed up), then one request
 
-Peak RSS is each stage's own (VmHWM, utils.peak_rss_mb) and includes the Python interpreter and torch (~220 MB
+Peak RSS is each stage's own (VmHWM, machine.peak_rss_mb) and includes the Python interpreter and torch (~220 MB
 before any data).
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from slmrec.cli import run
-from slmrec.utils import peak_rss_mb
+from slmrec.machine import peak_rss_mb
 
 CLOTHING = dict(users=1_219_678, items=376_858)
 STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellmrec_step", "recommend", "serve")
@@ -100,7 +100,7 @@ def time_serving(name, data, prepared):
     from fastapi.testclient import TestClient
 
     from slmrec.checkpoints import save_model
-    from slmrec.inference import Recommender
+    from slmrec.recommender import Recommender
     from slmrec.seqrec import SeqRecConfig, build_seqrec
     from slmrec.serving import ServeConfig, create_app
 
@@ -124,14 +124,9 @@ def machine_rates():
     """(FLOP/s of a large fp32 matmul, bytes/s a 1 GiB copy moves, read plus write) on this machine: the floors
     of ranking among all items are its arithmetic (2 d |I| FLOPs per user) and its score matrix written and read
     once (8 |I| bytes per user). Measured in the parent process, so no stage's peak RSS includes them."""
-    import torch
+    from slmrec.timing import matmul_rate
 
-    a = torch.randn(2048, 2048)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    flops = 5 * 2 * 2048**3 / (time.perf_counter() - t)
+    flops = matmul_rate([(2048, 2048)], 2048)
     x = np.ones(2**28, np.float32)
     y = np.empty_like(x)
     np.copyto(y, x)
@@ -140,7 +135,7 @@ def machine_rates():
     return flops, 2 * x.nbytes / (time.perf_counter() - t)
 
 
-def stage(name, source, prepared, negatives="999", steps=5):
+def stage(name, source, prepared, num_negatives="999", steps=5):
     """One stage in this process: prints {"seconds", "peak_rss_mb", ...} as its last line."""
     import torch
 
@@ -150,7 +145,7 @@ def stage(name, source, prepared, negatives="999", steps=5):
         from slmrec.prepare import PrepareConfig, prepare
 
         t = time.perf_counter()
-        stats = prepare(PrepareConfig(source, num_negatives=int(negatives)), prepared)
+        stats = prepare(PrepareConfig(source, num_negatives=int(num_negatives)), prepared)
         out = {"seconds": time.perf_counter() - t, **{k: stats[k] for k in ("users", "items", "interactions",
                                                                           "lines_read")}}
         out["dataset_mb"] = sum(f.stat().st_size for f in Path(prepared).iterdir()) / 2**20
@@ -194,12 +189,12 @@ def stage(name, source, prepared, negatives="999", steps=5):
     print(json.dumps(out))
 
 
-def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, negatives: int = 999):
+def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, num_negatives: int = 999):
     """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: a folder that keeps the
-    ratings files between runs (each prepared dataset is made afresh), else a temporary one; negatives: the
+    ratings files between runs (each prepared dataset is made afresh), else a temporary one; num_negatives: the
     stored candidates' negatives per user and split (fewer where 1,000 would not fit the disk: 43 GB at 5x
     Clothing's users)."""
-    from slmrec.utils import hardware
+    from slmrec.machine import hardware
 
     wanted = list(stages) if isinstance(stages, (list, tuple)) else [s.strip() for s in stages.split(",") if s.strip()]
     bad = [s for s in wanted if s not in STAGES]
@@ -223,8 +218,8 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, neg
             for name in wanted:
                 if name != "prepare" and not prepared.is_dir():
                     continue
-                res = subprocess.run([sys.executable, __file__, "stage", name, str(src), str(prepared), str(negatives)],
-                                     capture_output=True, text=True)
+                command = [sys.executable, __file__, "stage", name, str(src), str(prepared), str(num_negatives)]
+                res = subprocess.run(command, capture_output=True, text=True)
                 if res.returncode != 0:
                     rows.append((f, name, {"error": res.stderr.strip().splitlines()[-1][:120]}))
                 else:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from slmrec.cli import run
-from slmrec.utils import hardware
+from slmrec.machine import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

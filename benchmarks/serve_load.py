@@ -30,9 +30,11 @@ import numpy as np
 
 from slmrec.cli import run
 from slmrec.data import PreparedData
-from slmrec.inference import InferenceConfig, Recommender
+from slmrec.inference import InferenceConfig
+from slmrec.recommender import Recommender
 from slmrec.precision import resolve_precision
-from slmrec.utils import hardware, parse_ints
+from slmrec.flags import parse_ints
+from slmrec.machine import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,12 +14,14 @@ import torch
 from slmrec.cli import run
 from slmrec.backbone import load_backbone
 from slmrec.distill import DistillConfig
-from slmrec.efficiency import autocast_for, median_seconds, train_step
+from slmrec.efficiency import autocast_for, train_step
 from slmrec.losses import block_pairs
 from slmrec.teacher_cache import STORAGE, load_or_build
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.precision import compute_dtype, resolve_precision
-from slmrec.utils import hardware, parse_ints
+from slmrec.flags import parse_ints
+from slmrec.machine import compute_device, hardware
+from slmrec.timing import seconds
 
 
 def build(base_model, layers, dtype, max_len, table, device):
@@ -33,7 +35,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
     """dtype: the weights' (auto: bf16 on a GPU, fp32 on a CPU); precision: the autocast of training.py
     (auto: bf16 where the hardware has it); objective: every_position (a target at every position) or
     last_target (one per example)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = compute_device()
     layers = parse_ints(layers)
     print(f"{base_model}, {objective}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
           f"(eval {eval_batch_size}), history {max_len}, {num_items} items, median of {steps} steps, {hardware()}, "
@@ -54,7 +56,7 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
         if eval_s is None:
             model.eval()
             with torch.no_grad(), autocast:
-                eval_s = median_seconds(lambda: model.score(xe), max(1, steps // 2))
+                eval_s = seconds(lambda: model.score(xe), max(1, steps // 2), warmup=2)
             model.train()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -75,14 +77,14 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
         models = build_all()
         for n in layers:
             models[n].cast_frozen(to)
-            row(f"{n} layers{tag}", models[n], median_seconds(train_step(models[n], batches, autocast), steps))
+            row(f"{n} layers{tag}", models[n], seconds(train_step(models[n], batches, autocast), steps, warmup=2))
         if len(layers) > 1:
             teacher, student = models[layers[0]], models[layers[-1]]
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval().cast_frozen(to)
             row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher forward included)", student,
-                median_seconds(train_step(student, batches, autocast, teacher, DistillConfig("")), steps),
+                seconds(train_step(student, batches, autocast, teacher, DistillConfig("")), steps, warmup=2),
                 eval_s=rows[-1][3])
             # The same step with the teacher's states read from its cache (distill.py's default offline)
             with tempfile.TemporaryDirectory() as tmp:
@@ -91,9 +93,9 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
                        "dtype": STORAGE[to or torch.float32][0]}
                 examples = [{"input_ids": x[i], "labels": y[i]} for i in range(batch_size)]
                 states = load_or_build(tmp, key, teacher, examples, autocast, batch_size, device)
+                step = train_step(student, batches, autocast, teacher, DistillConfig(""), states)
                 row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher states cached)", student,
-                    median_seconds(train_step(student, batches, autocast, teacher, DistillConfig(""), states), steps),
-                    eval_s=rows[-1][3])
+                    seconds(step, steps, warmup=2), eval_s=rows[-1][3])
     base = rows[0]
     for name, s, u, _ in rows[1:]:
         print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "

@@ -20,14 +20,12 @@ machine reaches on the layers' shapes (measured in the same run). Random LM weig
 same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout 0.05).
 """
 
-import time
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from profile_step import matmul_throughput
 from slmrec.backbone import load_backbone
 from slmrec.cli import run
 from slmrec.data import PreparedData
@@ -36,7 +34,8 @@ from slmrec.efficiency import autocast_for, collate, train_step
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec, ELLMRecConfig, MaskDropout, training_attention
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
-from slmrec.utils import hardware, peak_rss_mb
+from slmrec.machine import hardware, peak_rss_mb
+from slmrec.timing import linear_shapes, matmul_rate, seconds
 
 
 def configure(model, path, precision):
@@ -76,9 +75,10 @@ def lm_share(counter, step_tokens, history_tokens):
 
 
 def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", precisions=None, batch_size: int = 16,
-         steps: int = 12, seed: int = 0, lora_dropout: float = 0.05):
+         steps: int = 12, seed: int = 0, lora_dropout: float = 0.05, paths="before,once,now", models="teacher,student"):
     """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
-    and fp32; steps: batches timed per path (after one warm-up step)."""
+    and fp32; steps: batches timed per path (after one warm-up step); paths and models: which of them to time
+    (comma-separated; the speed-up column is against the first path timed)."""
     precisions = precisions.split(",") if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
     t_layers, s_layers = (int(n) for n in layers.split(","))
     print(f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, LoRA dropout "
@@ -103,10 +103,12 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
             for p in frozen.parameters():
                 p.requires_grad_(False)
             P = len(teacher.prefix_ids)
-            rate = matmul_throughput(teacher, int(batch_size * np.mean(lengths)), dtype)
+            rate = matmul_rate(linear_shapes(teacher), int(batch_size * np.mean(lengths)), dtype)
             for name, model, kd in (("teacher", teacher, None), ("student + live teacher", student, frozen)):
+                if name.split()[0] not in models.split(","):
+                    continue
                 before = None
-                for path_name in ("before", "once", "now"):
+                for path_name in paths.split(","):
                     once = path_name != "before"
                     for m in (model, kd) if kd is not None else (model,):
                         configure(m, path_name, precision)
@@ -114,11 +116,7 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
                     drawn = np.random.default_rng(seed).choice(len(epoch), steps + 1, replace=False)
                     batches = [collate([examples[int(i)] for i in epoch[j]]) for j in drawn]
                     step = train_step(model, batches, autocast_for(precision, "cpu"), kd, dcfg if kd else None)
-                    step()  # warm-up
-                    t = time.perf_counter()
-                    for _ in range(steps):
-                        step()
-                    seconds = (time.perf_counter() - t) / steps
+                    step_s = seconds(step, steps, warmup=1, stat="mean")
                     ratio = tokens_per_history_token(lengths, epoch, P, 0, once)
                     # FLOPs of one more step (the first drawn batch), and that batch's token counts
                     b = epoch[drawn[(steps + 1) % len(drawn)]]
@@ -129,11 +127,11 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
                     floor_flops = lm_share(counter, step_tokens, lengths[b].sum())
                     # the step's floor scaled to the epoch's mean batch: FLOPs per history token x its tokens
                     floor = floor_flops / lengths[b].sum() * lengths.sum() / len(epoch) / rate
-                    speedup = f"{before / seconds:.2f}x" if before else "1"
-                    before = before or seconds
+                    speedup = f"{before / step_s:.2f}x" if before else "1"
+                    before = before or step_s
                     print(f"| {dataset.path.name} | {name} | {precision} | {path_name} | "
-                          f"{seconds:.3f} | {ratio:.2f} | {len(epoch):,} | {seconds * len(epoch) / 3600:.2f} | "
-                          f"{rate / 1e12:.2f} | {floor:.3f} | {floor / seconds:.0%} | {speedup} | "
+                          f"{step_s:.3f} | {ratio:.2f} | {len(epoch):,} | {step_s * len(epoch) / 3600:.2f} | "
+                          f"{rate / 1e12:.2f} | {floor:.3f} | {floor / step_s:.0%} | {speedup} | "
                           f"{peak_rss_mb():.0f} |", flush=True)
 
 

@@ -20,7 +20,7 @@ from slmrec.metrics import rank_users
 from slmrec.model import load_ellmrec
 from slmrec.precision import resolve_precision
 from slmrec.training import ranking
-from slmrec.utils import hardware
+from slmrec.machine import hardware
 
 
 def main(runs: str, data: str = "data/ml-100k", precision: str = "auto", batch_size: int = 64):

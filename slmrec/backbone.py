@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import BackboneError
 from .precision import native_bf16
-from .utils import cache_dir, file_digest
+from .files import cache_dir, file_digest
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ table) in `model.safetensors`, with the model's config in `slmrec_config.json`; 
 the source the config names. The model modules and the trainers both use this module.
 """
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import safetensors
 import safetensors.torch
 
 from .errors import CheckpointError, FlagError
-from .utils import LOCK, coerce, load_json, save_json, written_whole
+from .files import LOCK, load_json, save_json, written_whole
+from .flags import coerce
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def load_trained_weights(model, state, where):
 def resume_mode(value) -> str:
     """--resume: false (start afresh), true (continue from the newest complete checkpoint; refused if the run's
     settings changed) or force (continue anyway; the changes are recorded in run_config.json). Returns
-    "no", "yes" or "force"; true and false are spelt as for any boolean flag (utils.coerce)."""
+    "no", "yes" or "force"; true and false are spelt as for any boolean flag (flags.coerce)."""
     if str(value).lower() == "force":
         return "force"
     try:
@@ -143,13 +145,30 @@ def trained_on(checkpoint_dir) -> str:
     command, relative to where it ran), for the commands that default to it."""
     path = Path(checkpoint_dir) / "run_config.json"
     try:
-        data = load_json(path).get("data")  # a damaged file is its own one-line error (utils.DamagedFile)
+        data = load_json(path).get("data")  # a damaged file is its own one-line error (errors.DamagedFile)
     except (OSError, AttributeError):
         data = None
     if not isinstance(data, str) or not data:
         raise CheckpointError(f"{checkpoint_dir}: its run_config.json does not say which dataset it was trained on; "
                               f"pass --data")
     return data
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """A training run's output folder, checked once before any work (open_run_dir), and how the run treats what
+    is in it: resume "no", "yes" or "force" (resume_mode)."""
+
+    path: Path
+    resume: str = "no"
+
+
+def open_run_dir(output_dir, resume="false", reads=()) -> RunDir:
+    """The one check of a run's folder and --resume flag, made by each training script before it loads anything;
+    fit_and_test takes the result as it is."""
+    mode = resume_mode(resume)
+    check_run_dir(Path(output_dir), reads=reads)
+    return RunDir(Path(output_dir), mode)
 
 
 def check_run_dir(output_dir: Path, reads=()):

@@ -4,7 +4,7 @@ told in a line.
 fire alone runs the function with the flags it recognises and only afterwards complains about the others (a
 misspelt flag runs the whole job with defaults), and leaves `--resume false` the string "false", which is
 true. run() checks every flag name against the function's parameters first, converts each value to its
-parameter's annotated type (utils.coerce), then calls. Errors a user can fix (bad data, flags, checkpoints,
+parameter's annotated type (flags.coerce), then calls. Errors a user can fix (bad data, flags, checkpoints,
 missing files) print one line and exit 2; SLMREC_DEBUG=1 shows the traceback.
 """
 
@@ -20,7 +20,7 @@ import typing
 import fire
 
 from .errors import EXPECTED, FlagError
-from .utils import coerce
+from .flags import coerce
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 
@@ -37,7 +37,7 @@ def check_flags(fn, argv):
     for name in flag_names(argv):
         if name in params or name == "help" or (name.startswith("no") and name[2:] in params):
             continue
-        if not open_ended:  # functions with **flags check those names themselves (utils.split_flags)
+        if not open_ended:  # functions with **flags check those names themselves (flags.split_flags)
             raise FlagError(f"unknown flag --{name}; the options are " + ", ".join(f"--{p}" for p in params))
 
 
@@ -109,7 +109,7 @@ def run(fn, argv=None, configs=(), defaults=None):
     except OSError as e:
         if e.errno not in FULL or os.environ.get("SLMREC_DEBUG"):
             raise
-        # Every output is written to a temporary name first (utils.written_whole, prepare's folder): the
+        # Every output is written to a temporary name first (files.written_whole, prepare's folder): the
         # temporary file is removed and what was there before is untouched.
         print(f"error: {e.strerror} writing {e.filename or 'an output'}: nothing half-written is left; free "
               f"space and run the command again", file=sys.stderr)
@@ -117,7 +117,7 @@ def run(fn, argv=None, configs=(), defaults=None):
     except KeyboardInterrupt:
         if os.environ.get("SLMREC_DEBUG"):
             raise
-        # Every file is written whole (utils.written_whole) and checkpoints are complete or skipped on resume.
+        # Every file is written whole (files.written_whole) and checkpoints are complete or skipped on resume.
         hint = ("; the same command with --resume true continues from the last complete checkpoint"
                 if "resume" in inspect.signature(fn).parameters else "; run the command again")
         print(f"interrupted: nothing half-written is left{hint}", file=sys.stderr)

@@ -11,9 +11,8 @@ the one state a recommendation reads, with less work around the matrix products:
   - in the last layer only the row that is read goes on after its keys and values: attention's output, the
     MLP and the final norm of every other position are never needed.
 RMSNorm, rotary and softmax round as transformers' do (fp32 inside, the compute dtype between), so the scores
-agree with ELLMRec.score within the compute dtype's rounding (tests/test_inference.py). On a CPU with native
-bf16 this forward scored 1.2-1.4x the users/s of transformers' forward on the same weights, and compiled
-(torch.compile) 1.1-1.3x more (benchmarks/inference_speed.py, benchmarks/README.md).
+agree with ELLMRec.score within the compute dtype's rounding (tests/test_inference.py). How it compares with
+transformers' forward, compiled or not: benchmarks/inference_speed.py, its tables in benchmarks/README.md.
 """
 
 import torch
@@ -131,7 +130,8 @@ class Decoder(nn.Module):
                     mask = causal[read][:, None, None, None]  # [B, 1, 1, 1, keys]
             n = q.shape[2]
             # The G query heads of one key/value head as G x n rows against its keys (no repeated k, v).
-            # (torch's SDPA kernel here scored 0.83x the users/s of these products on a CPU in bf16, compiled or not)
+            # Plain products, not torch's SDPA kernel: it is slower here on a bf16 CPU
+            # (benchmarks/README.md, "Inference speed")
             scores = (q.reshape(B, KV, G * n, D) @ k.transpose(-1, -2)) * self.scale
             scores = scores.view(B, KV, G, n, -1).masked_fill(~mask, float("-inf"))
             p = torch.softmax(scores.view(B, KV, G * n, -1), -1, dtype=torch.float32).to(x.dtype)

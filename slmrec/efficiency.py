@@ -19,23 +19,9 @@ from .metrics import evaluate
 from .model import load_ellmrec
 from .teacher_cache import load_or_build
 from .precision import compute_dtype
-from .utils import load_json
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, steps, warmup=2):
-    times = []
-    for _ in range(steps + warmup):
-        _sync()
-        t = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t)
-    return sorted(times[warmup:])[steps // 2]
+from .files import load_json
+from .machine import compute_device
+from .timing import sync
 
 
 def autocast_for(precision, device):
@@ -94,7 +80,7 @@ def epoch_batches(examples, batch_size, device="cpu", seed=0) -> list:
 
 def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
     """One row of Table 5 for a trained run directory (a finetune.py or distill.py output)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or compute_device()
     run_config = load_json(f"{run_dir}/run_config.json")
     model = load_ellmrec(run_dir, data, precision=precision).to(device)  # as finetune.py and distill.py train
     examples_cfg = ExampleConfig(**run_config.get("examples", {}))
@@ -108,10 +94,10 @@ def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
         pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks)
         key = states_key(dcfg, teacher, data, examples, pairs, precision)
         with tempfile.TemporaryDirectory() as tmp:  # built afresh, to be timed beside the epochs
-            _sync()
+            sync()
             t = time.perf_counter()
             built = load_or_build(tmp, key, teacher, examples, autocast_for(precision, device), 64, device)
-            _sync()
+            sync()
             row["cache_build_s"] = time.perf_counter() - t
             row["cache_mb"] = sum(f.stat().st_size for f in built.path.iterdir()) / 1e6
             row["cache_rows"] = int(built.meta["total_rows"])
@@ -122,10 +108,10 @@ def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
     row["train_examples"] = len(examples)
     del teacher, states
     scorer, max_len = load_scorer(run_dir, data, InferenceConfig(precision=precision), device)
-    _sync()
+    sync()
     t = time.perf_counter()
     evaluate(scorer, data, "test", max_len, InferenceConfig.batch_size, device, by_length=True)
-    _sync()
+    sync()
     row["inference_s"] = time.perf_counter() - t
     row["test_users"] = data.num_users
     row["trainable_params"], row["inference_params"] = param_counts(model)
@@ -138,10 +124,10 @@ def _time_epoch(model, examples, batch_size, precision, device, teacher=None, dc
     step = train_step(model, batches, autocast_for(precision, device), teacher, dcfg, states)
     step()  # warm-up (first-call allocations), then the epoch from its first batch
     step = train_step(model, batches, autocast_for(precision, device), teacher, dcfg, states)
-    _sync()
+    sync()
     t = time.perf_counter()
     for _ in batches:
         step()
-    _sync()
+    sync()
     seconds = time.perf_counter() - t
     return {"epoch_s": seconds, "steps_per_epoch": len(batches), "train_step_s": seconds / len(batches)}

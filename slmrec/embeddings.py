@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import EmbeddingFileError
-from .utils import file_digest, written_whole
+from .files import file_digest, written_whole
 
 _ALLOWED = {
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),

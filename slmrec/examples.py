@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batches import left_pad
-from .utils import FlagError
+from .errors import FlagError
 
 OBJECTIVES = ("every_position", "last_target")
 SAMPLINGS = ("target", "user")

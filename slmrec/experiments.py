@@ -14,14 +14,16 @@ from pathlib import Path
 from .distill import DistillConfig
 from .losses import block_pairs
 from .records import is_recorded, record, record_dir, runs_root
-from .utils import FlagError, load_json, run_lock, save_json
+from .errors import FlagError
+from .files import load_json, run_lock, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 42  # seeds are FIRST_SEED, FIRST_SEED + 1, ...; the first seed's SASRec gives every LM model its items
 
 # Budgets for the LM-based models. Both train every model to its validation plateau (epochs with early
 # stopping, slmrec/training.py:ELLMREC_TRAIN); they differ in seeds: the quick one gives the sweeps (ablation,
-# depth, blocks, online) one seed and fits in about two hours on a 2-core CPU (README), the full one three.
+# depth, blocks, online) one seed and fits in a few hours on a 2-core CPU (docs/timings.md), the full one in
+# about three times that.
 # SASRec, GRU4Rec and BERT4Rec always early-stop on their own.
 BUDGETS = {
     "quick": dict(seeds=3, sweep_seeds=1, baseline_seeds=3),

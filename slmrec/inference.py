@@ -26,20 +26,18 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .backbone import decoder_layers
 from .decoder import Decoder, supports
-from .batches import history_batches
-from .data import PreparedData
 from .errors import DataError
 from .model import cache_kwarg, check_same_data, load_ellmrec
 from .seqrec import load_seqrec
 from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
-from .utils import FlagError
+from .errors import FlagError
+from .machine import compute_device
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +54,14 @@ class InferenceConfig:
     # neither is bit for bit training's path (merged LoRA rounds differently): measured, see benchmarks.
     residual: str = "compute"
     int8: bool = False  # dynamic int8 linear weights (CPU only), fp32 activations; implies precision fp32
-    # transformers' forward only (decoder False or not LLaMA-shaped): sdpa (torch's kernel; 1.3-1.4x the users/s of
-    # eager on a bf16 CPU with transformers 5.24, benchmarks/README.md), eager, or keep: the model's own
-    # (validation during training, which must leave the model as it trains)
+    # transformers' forward only (decoder False or not LLaMA-shaped): sdpa (torch's kernel), eager, or keep: the
+    # model's own (validation during training, which must leave the model as it trains). Which is faster depends
+    # on the CPU (benchmarks/README.md, "Inference speed")
     attention: str = "sdpa"
     # the project's inference-only LLaMA forward (slmrec/decoder.py: fused projections, only the read row through
     # the last layer) where the LM is LLaMA-shaped; False: transformers' forward (any decoder)
     decoder: bool = True
-    # torch.compile (inductor) of the LM pass, compiled once when the scorer is built (10-40 s on a CPU): worth it
+    # torch.compile (inductor) of the LM pass, compiled once when the scorer is built (tens of seconds): worth it
     # for a server or a pass over many users, not for one recommendation. None: serve.py compiles, and so do
     # evaluate.py and validation during training where auto_compile says it pays
     compile: bool | None = None
@@ -71,8 +69,7 @@ class InferenceConfig:
     # On a CPU the fast path runs a batch in blocks of about this many tokens (rows of whole histories): a
     # layer's intermediates for 1,024 tokens (6 MB for SmolLM2's MLP in bf16) stay in cache between the
     # passes, where a batch of 128 long histories sends them through memory; the products run as fast at that
-    # size. Up to 1.3x the users/s of whole batches of 128 (benchmarks/README.md, "Inference speed"). 0: whole
-    # batches
+    # size (benchmarks/README.md, "Inference speed"). 0: whole batches
     token_block: int = 1024
     by_length: bool = True  # batch histories of similar length together
 
@@ -90,8 +87,8 @@ def autocast(device, dtype):
     return torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-# Compiling gave 1.2-1.3x the users/s in bf16 on a CPU (about 0.3 ms less per user for the student, so 10-40 s of
-# compiling pay from about 50,000 users) and nothing measurable in fp32 (benchmarks/README.md).
+# Compiling saves a fraction of a millisecond per user in bf16 on a CPU and nothing measurable in fp32, so its
+# start-up pays only over a pass of this many users or more (benchmarks/README.md, "Inference speed").
 COMPILE_MIN_USERS = 100_000
 
 
@@ -221,7 +218,7 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
     """(scorer, max_len) for a trained run directory: an E-LLMRec teacher or student (finetune.py, distill.py)
     or a SASRec/GRU4Rec/BERT4Rec (train_sr_trad.py); checked against the prepared dataset before any work."""
     cfg = cfg or InferenceConfig()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or compute_device()
     path = Path(checkpoint) / MODEL_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{checkpoint}: not a trained model of this project (no {MODEL_CONFIG})")
@@ -235,85 +232,3 @@ def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
         # These small models train and evaluate in fp32 (train_sr_trad.py).
         return PlainScorer(model, InferenceConfig(precision="fp32"), device), model.cfg.max_len
     raise CheckpointError(f"{checkpoint}: unknown model type {kind!r} in {MODEL_CONFIG}")
-
-
-class UnknownUser(DataError):
-    pass
-
-
-def parse_history(data: PreparedData, ids, where) -> list:
-    """Original item ids (oldest first) -> item indices; an unknown id or an empty history is an error naming
-    where it came from."""
-    unknown = [i for i in ids if i not in data.item_index]
-    if unknown:
-        raise DataError(f"{where}: item id(s) {unknown[:5]} not in {data.path / 'items.tsv'}")
-    if not ids:
-        raise DataError(f"{where}: empty history; at least one item is needed")
-    return [data.item_index[i] for i in ids]
-
-
-def user_history(data: PreparedData, user, where) -> list:
-    """A dataset user's whole stored sequence, as item indices."""
-    if str(user) not in data.user_index:
-        raise UnknownUser(f"{where}: user {user!r} not in {data.path / 'users.tsv'}")
-    return [int(x) for x in data.sequences[data.user_index[str(user)]]]
-
-
-def item_rows(data: PreparedData, top) -> list:
-    """[(item index, score)] -> [{"item": original id, "title", "score"}], as recommend.py and serve.py answer."""
-    item_ids, titles = data.catalog
-    return [{"item": item_ids[i], "title": titles[i], "score": round(s, 6)} for i, s in top]
-
-
-class Recommender:
-    """Top-k items for histories of item indices (1..num_items, oldest first) from a trained model.
-
-        rec = Recommender.from_checkpoint("out/main/student", "data/ml-100k")
-        rec.recommend([[12, 7, 301]], k=10)          # [[(item index, score), ...]]
-    PreparedData.item_index / item_catalog map original ids and titles (recommend.py does it)."""
-
-    def __init__(self, scorer, data, max_len, cfg: InferenceConfig):
-        self.scorer, self.data, self.max_len, self.cfg = scorer, data, max_len, cfg
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint, data, cfg: InferenceConfig = None, device=None):
-        data = data if isinstance(data, PreparedData) else PreparedData(data)
-        cfg = cfg or InferenceConfig()
-        scorer, max_len = load_scorer(checkpoint, data, cfg, device)
-        return cls(scorer, data, max_len, cfg)
-
-    def check(self, histories):
-        for i, h in enumerate(histories):
-            if len(h) == 0:
-                raise DataError(f"history {i}: empty; at least one item is needed")
-            bad = [int(x) for x in h if not 1 <= int(x) <= self.data.num_items]
-            if bad:
-                raise DataError(f"history {i}: item indices {bad[:5]} outside 1..{self.data.num_items}")
-
-    @torch.inference_mode()
-    def recommend(self, histories, k=10, keep_seen=False, progress=None):
-        """[[(item index, score), ...] best first] per history: the top k of all items, items already in the
-        history left out unless keep_seen. k and keep_seen: one for all, or a list with one per history (the
-        server's batches mix requests). progress: a callable given each batch's size (e.g. tqdm.update)."""
-        self.check(histories)
-        ks = k if isinstance(k, list) else [k] * len(histories)
-        keep = keep_seen if isinstance(keep_seen, list) else [keep_seen] * len(histories)
-        bad = [x for x in ks if not 1 <= x <= self.data.num_items]
-        if bad:
-            raise FlagError(f"--k must be in 1..{self.data.num_items}, not {bad[0]}")
-        out = [None] * len(histories)
-        for idx, padded in history_batches(histories, self.max_len, self.cfg.batch_size, self.cfg.by_length):
-            scores = self.scorer(torch.from_numpy(padded).to(self.scorer.device)).float()
-            scores[:, 0] = float("-inf")
-            # A NaN score would sort first: never recommend an item the model cannot score.
-            scores = scores.masked_fill(scores.isnan(), float("-inf"))
-            for r, i in enumerate(idx):
-                if not keep[i]:
-                    scores[r, torch.as_tensor(np.asarray(histories[i], dtype=np.int64))] = float("-inf")
-            top = scores.topk(max(ks[i] for i in idx), dim=1)
-            for r, i in enumerate(idx):
-                out[i] = [(int(item), float(s)) for item, s in zip(top.indices[r, :ks[i]], top.values[r, :ks[i]])
-                          if s > float("-inf")]
-            if progress:
-                progress(len(idx))
-        return out

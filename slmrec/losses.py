@@ -8,7 +8,7 @@ position of every window (every-position training).
 import torch
 import torch.nn.functional as F
 
-from .utils import FlagError
+from .errors import FlagError
 
 
 def item_loss(scores, labels):

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .batches import history_batches, left_pad
-from .utils import empty_huge
+from .machine import empty_huge
 
 KS = (1, 5, 10)
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -67,9 +67,8 @@ class FactoredRanking:
     """matrix_ranks of the scores h [B, d] @ items.T [d, items+1] (column 0, padding, never competes) without
     their [B, items+1] matrix on a large catalogue: the candidates' scores from their gathered vectors (C dot
     products per user), the full ranks a block of items at a time (blocked_full_ranks). A catalogue of one
-    block scores as one matrix, as before. Made once per pass: the table is copied into huge pages, and the
-    gathered vectors go to one scratch buffer there (torch's own gathers page-fault a new buffer each time:
-    2-3x slower on an AMD EPYC)."""
+    block scores as one matrix. Made once per pass: the table is copied into huge pages, and the gathered
+    vectors go to one scratch buffer there (torch's own gathers page-fault a new buffer each time)."""
 
     def __init__(self, items):
         self.items, self.scratch = items.detach().float(), None
@@ -133,12 +132,17 @@ def blocked_full_ranks(h, table, positives, exclude, block=RANK_BLOCK):
     return torch.where(pos[:, 0] == float("-inf"), everyone, ahead)
 
 
+def ndcg_per_user(ranks, k) -> torch.Tensor:
+    """Each user's NDCG@k from the positive's 0-based rank: 1 / log2(rank + 2) within the top k, else 0."""
+    r = torch.as_tensor(ranks, dtype=torch.float64)
+    return torch.where(r < k, 1.0 / torch.log2(r + 2.0), 0.0)
+
+
 def metrics_from_ranks(ranks) -> dict:
     r = torch.as_tensor(ranks, dtype=torch.float64)
     out = {f"HR@{k}": (r < k).double().mean().item() for k in KS}
-    gain = 1.0 / torch.log2(r + 2.0)
     for k in (5, 10):
-        out[f"NDCG@{k}"] = torch.where(r < k, gain, torch.zeros_like(gain)).mean().item()
+        out[f"NDCG@{k}"] = ndcg_per_user(r, k).mean().item()
     out["MRR"] = (1.0 / (r + 1.0)).mean().item()
     return {k: out[k] for k in METRICS}
 

@@ -36,7 +36,7 @@ from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_we
 from .batches import trim_padding
 from .losses import item_loss
 from .precision import compute_dtype
-from .utils import FlagError
+from .errors import FlagError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ELLMRec(nn.Module):
                         module.lora_dropout[name] = MaskDropout(dropout.p)
         self.w_in = nn.Linear(d0, d1)
         # Zero heads: uniform scores, loss = ln|I| at the start. A random head on SASRec's large-scale
-        # embeddings starts far above that and stalls for hundreds of steps (README, "The teacher").
+        # embeddings starts far above that and stalls for hundreds of steps (docs/training.md, "The teacher").
         self.w_out = nn.Linear(d1, d0, bias=False)
         self.adapters = nn.ModuleList(nn.Linear(d1, d0, bias=False) for _ in cfg.adapter_layers)
         for head in [self.w_out, *self.adapters]:

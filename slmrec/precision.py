@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 
-from .utils import FlagError, cache_dir, load_json, save_json
+from .errors import FlagError
+
+from .files import cache_dir, load_json, save_json
 
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
     """Whether bf16 autocast is the faster precision here: a GPU with bf16, or a CPU whose bf16 matrix products
-    measure faster than its fp32 ones. CPU flags alone mislead: a 2-core AMD EPYC (Zen 5, AVX512-BF16)
-    multiplies about 2x faster in bf16 and trains 1.7x faster, an Intel Xeon whose AMX is hidden by the
-    hypervisor (AVX512-BF16 listed, model 207) multiplies 0.55x as fast in bf16 as in fp32 (measured, README).
+    measure faster than its fp32 ones. CPU flags alone mislead: an Intel Xeon whose AMX a hypervisor hides lists
+    AVX512-BF16 yet multiplies slower in bf16 than in fp32, where a Zen 5 multiplies faster (docs/timings.md).
     The measurement is kept in the project cache per CPU and torch version, so every run on a machine decides
     alike (a resumed or compared run never flips precision on timing noise)."""
     if torch.cuda.is_available():

@@ -1,5 +1,5 @@
 """Raw interaction files -> Interactions: the formats, their encodings, and the two readers that give the same
-result (README "Data preparation"): Polars' columnar engine for the lines it can read plainly (every line of a
+result (docs/data.md): Polars' columnar engine for the lines it can read plainly (every line of a
 clean file), and the line reader, which counts and names every line that cannot be used.
 """
 

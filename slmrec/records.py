@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 from .precision import resolve_precision
-from .utils import hardware, load_json, save_json
+from .files import load_json, save_json
+from .machine import hardware
 
 # What a run directory holds that is worth keeping (what exists of it): the command and configuration, the test
 # metrics and per-user ranks, direct inference by layer, and the first seed's SASRec item table (260 KB on

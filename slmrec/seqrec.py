@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import trim_padding
-from .utils import FlagError, check_memory
+from .errors import FlagError
+from .machine import check_memory
 
 
 @dataclass

@@ -17,14 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
-from .errors import DataError
-from .inference import UnknownUser, item_rows, parse_history, user_history
-from .utils import FlagError
+from .errors import DataError, FlagError
+from .flags import split_flags
+from .inference import InferenceConfig, can_compile
+from .machine import compute_device
+from .recommender import Recommender, Request, UnknownUser, answer_row, read_request
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,12 @@ class ServeConfig:
 class RecRequest(BaseModel):
     """A history of original item ids (oldest first), or a dataset user whose whole sequence is the history."""
 
-    history: list[str | int] | None = Field(None, description="original item ids, oldest first")
-    user: str | int | None = Field(None, description="a dataset user (users.tsv); echoed back with a history")
-    k: int = Field(10, description="how many items to recommend")
-    keep_seen: bool = Field(False, description="keep items already in the history")
+    # Strict: JSON true is not the item, the user or the k numbered 1; read_request checks the same for --input.
+    history: list[StrictStr | StrictInt] | None = Field(None, description="original item ids, oldest first")
+    user: StrictStr | StrictInt | None = Field(None, description="a dataset user (users.tsv); echoed back with "
+                                                                  "a history")
+    k: StrictInt = Field(10, description="how many items to recommend")
+    keep_seen: StrictBool = Field(False, description="keep items already in the history")
 
 
 class BadRequest(ValueError):
@@ -134,7 +139,7 @@ class MicroBatcher:
 class Arrivals:
     """Counts the requests to `path` in `batcher.arriving` from when they come in until their endpoint runs
     (or they are refused before it), so that a batch waits for requests being read and checked, not for a
-    timer: with 8 clients the old fixed wait left the model idle max_wait_ms a batch after all 8 had come."""
+    timer: a fixed wait would leave the model idle max_wait_ms a batch after every client's request had come."""
 
     def __init__(self, app, batcher, path):
         self.app, self.batcher, self.path = app, batcher, path
@@ -197,17 +202,13 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
     data = recommender.data
     state = {"ready": False}
 
-    def score(jobs):
-        return recommender.recommend([h for h, _, _ in jobs], k=[k for _, k, _ in jobs],
-                                     keep_seen=[s for _, _, s in jobs])
-
-    batcher = MicroBatcher(score, cfg.max_batch, cfg.max_wait_ms / 1000)
+    batcher = MicroBatcher(recommender.answer, cfg.max_batch, cfg.max_wait_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.task = asyncio.create_task(batcher.run())
         data.item_index, data.user_index  # built before /ready, not by the first request (2.4 s at 1 M users)
-        await batcher.submit(([1], 1, True))  # warm-up: the first forward pass allocates
+        await batcher.submit(Request([1], k=1, keep_seen=True))  # warm-up: the first forward pass allocates
         state["ready"] = True
         log.info("ready: %s items, batches of up to %d within %.1f ms", data.num_items, cfg.max_batch,
                  cfg.max_wait_ms)
@@ -227,7 +228,8 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return _error(400, f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg', ''))}")
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        # The field and list index only: pydantic's location also names the body's union branch and type tags.
+        where = ".".join(str(x) for x in first.get("loc", ()) if isinstance(x, int) or x in RecRequest.model_fields)
         return _error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(BadRequest)
@@ -250,41 +252,30 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
         return {"ready": True, "items": data.num_items, "max_batch": cfg.max_batch}
 
     @app.post("/recommend", summary="top-k items for one request or a list of them")
-    async def recommend(body: RecRequest | list[RecRequest], request: Request):
+    async def recommend(body: RecRequest | list[RecRequest], request: HTTPRequest):
         batcher.arrived(request.scope)
         many = isinstance(body, list)
         requests = body if many else [body]
         if not requests or len(requests) > cfg.max_list:
             raise BadRequest(f"a list of 1..{cfg.max_list} requests is needed, not {len(requests)}")
         jobs = [_job(r, i if many else None, data, cfg) for i, r in enumerate(requests)]
-        results = await asyncio.gather(*(batcher.submit(job[1:]) for job in jobs))
-        rows = [{**({"user": label} if label is not None else {}), "items": item_rows(data, top)}
-                for (label, *_), top in zip(jobs, results)]
+        results = await asyncio.gather(*(batcher.submit(job) for job in jobs))
+        rows = [answer_row(data, job, top) for job, top in zip(jobs, results)]
         return JSONResponse(rows if many else rows[0])  # plain JSON already: FastAPI's encoder would walk it again
 
     return app
 
 
-def _job(r: RecRequest, i, data, cfg):
-    """(label, item indices, k, keep_seen) of one request, every value checked (BadRequest names it)."""
+def _job(r: RecRequest, i, data, cfg) -> Request:
+    """One request read and checked as recommend.py reads its --input lines: 400 naming what is wrong, 404 for a
+    user not in the dataset."""
     where = f"request {i}" if i is not None else "request"
-    if r.history is None and r.user is None:
-        raise BadRequest(f'{where}: give "history" (a list of item ids) or "user"')
-    if not 1 <= r.k <= data.num_items:
-        raise BadRequest(f"{where}: k must be in 1..{data.num_items}, not {r.k}")
-    label = str(r.user) if r.user is not None else None
     try:
-        if r.history is not None:
-            if len(r.history) > cfg.max_history:
-                raise BadRequest(f"{where}: history of {len(r.history)} items, more than {cfg.max_history}")
-            items = parse_history(data, [str(x) for x in r.history], where)
-        else:
-            items = user_history(data, label, where)
+        return read_request(data, r.model_dump(), where, max_history=cfg.max_history)
     except UnknownUser as e:
         raise BadRequest(str(e), 404) from None
     except DataError as e:
         raise BadRequest(str(e)) from None
-    return label, items, r.k, r.keep_seen
 
 
 def _error(status, message):
@@ -296,15 +287,12 @@ def configs(flags: dict):
     path where inductor can build kernels, unless told not."""
     import torch
 
-    from .inference import InferenceConfig, can_compile
-    from .utils import split_flags
-
     sflags, iflags = split_flags(flags, ServeConfig, InferenceConfig)
     cfg = ServeConfig(**sflags)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if "compile" not in iflags:
-        iflags["compile"] = can_compile("cuda" if torch.cuda.is_available() else "cpu")
+        iflags["compile"] = can_compile(compute_device())
         if not iflags["compile"]:
             log.warning("no C++ compiler (or Triton) for torch.compile: serving on the uncompiled path")
     return cfg, InferenceConfig(**iflags)
@@ -314,7 +302,6 @@ def app_from_env() -> FastAPI:
     """The app of one worker when serve.py --workers N > 1 has uvicorn start N processes, each loading its own
     model: serve.py passes its arguments in SLMREC_CHECKPOINT, SLMREC_DATA and SLMREC_FLAGS (JSON), so every
     worker runs with the flags given to serve.py."""
-    from .inference import Recommender
 
     missing = [v for v in ("SLMREC_CHECKPOINT", "SLMREC_DATA") if not os.environ.get(v)]
     if missing:

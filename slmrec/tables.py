@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 
 from .experiments import ReproConfig, declare, labels, seed_list
-from .metrics import METRICS
+from .metrics import METRICS, ndcg_per_user
 from .examples import ExampleConfig
 from .model import ELLMRecConfig
 from .records import RECORD, machine, record_dir, runs_root
 from .training import ELLMREC_TRAIN
-from .utils import load_json, save_json
+from .files import load_json, save_json
 
 # Paper numbers (%), Amazon 2018 with LLaMA-7B on an A100 (Tables 2, 4, 5), for the rows we reproduce.
 PAPER_METRICS = ("HR@1", "HR@5", "NDCG@5", "MRR")
@@ -80,7 +80,7 @@ def summary(cfg, key, seeds=None):
 
 def user_se(ranks):
     """Standard error over users of NDCG@10 from one run's per-user ranks."""
-    v = ndcg10(ranks)
+    v = ndcg_per_user(ranks, 10).numpy()
     return v.std(ddof=1) / np.sqrt(len(v))
 
 
@@ -199,15 +199,11 @@ def paired(cfg, head):
         common = sorted(set(sa) & set(sb))
         if not common:
             continue
-        d = np.mean([ndcg10(ra[sa.index(s)]) - ndcg10(rb[sb.index(s)]) for s in common], axis=0)
+        d = np.mean([(ndcg_per_user(ra[sa.index(s)], 10) - ndcg_per_user(rb[sb.index(s)], 10)).numpy() for s in common],
+                   axis=0)
         lines.append(f"| {lab[a]} − {lab[b]} | {d.mean():+.4f} | {d.std(ddof=1) / np.sqrt(len(d)):.4f} | "
                      f"{len(common)} |")
     return "\n".join(lines) + "\n"
-
-
-def ndcg10(ranks):
-    r = np.asarray(ranks, float)
-    return np.where(r < 10, 1 / np.log2(r + 2), 0.0)
 
 
 def write_table1(cfg, out):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .backbone import SMOLLM2, smollm2_path
 from .checkpoints import MODEL_CONFIG, WEIGHTS
-from .utils import file_digest, load_json, save_json
+from .files import file_digest, load_json, save_json
 
 log = logging.getLogger(__name__)
 

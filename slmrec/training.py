@@ -13,14 +13,16 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .checkpoints import (WEIGHTS, CheckpointError, check_run_dir, load_trained_weights, load_weights,
-                          newest_complete_checkpoint, resume_mode, save_model, settings_changed)
+from .checkpoints import (WEIGHTS, CheckpointError, RunDir, load_trained_weights, load_weights,
+                          newest_complete_checkpoint, save_model, settings_changed)
 from .inference import FastELLMRec, InferenceConfig, auto_compile
 from .metrics import evaluate, flatten
 from .model import ELLMRec
 from .precision import resolve_precision
 from .errors import NonFiniteError
-from .utils import FlagError, hardware, jsonable, load_json, run_lock, save_json, save_npz
+from .errors import FlagError
+from .files import jsonable, load_json, run_lock, save_json, save_npz
+from .machine import hardware, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class TrainConfig:
 # The LM-based models' (teacher and student) training defaults over TrainConfig's: 4 epochs, the cosine
 # schedule reaching zero at the end of the 4th, validation once per epoch, the best checkpoint by validation
 # MRR and an early stop after 2 validations without a better one; batch 16, AdamW lr 2e-3, 50 warm-up steps.
-# Chosen on ml-100k's validation split with SmolLM2 (README "Choosing the defaults"): every curve peaked at
+# Chosen on ml-100k's validation split with SmolLM2 (docs/defaults.md): every curve peaked at
 # epoch 2-3 and declined after, and decaying the rate by epoch 4 gave the best peak.
 ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, learning_rate=2e-3,
                      lr_scheduler="cosine", warmup_steps=50, logging_steps=10)
@@ -230,15 +232,13 @@ class RecTrainer(SmallCheckpoints):
         return metrics
 
 
-def fit_and_test(model, data, train_dataset, cfg: TrainConfig, output_dir, max_len, run_config, resume="no",
-                 trainer_cls=RecTrainer, extra_metrics=None, reads=(), **trainer_kwargs) -> dict:
+def fit_and_test(model, data, train_dataset, cfg: TrainConfig, run: RunDir, max_len, run_config,
+                 trainer_cls=RecTrainer, extra_metrics=None, **trainer_kwargs) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
     output_dir/test_metrics.json (candidates at top level, full ranking under "full", and extra_metrics: what
-    the caller measured before training). resume: see resume_mode. reads: the files and folders the run reads
-    (its dataset, embeddings, teacher), which output_dir may not be, hold or lie in."""
-    output_dir = Path(output_dir)
-    mode = resume_mode(resume)
-    check_run_dir(output_dir, reads=[data.path, *reads])
+    the caller measured before training). run: the output folder and resume mode, as open_run_dir checked
+    them before the caller loaded anything."""
+    output_dir, mode = run.path, run.resume
     with run_lock(output_dir):  # one run per folder
         return _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
                              extra_metrics, **trainer_kwargs)
@@ -285,6 +285,7 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
+    test["peak_rss_mb"] = peak_rss_mb()  # this process's own peak memory: training, validation and the test
     if trainer.is_world_process_zero():
         # Per-user ranks allow paired comparisons between models on the same users.
         save_npz(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),

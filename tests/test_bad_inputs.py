@@ -34,7 +34,8 @@ from slmrec.metrics import evaluate
 from slmrec.seqrec import SeqRecConfig
 from slmrec.checkpoints import CheckpointError
 from slmrec.training import SEQREC_TRAIN, NonFiniteError, TrainConfig, check_finite
-from slmrec.utils import FlagError, run_lock, save_json, written_whole
+from slmrec.errors import FlagError
+from slmrec.files import run_lock, save_json, written_whole
 
 SCRIPTS = {"process": prepare_data.main, "evaluate": evaluate_cli.main, "finetune": finetune.main,
            "recommend": recommend.main, "train_sr_trad": train_sr_trad.main, "extract_emb": extract_emb.main,
@@ -55,7 +56,7 @@ CATALOGUE = [
     ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t", "no such item-embedding file"),
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --resume maybe", "--resume must be true, false or force"),
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --num_items 3", "--num_items: set from the data"),
-    ("recommend", "--checkpoint {tmp} --data {data} --history 1 --k 0", "--k must be an integer"),
+    ("recommend", "--checkpoint {tmp} --data {data} --history 1 --k 0", "k must be an integer"),
     ("train_sr_trad", "--data {data} --output_dir {tmp} --max_steps 1", "holds files this project did not write"),
     # every choice-valued flag, a wrong choice: one line naming the flag and the choices
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --model x", "--model must be one of"),
@@ -200,7 +201,7 @@ def test_process_never_deletes_what_it_did_not_write(tmp_path):
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path):
-    """utils.written_whole, behind every file the project writes whole (JSON, .npz, weights, pickles, JSONL)."""
+    """files.written_whole, behind every file the project writes whole (JSON, .npz, weights, pickles, JSONL)."""
     path = tmp_path / "metrics.json"
     save_json({"MRR": 0.1}, path)
     with pytest.raises(RuntimeError):

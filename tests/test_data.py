@@ -268,7 +268,7 @@ def test_peak_rss_is_the_childs_own_not_its_parents():
     """The benchmarks' peak memory: a child of a large process reports its own peak (getrusage's ru_maxrss would
     start it at the parent's size), and memory the child does touch shows."""
     ballast = np.ones(2**27)  # 1 GiB in this process
-    probe = ("import sys, numpy as np; from slmrec.utils import peak_rss_mb; x = np.ones(int(sys.argv[1])); "
+    probe = ("import sys, numpy as np; from slmrec.machine import peak_rss_mb; x = np.ones(int(sys.argv[1])); "
              "print(peak_rss_mb())")
     small, large = (float(subprocess.run([sys.executable, "-c", probe, str(n)], check=True, capture_output=True,
                                          text=True).stdout) for n in (1, 2**26))

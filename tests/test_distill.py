@@ -19,7 +19,7 @@ from slmrec.model import ELLMRec, load_ellmrec
 from slmrec.metrics import METRICS
 from slmrec.checkpoints import CheckpointError
 from slmrec.training import TrainConfig, training_arguments
-from slmrec.utils import FlagError
+from slmrec.errors import FlagError
 from test_teacher import TINY_TRAIN
 
 

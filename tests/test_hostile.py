@@ -27,7 +27,7 @@ from slmrec.data import PreparedData
 from slmrec.errors import DataError
 from slmrec.prepare import PrepareConfig, prepare
 from slmrec.raw import text_lines
-from slmrec.utils import check_writable, save_json
+from slmrec.files import check_writable, save_json
 from test_distill import tiny_teacher  # noqa: F401 (a fixture)
 from test_teacher import TINY_TRAIN
 
@@ -64,7 +64,7 @@ def test_a_device_is_written_in_place_not_replaced(tmp_path):
 
 
 def test_stdout_as_output_writes_to_the_stream():
-    code = "from slmrec.utils import save_json; save_json({'MRR': 0.5}, '/dev/stdout')"
+    code = "from slmrec.files import save_json; save_json({'MRR': 0.5}, '/dev/stdout')"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and json.loads(res.stdout) == {"MRR": 0.5}, res.stderr[-1000:]
 
@@ -109,7 +109,7 @@ def test_recommend_input_with_bom_and_crlf_is_read(tiny_dataset, tmp_path):
     ids = tiny_dataset.catalog[0]
     src = tmp_path / "users.jsonl"
     src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"history": [ids[1], ids[2]]}).encode() + b"\r\n")
-    assert recommend.read_requests(tiny_dataset, input=str(src)) == [(None, [1, 2])]
+    assert [r.items for r in recommend.read_requests(tiny_dataset, input=str(src))] == [[1, 2]]
 
 
 # ---------------------------------------------------------------- ids the dataset's files must round-trip

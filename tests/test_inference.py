@@ -12,13 +12,15 @@ from slmrec.backbone import load_backbone
 from slmrec.batches import left_pad
 from slmrec.errors import DataError
 from slmrec.decoder import Decoder
-from slmrec.inference import FastELLMRec, InferenceConfig, Recommender, TransformersForward, load_scorer
+from slmrec.inference import FastELLMRec, InferenceConfig, TransformersForward, load_scorer
+from slmrec.recommender import Recommender
 from slmrec.metrics import rank_users
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec
 from slmrec.checkpoints import CheckpointError, save_model
 from slmrec.training import ranking
-from slmrec.utils import FlagError, split_flags
+from slmrec.errors import FlagError
+from slmrec.flags import split_flags
 
 PROMPT = dict(instruction="History: a b", response="Next:")
 
@@ -283,11 +285,17 @@ BAD_REQUESTS = [  # (arguments, input file text or None, error message)
     (dict(history=""), None, "--history: empty history"),
     (dict(input="in.jsonl"), '{"history": ["1"]}\n{"history": [\n', "in.jsonl line 2: not JSON"),
     (dict(input="in.jsonl"), '{"history": []}\n', "in.jsonl line 1: empty history"),
-    (dict(input="in.jsonl"), '[1, 2]\n', 'line 1: expected an object with "history"'),
+    (dict(input="in.jsonl"), '[1, 2]\n', 'line 1: give "history" \\(a list of item ids\\) or "user"'),
+    # JSON booleans and floats are no ids and no k (JSON true would otherwise be item, user or k number 1)
+    (dict(input="in.jsonl"), '{"history": [true]}\n', 'line 1: "history" must be a list of item ids'),
+    (dict(input="in.jsonl"), '{"history": [1.0]}\n', 'line 1: "history" must be a list of item ids'),
+    (dict(input="in.jsonl"), '{"user": true}\n', "line 1: a user id is a string, not True"),
+    (dict(input="in.jsonl"), '{"history": ["1"], "k": true}\n', r"line 1: k must be an integer in 1..\d+, not True"),
+    (dict(input="in.jsonl"), '{"history": ["1"], "keep_seen": 1}\n', "line 1: keep_seen must be true or false"),
     (dict(input="in.jsonl"), '{"user": "no-such-user"}\n', "line 1: user 'no-such-user' not in"),
     (dict(input="in.jsonl"), '\n', "no histories in the file"),
     (dict(user="1", history="1"), None, "exactly one of --user, --history or --input"),
-    (dict(history="1", k=0), None, "--k must be an integer in 1.."),
+    (dict(history="1", k=0), None, "--history: k must be an integer in 1.."),
     (dict(history="1", output="FILE/out.jsonl"), None, "not a writable folder"),
 ]
 

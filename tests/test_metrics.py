@@ -159,7 +159,7 @@ def test_evaluate_on_a_prepared_dataset(tiny_dataset):
 
 
 def test_huge_page_tensors_hold_what_is_written():
-    from slmrec.utils import empty_huge
+    from slmrec.machine import empty_huge
 
     t = torch.randn(1024, 640)
     h = empty_huge(t.shape).copy_(t)

@@ -14,7 +14,7 @@ from slmrec.experiments import labels, make_config, plan
 from slmrec.metrics import METRICS, metrics_from_ranks
 from slmrec.records import record_dir
 from slmrec.tables import PAPER_TABLE2, rows_of, write_all
-from slmrec.utils import FlagError
+from slmrec.errors import FlagError
 
 
 def _keys(runs, seed):

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 import finetune
 import recommend
 import train_sr_trad
-from slmrec.inference import Recommender
+from slmrec.recommender import Recommender
 from slmrec.serving import ServeConfig, create_app
 from test_teacher import TINY_TRAIN
 
@@ -71,9 +71,12 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_goes_on(run_dir, ti
         ({"user": "no-such-user"}, 404, "user 'no-such-user' not in"),
         ({"history": []}, 400, "empty history"),
         ({"history": [item_ids[1]] * 21}, 400, "more than 20"),
-        ({"history": [item_ids[1]], "k": 0}, 400, "k must be in 1.."),
-        ({"history": [item_ids[1]], "k": tiny_dataset.num_items + 1}, 400, "k must be in 1.."),
+        ({"history": [item_ids[1]], "k": 0}, 400, "k must be an integer in 1.."),
+        ({"history": [item_ids[1]], "k": tiny_dataset.num_items + 1}, 400, "k must be an integer in 1.."),
         ({"k": 3}, 400, 'give "history"'),
+        ({"history": [True]}, 422, "history.0: "),  # JSON true is not item 1, user 1 or k 1
+        ({"user": True}, 422, "user: "),
+        ({"history": [item_ids[1]], "k": True}, 422, "k: "),
         ({"history": [item_ids[1]], "k": "many"}, 422, "k: "),
         ([good] * 4, 400, "a list of 1..3 requests"),
         ([], 400, "a list of 1..3 requests"),

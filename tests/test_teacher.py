@@ -118,6 +118,7 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     assert row.startswith(f"| teacher | {tiny_lm_dir}, 4 layers, last_item readout | every_position | 4 steps of")
     assert f"{metrics['MRR']:.4f} |" in row
     assert 0 < metrics["seconds_to_best"] <= metrics["train_seconds"]
+    assert 100 < metrics["peak_rss_mb"] < 100_000  # MB, this process's own peak
     assert "| auto |" not in row and "not recorded" not in report.table(tmp_path)
 
     # Resume: continue from checkpoint-4 to step 6.

@@ -1,37 +1,22 @@
-"""Small helpers shared by the command-line scripts."""
+"""Files the project writes and reads: whole-or-nothing writes, JSON and .npz, digests, the cache folder, the
+checks that a write loses nothing, and the one-run-per-folder lock."""
 
 import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import math
-import mmap
 import os
-import platform
-import random
 import shutil
 import socket
 import tempfile
 import time
-import typing
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import DamagedFile, FlagError
-
-
-def setup_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        force=True)
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from .runtime import is_main_process
 
 
 def jsonable(o):
@@ -100,71 +85,6 @@ def load_json(path):
                           f"repository), or remove it and make it again") from None
 
 
-def is_main_process():
-    """Rank 0 under torchrun/accelerate, or a plain single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def split_flags(flags: dict, *configs, fixed=()) -> list:
-    """Share command-line flags out among config dataclasses by field name, each value checked against and
-    converted to its field's type, so each default and its validation live in the dataclass alone; a flag no
-    dataclass has, one of the `fixed` fields (set by the script, e.g. from the data), or a value of the wrong
-    type is an error before any work."""
-    given = sorted(set(flags) & set(fixed))
-    if given:
-        raise FlagError(f"{', '.join('--' + k for k in given)}: set from the data and the model, not a flag")
-    hints = [typing.get_type_hints(c) for c in configs]
-    names = [{f.name for f in dataclasses.fields(c)} - set(fixed) for c in configs]
-    unknown = sorted(set(flags) - set().union(*names))
-    if unknown:
-        raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
-                        + ", ".join(c.__name__ for c in configs))
-    return [{k: coerce(k, v, h[k]) for k, v in flags.items() if k in n} for n, h in zip(names, hints)]
-
-
-TRUE, FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
-
-
-def coerce(name, value, kind):
-    """A flag's value as fire parsed it (fire leaves "false" a string and turns "007" into 7) converted to
-    `kind`, a field's type hint (bool, int, float, str, list, or one of them | None); FlagError otherwise."""
-    args = typing.get_args(kind)
-    if type(None) in args:  # X | None
-        if value is None or str(value).lower() == "none":
-            return None
-        kind = next(a for a in args if a is not type(None))
-    kind = typing.get_origin(kind) or kind
-    bad = FlagError(f"--{name}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in TRUE | FALSE:
-            return str(value).lower() in TRUE
-        raise bad
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise bad
-        try:
-            return int(value)
-        except ValueError:
-            raise bad from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-    if kind is str:
-        if isinstance(value, (list, tuple, dict)):
-            raise bad
-        return str(value)
-    if kind is list:
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else \
-            [v.strip() for v in str(value).split(",") if v.strip()]
-    return value
-
-
 # Files that mark a folder the project made for a purpose of its own: a checkpoint, a prepared dataset.
 PROJECT_FOLDERS = ("slmrec_config.json", "stats.json")
 
@@ -197,32 +117,6 @@ def check_writable(path, flag, reads=()):
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise FlagError(f"{flag} {path}: cannot write in {parent} (not a writable folder)")
-
-
-def check_memory(nbytes, what):
-    """Refuse, before allocating, what cannot fit in this machine's available memory."""
-    try:
-        meminfo = Path("/proc/meminfo").read_text().split()
-        available = int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024
-    except (OSError, ValueError, IndexError):  # not Linux: no check
-        return
-    if nbytes > available:
-        raise FlagError(f"{what} needs about {nbytes / 1e9:,.1f} GB, more than the {available / 1e9:.1f} GB of memory "
-                        f"available")
-
-
-def empty_huge(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """An uninitialised tensor, on a CPU in memory asked to be backed by 2 MB pages (madvise; a no-op where the
-    kernel's transparent huge pages are off; on another device a plain torch.empty). Random row reads from a
-    table larger than the cache (the evaluator gathers 1,000 candidate vectors per user from the item table) then
-    miss the TLB far less, and a scratch buffer reused through a pass is faulted in once (benchmarks/README.md,
-    "The paper's data scale")."""
-    nbytes = max(1, math.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    if torch.device(device).type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype, device=device)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared memory has its own THP switch
-    buf.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)
 
 
 LOCK = ".lock"  # in a run's output folder while the run is alive: {"pid", "host"}
@@ -294,44 +188,3 @@ def _alive(pid) -> bool:
     except (TypeError, ValueError, OverflowError):
         return False
     return True
-
-
-def parse_ints(value) -> list:
-    """A fire flag given as 4, "1,2,4" or (1, 2, 4) -> [1, 2, 4]."""
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [int(x) for x in value]
-    return [int(x) for x in str(value).strip("()[]").split(",") if x.strip()]
-
-
-def hardware():
-    """The machine, as results tables, figures and benchmarks name it."""
-    gpu = _gpu()
-    return f"GPU {gpu}" if gpu else f"{_cpu()}, {os.cpu_count()} cores"
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory, MB. On Linux VmHWM, which starts afresh at exec: getrusage's
-    ru_maxrss keeps the largest size before it, so a child started by a 1 GB parent reports at least 1 GB."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:  # not Linux: ru_maxrss (kB here, bytes on macOS) is what there is
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
-    return int(status.split("VmHWM:", 1)[1].split()[0]) / 1024
-
-
-def _cpu():
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:  # not Linux: the architecture is all we name
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()} CPU"
-
-
-def _gpu():
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
