@@ -16,13 +16,18 @@ from pathlib import Path
 from slmrec.cli import run
 from slmrec.data import PreparedData, is_prepared
 from slmrec.errors import DataError
-from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, load_teacher, student_config,
-                            teacher_states)
+from slmrec.distill import DistillConfig, DistillTrainer, caches_teacher, load_teacher, student_config, teacher_states
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec
-from slmrec.checkpoints import (load_checkpoint_config, load_checkpoint_files, load_trained_weights,
-                                newest_complete_checkpoint, open_run_dir, trained_on)
+from slmrec.checkpoints import (
+    load_checkpoint_config,
+    load_checkpoint_files,
+    load_trained_weights,
+    newest_complete_checkpoint,
+    open_run_dir,
+    trained_on,
+)
 from slmrec.training import ELLMREC_TRAIN, TrainConfig, fit_and_test
 from slmrec.errors import FlagError
 from slmrec.files import run_lock
@@ -33,9 +38,16 @@ from slmrec.machine import compute_device
 log = logging.getLogger(__name__)
 
 
-def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int = 4, lora_r: int = None,
-         lora_alpha: int = None,
-         resume: str = "false", **flags):
+def main(
+    teacher: str,
+    data: str = None,
+    output_dir: str = None,
+    num_layers: int = 4,
+    lora_r: int = None,
+    lora_alpha: int = None,
+    resume: str = "false",
+    **flags,
+):
     """The student takes the teacher's base LM, prompt, readout, LoRA targets and item embeddings. Other flags
     are the fields of DistillConfig (slmrec/distill.py: --blocks, --lambda_cos, --lambda_norm, --lambda_ms,
     --norm_variant, --feature_positions, --kd_mode, ...), ExampleConfig (slmrec/examples.py: --objective,
@@ -60,25 +72,58 @@ def main(teacher: str, data: str = None, output_dir: str = None, num_layers: int
     if run_dir.resume != "no" and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)
-    run_config = {"script": "distill.py", "data": data, "distill": dcfg, "model": scfg, "train": cfg,
-                  "examples": examples_cfg, "train_examples": len(examples)}
-    planned = (cfg.max_steps * cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1")) if cfg.max_steps > 0
-               else cfg.epochs * len(examples))
+    run_config = {
+        "script": "distill.py",
+        "data": data,
+        "distill": dcfg,
+        "model": scfg,
+        "train": cfg,
+        "examples": examples_cfg,
+        "train_examples": len(examples),
+    }
+    planned = (
+        cfg.max_steps * cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.max_steps > 0
+        else cfg.epochs * len(examples)
+    )
     with run_lock(output_dir):  # one run per folder, from before the teacher's states are computed
         states, extra = None, {}
         if caches_teacher(dcfg, examples_cfg, len(examples), planned):  # the frozen teacher runs once
             device = compute_device()
             pairs = block_pairs(teacher_model.cfg.num_layers, num_layers, dcfg.blocks)
             t = time.time()
-            states = teacher_states(dcfg, teacher_model.to(device), dataset, examples, pairs, cfg.precision,
-                                    output_dir, cfg.eval_batch_size, device)
+            states = teacher_states(
+                dcfg,
+                teacher_model.to(device),
+                dataset,
+                examples,
+                pairs,
+                cfg.precision,
+                output_dir,
+                cfg.eval_batch_size,
+                device,
+            )
             if states is not None:  # else too large for the budget or the disk: the live teacher
-                extra = {"teacher_states": str(states.path), "teacher_states_seconds": time.time() - t,
-                         "teacher_states_build_seconds": states.meta["build_seconds"]}
+                extra = {
+                    "teacher_states": str(states.path),
+                    "teacher_states_seconds": time.time() - t,
+                    "teacher_states_build_seconds": states.meta["build_seconds"],
+                }
                 examples = Indexed(examples)
-        metrics = fit_and_test(student, dataset, examples, cfg, run_dir, scfg.max_len, run_config,
-                               trainer_cls=DistillTrainer, teacher=teacher_model, distill=dcfg, states=states,
-                               extra_metrics=extra)
+        metrics = fit_and_test(
+            student,
+            dataset,
+            examples,
+            cfg,
+            run_dir,
+            scfg.max_len,
+            run_config,
+            trainer_cls=DistillTrainer,
+            teacher=teacher_model,
+            distill=dcfg,
+            states=states,
+            extra_metrics=extra,
+        )
     if is_main_process():
         print(json.dumps(metrics, indent=2))
 
@@ -89,8 +134,10 @@ def teacher_dataset(teacher) -> str:
     load_checkpoint_config(teacher, "ellmrec")  # a teacher that is not one: its own one-line error first
     data = trained_on(teacher)
     if not is_prepared(Path(data)):
-        raise DataError(f"the teacher {teacher} was trained on {data}, which is not a prepared dataset any more "
-                        f"(moved, or run from another folder): pass --data")
+        raise DataError(
+            f"the teacher {teacher} was trained on {data}, which is not a prepared dataset any more "
+            f"(moved, or run from another folder): pass --data"
+        )
     log.info("data: %s, the teacher's dataset", data)
     return data
 

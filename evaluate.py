@@ -44,8 +44,15 @@ def main(checkpoint: str, data: str, split: str = "test", layers=None, output: s
         layers = parse_ints(layers)
         model = load_ellmrec(checkpoint, dataset).to(device)
         with torch.inference_mode(), autocast(device, compute_dtype(cfg.precision)):
-            by_layer = evaluate(lambda h: model.score_layers(h, layers), dataset, split, model.cfg.max_len,
-                                cfg.batch_size, device, per_user=True)
+            by_layer = evaluate(
+                lambda h: model.score_layers(h, layers),
+                dataset,
+                split,
+                model.cfg.max_len,
+                cfg.batch_size,
+                device,
+                per_user=True,
+            )
         ranks = {f"layer_{l}": np.asarray(by_layer[l].pop("ranks")["candidates"]) for l in layers}
         results = {f"layer_{l}": by_layer[l] for l in layers}
         if output:  # per-user ranks beside the metrics (<output stem>_ranks.npz), for paired comparisons

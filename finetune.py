@@ -32,12 +32,20 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
     seed_everything(cfg.seed)
     dataset = PreparedData(data)
     table = load_item_embedding(item_embedding, dataset.num_items, dataset.fingerprint)
-    model_cfg = dataclasses.replace(model_cfg, data_fingerprint=dataset.fingerprint,
-                                    embedding_digest=embedding_digest(item_embedding))
+    model_cfg = dataclasses.replace(
+        model_cfg, data_fingerprint=dataset.fingerprint, embedding_digest=embedding_digest(item_embedding)
+    )
     model = ELLMRec(model_cfg, table, precision=cfg.precision)
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
-    run_config = {"script": "finetune.py", "data": data, "item_embedding": item_embedding,
-                  "examples": examples_cfg, "train_examples": len(examples), "model": model_cfg, "train": cfg}
+    run_config = {
+        "script": "finetune.py",
+        "data": data,
+        "item_embedding": item_embedding,
+        "examples": examples_cfg,
+        "train_examples": len(examples),
+        "model": model_cfg,
+        "train": cfg,
+    }
     metrics = fit_and_test(model, dataset, examples, cfg, run_dir, model_cfg.max_len, run_config)
     if is_main_process():
         print(json.dumps(metrics, indent=2))

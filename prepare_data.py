@@ -1,9 +1,9 @@
 """Prepare a dataset by the paper's protocol (§5.1; docs/data.md).
 
-    python prepare_data.py --source ml-100k --output_dir data/ml-100k
-    python prepare_data.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
-    python prepare_data.py --convert data/cloth      # a dataset of the .npz format, rewritten memory-mapped
-    python prepare_data.py --verify data/cloth       # every array against the fingerprint in stats.json
+python prepare_data.py --source ml-100k --output_dir data/ml-100k
+python prepare_data.py --source Clothing.csv --output_dir data/cloth --metadata meta_Clothing.json.gz
+python prepare_data.py --convert data/cloth      # a dataset of the .npz format, rewritten memory-mapped
+python prepare_data.py --verify data/cloth       # every array against the fingerprint in stats.json
 """
 
 import json
@@ -16,8 +16,14 @@ from slmrec.flags import split_flags
 from slmrec.runtime import setup_logging
 
 
-def main(source: str = None, output_dir: str = None, overwrite: bool = False, convert: str = None,
-         verify: str = None, **flags):
+def main(
+    source: str = None,
+    output_dir: str = None,
+    overwrite: bool = False,
+    convert: str = None,
+    verify: str = None,
+    **flags,
+):
     """SOURCE is `ml-100k` (fetched from the recbole wheel) or a ratings file:
     Amazon 2018 CSV or review JSON lines (.gz ok), MovieLens u.data / ratings.dat, RecBole .inter.
     OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other

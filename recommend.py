@@ -3,6 +3,7 @@
     python recommend.py --checkpoint out/main/student --data data/ml-100k --user 298
     python recommend.py --checkpoint out/main/student --data data/ml-100k --history 474,465,1,50 --k 5
     python recommend.py --checkpoint out/main/student --data data/ml-100k --input users.jsonl --output recs.jsonl
+    python recommend.py --model models/student --history 474,465,1,50      # an exported folder (export.py), alone
 
 Item ids are the dataset's original ids (items.tsv of the prepared dataset), histories oldest first. --user
 takes that user's whole stored sequence. --input: JSON lines, each a request as the HTTP API takes it
@@ -23,7 +24,7 @@ from slmrec.files import check_writable, written_whole
 from slmrec.flags import coerce, split_flags
 from slmrec.inference import InferenceConfig
 from slmrec.raw import text_lines
-from slmrec.recommender import Recommender, answer_row, read_request
+from slmrec.recommender import Recommender, answer_row, model_and_data, read_request
 from slmrec.runtime import setup_logging
 
 
@@ -59,16 +60,28 @@ def write_jsonl(rows, path):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def main(checkpoint: str, data: str, user=None, history=None, input: str = None, k: int = 10,
-         keep_seen: bool = False, output: str = None, **flags):
-    """Other flags are InferenceConfig's (slmrec/inference.py): --precision, --fast, --int8, --batch_size."""
+def main(
+    checkpoint: str = None,
+    data: str = None,
+    model: str = None,
+    user: str = None,
+    history: str = None,
+    input: str = None,
+    k: int = 10,
+    keep_seen: bool = False,
+    output: str = None,
+    **flags,
+):
+    """checkpoint: a training run's folder, with --data its prepared dataset; or model: a folder of export.py,
+    alone (--data only where requests name users). Other flags are InferenceConfig's (slmrec/inference.py):
+    --precision, --fast, --int8, --batch_size."""
     setup_logging()
     cfg = InferenceConfig(**split_flags(flags, InferenceConfig)[0])
+    source, dataset = model_and_data(checkpoint, model, data)
     if output:
-        check_writable(output, "--output", reads=[checkpoint, data, *([input] if input else [])])
-    dataset = PreparedData(data)
+        check_writable(output, "--output", reads=[p for p in (source, data, input) if p])
     requests = read_requests(dataset, user, history, input, k, keep_seen)
-    rec = Recommender.from_checkpoint(checkpoint, dataset, cfg)
+    rec = Recommender.from_checkpoint(source, dataset, cfg)
     with tqdm(total=len(requests), desc="recommending", unit="history", disable=len(requests) < 2) as bar:
         top = rec.answer(requests, progress=bar.update)
     rows = [answer_row(dataset, r, items) for r, items in zip(requests, top)]

@@ -14,36 +14,38 @@ import sys
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.efficiency import measure
-from slmrec.experiments import FIRST_SEED, make_config, plan, run_plan, seed_dir
+from slmrec.experiments import FIRST_SEED, ReproConfig, make_config, plan, run_plan, seed_dir
 from slmrec.records import RECORD, record_dir, runs_root
 from slmrec.tables import rows_of, write_all
 from slmrec.precision import resolve_precision
 from slmrec.training import ELLMREC_TRAIN
 from slmrec.errors import FlagError
 from slmrec.files import load_json, save_json
-from slmrec.flags import parse_ints
+from slmrec.flags import split_flags
 from slmrec.machine import hardware
 
 
-def main(budget: str = "quick", preset: str = None, data: str = "data/ml-100k", source: str = "ml-100k",
-         base_model: str = "smollm2-135m", teacher_layers: int = 8, student_layers: int = 4, blocks: int = None,
-         depths=None, block_sweep=None, seeds: int = None, sweep_seeds: int = None, baseline_seeds: int = None,
-         train: dict = None, baseline_train: dict = None, runs: str = "out/repro", results: str = "results",
-         only=None, dry_run: bool = False, tables_only: bool = False):
+def main(
+    budget: str = "quick",
+    preset: str = None,
+    train: dict = None,
+    blocks: int = None,
+    only=None,
+    dry_run: bool = False,
+    tables_only: bool = False,
+    **flags,
+):
     """budget: quick | full. preset: the paper's Table 6 hyper-parameters (paper-cloth, paper-movie,
-    paper-music, paper-sport). blocks: SLMRec's B (default 4). depths (Fig. 2, default 1,2,4,8,16,30) and
-    block_sweep (Fig. 4, default 1,2,4): comma lists. seeds / sweep_seeds / baseline_seeds override the
-    budget's counts. train: flags for finetune.py and distill.py over the budget's, e.g.
-    --train '{"max_steps": 300}'; baseline_train: flags for train_sr_trad.py, e.g. --baseline_train
-    '{"patience": 10}'. only: run just these run names (a comma list of keys, as --dry_run lists them), e.g.
-    --only sasrec,e4srec_8,e4srec_4,slmrec for the main comparison; the tables show whatever has finished.
-    tables_only: write results/ from the recorded runs (results/runs/) alone, no data or checkpoints needed."""
-    overrides = dict(depths=depths and parse_ints(depths), block_sweep=block_sweep and parse_ints(block_sweep),
-                     seeds=seeds, sweep_seeds=sweep_seeds, baseline_seeds=baseline_seeds,
-                     baseline_train=baseline_train)
-    cfg = make_config(budget, preset, train, blocks and {"blocks": blocks}, data=data, source=source,
-                      base_model=base_model, teacher_layers=teacher_layers, student_layers=student_layers,
-                      runs=runs, results=results, **{k: v for k, v in overrides.items() if v is not None})
+    paper-music, paper-sport). train: flags for finetune.py and distill.py over the budget's, e.g.
+    --train '{"max_steps": 300}'. blocks: SLMRec's B (default 4). only: run just these run names (a comma list
+    of keys, as --dry_run lists them), e.g. --only sasrec,e4srec_8,e4srec_4,slmrec for the main comparison; the
+    tables show whatever has finished. tables_only: write results/ from the recorded runs (results/runs/)
+    alone, no data or checkpoints needed. Other flags are ReproConfig's fields (slmrec/experiments.py): --data,
+    --source, --base_model, --teacher_layers, --student_layers, --depths and --block_sweep (comma lists),
+    --seeds, --sweep_seeds, --baseline_seeds (over the budget's counts), --baseline_train (flags for
+    train_sr_trad.py, e.g. '{"patience": 10}'), --runs, --results."""
+    overrides = split_flags(flags, ReproConfig, fixed=("budget", "preset", "train", "model", "distill"))[0]
+    cfg = make_config(budget, preset, train, blocks and {"blocks": blocks}, **overrides)
     todo = plan(cfg)
     if only:
         keys = set(only.split(",") if isinstance(only, str) else only)
@@ -74,14 +76,19 @@ def efficiency(cfg, recompute=True):
     here = [(label, seed_dir(cfg.runs, FIRST_SEED) / key) for label, key in planned]
     here = [(label, d) for label, d in here if (d / "test_metrics.json").is_file()]
     if len(here) < len(planned):
-        print("Table 5 leaves out the runs whose checkpoints are not here: "
-              + ", ".join(label for label, _ in planned if label not in dict(here)))
+        print(
+            "Table 5 leaves out the runs whose checkpoints are not here: "
+            + ", ".join(label for label, _ in planned if label not in dict(here))
+        )
     if len(here) < 2:
         return load_json(kept) if kept.is_file() else None
     records = [record_dir(cfg.results, FIRST_SEED, key) / RECORD for _, key in planned]
     newest = max(f.stat().st_mtime for f in records if f.is_file())
-    if kept.is_file() and kept.stat().st_mtime > newest and [r["model"] for r in load_json(kept)] == \
-            [label for label, _ in here]:
+    if (
+        kept.is_file()
+        and kept.stat().st_mtime > newest
+        and [r["model"] for r in load_json(kept)] == [label for label, _ in here]
+    ):
         return load_json(kept)
     print("Table 5: timing " + ", ".join(label for label, _ in here) + " (an epoch of each)", flush=True)
     data = PreparedData(cfg.data)
@@ -93,4 +100,4 @@ def efficiency(cfg, recompute=True):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, configs=(ReproConfig,))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: prepare a dataset, train SASRec, export its item embeddings, train the 8-layer teacher, distill
-# the 4-layer student, print one results table.
+# the 4-layer student, print one results table, export the student (out/.../student-export).
 #   bash run_main.sh                           # the embedded defaults: ml-100k and SmolLM2-135M, into out/main
 #   bash run_main.sh --source ratings.csv      # your ratings file (any prepare_data.py format) -> data/<name>,
 #                                              # out/<name>/{sasrec,teacher,student}; <name>: the file's, or --name
@@ -47,3 +47,9 @@ ensure_embeddings
 # shellcheck disable=SC2086
 [ -f "$OUT/student/test_metrics.json" ] || bash run_distill.sh "$OUT/teacher" "$OUT/student" --resume ${STUDENT_FLAGS:-}
 "$PY" -m slmrec.report "$OUT"
+# The student as one self-contained folder (export.py): what to ship.
+if [ -f "$OUT/student-export/config.json" ]; then
+  echo "the student, exported: $OUT/student-export ($(du -sh "$OUT/student-export" | cut -f1))"
+else
+  "$PY" export.py --run_dir "$OUT/student" --output "$OUT/student-export"
+fi

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from slmrec.prepare import DEFAULT_DATA
 from slmrec.cli import run
 from slmrec.batches import left_pad
 from slmrec.data import PreparedData
@@ -41,8 +42,12 @@ VARIANTS = {
 def all_scores(scorer, histories, max_len, batch_size):
     """[users, items + 1] scores in user order."""
     with torch.inference_mode():
-        return torch.cat([scorer(torch.from_numpy(left_pad(histories[i:i + batch_size], max_len))).float()
-                          for i in range(0, len(histories), batch_size)]).numpy()
+        return torch.cat(
+            [
+                scorer(torch.from_numpy(left_pad(histories[i : i + batch_size], max_len))).float()
+                for i in range(0, len(histories), batch_size)
+            ]
+        ).numpy()
 
 
 def top10_changes(ref, other, k=10):
@@ -60,12 +65,14 @@ def top10_changes(ref, other, k=10):
     return differ, real
 
 
-def main(checkpoint: str, data: str = "data/ml-100k", split: str = "test", batch_size: int = 128):
+def main(checkpoint: str, data: str = DEFAULT_DATA, split: str = "test", batch_size: int = 128):
     dataset = PreparedData(data)
     histories = [dataset.history(u, split) for u in range(dataset.num_users)]
     print(f"{checkpoint} on {dataset.path} ({split}, {dataset.num_users} users), {hardware()}\n")
-    print("| inference | HR@10 | NDCG@10 | MRR | rel. score diff | users whose rank changed | top 10 differs "
-          "| not a near-tie | seconds |")
+    print(
+        "| inference | HR@10 | NDCG@10 | MRR | rel. score diff | users whose rank changed | top 10 differs "
+        "| not a near-tie | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     done = {}
     for name, (flags, against) in VARIANTS.items():
@@ -83,12 +90,17 @@ def main(checkpoint: str, data: str = "data/ml-100k", split: str = "test", batch
             rel = np.linalg.norm(scores[:, 1:] - ref[:, 1:]) / np.linalg.norm(ref[:, 1:])
             differ, real = top10_changes(ref, scores)
             cells = f"{rel:.1e} | {np.mean(ranks != ref_ranks):.1%} | {differ} | {real}"
-        print(f"| {name} | {metrics['HR@10']:.4f} | {metrics['NDCG@10']:.4f} | {metrics['MRR']:.4f} | {cells} | "
-              f"{seconds:.1f} |", flush=True)
+        print(
+            f"| {name} | {metrics['HR@10']:.4f} | {metrics['NDCG@10']:.4f} | {metrics['MRR']:.4f} | {cells} | "
+            f"{seconds:.1f} |",
+            flush=True,
+        )
     ref32, bf16 = done["plain, fp32"][0], done["plain, bf16 autocast"][0]
     rel = np.linalg.norm(bf16[:, 1:] - ref32[:, 1:]) / np.linalg.norm(ref32[:, 1:])
-    print(f"\nplain bf16 against plain fp32: rel. score diff {rel:.1e}, top 10 differs / not a near-tie: "
-          f"{'{} / {}'.format(*top10_changes(ref32, bf16))}")
+    print(
+        f"\nplain bf16 against plain fp32: rel. score diff {rel:.1e}, top 10 differs / not a near-tie: "
+        f"{'{} / {}'.format(*top10_changes(ref32, bf16))}"
+    )
 
 
 if __name__ == "__main__":

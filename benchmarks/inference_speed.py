@@ -41,6 +41,7 @@ import time
 import numpy as np
 import torch
 
+from slmrec.prepare import DEFAULT_DATA
 from slmrec.cli import run
 from slmrec.backbone import load_backbone
 from slmrec.batches import history_batches, left_pad
@@ -79,9 +80,19 @@ def build(base_model, layers, num_items, max_len, readout="last_item"):
     return model.eval()
 
 
-def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4,8,30", batch_size: int = 128,
-         users: int | None = None, batch1_users: int = 48, precision: str = "auto", int8: bool = True,
-         sasrec: str | None = None, repeats: int = 2, only_fast: bool = False):
+def main(
+    data: str = DEFAULT_DATA,
+    base_model: str = "smollm2-135m",
+    layers="4,8,30",
+    batch_size: int = 128,
+    users: int | None = None,
+    batch1_users: int = 48,
+    precision: str = "auto",
+    int8: bool = True,
+    sasrec: str | None = None,
+    repeats: int = 2,
+    only_fast: bool = False,
+):
     """layers: the depths timed (4: the student, 8: the teacher, 30: all of SmolLM2); users: test histories
     timed at batch_size (default all), batch1_users: timed one at a time; only_fast: only the rows of the
     project's forward (uncompiled, blocks, compiled), the paths recommend.py and serve.py run: minutes, not 25."""
@@ -96,19 +107,27 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
     one = [torch.from_numpy(left_pad([h], max_len)).to(DEVICE) for h in histories[:batch1_users]]
     big = {g: batches_of(histories, batch_size, max_len, g) for g in (False, True)}
     hist_tokens = float(np.mean([min(len(h), max_len) for h in histories]))
-    print(f"{base_model} on {dataset.path} test histories (mean length {hist_tokens:.1f}, at most {max_len}), "
-          f"precision {precision}, batch 1 ({len(one)} users) and batch {batch_size} ({len(histories)} users), "
-          f"{hardware()}, {torch.get_num_threads()} threads\n")
-    print("| model | step | batch 1 users/s | ms/user | floor | batch " f"{batch_size} users/s | floor | of floor "
-          "| work floor | of work floor |")
+    print(
+        f"{base_model} on {dataset.path} test histories (mean length {hist_tokens:.1f}, at most {max_len}), "
+        f"precision {precision}, batch 1 ({len(one)} users) and batch {batch_size} ({len(histories)} users), "
+        f"{hardware()}, {torch.get_num_threads()} threads\n"
+    )
+    print(
+        "| model | step | batch 1 users/s | ms/user | floor | batch "
+        f"{batch_size} users/s | floor | of floor "
+        "| work floor | of work floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
 
     def row(model, step, u1, ub, floor1="", floorb=None, workb=None):
         share = f"{ub / floorb:.0%}" if floorb else ""
         workb = workb or floorb
         work = f"{workb:.0f} | {ub / workb:.0%}" if workb else " | "
-        print(f"| {model} | {step} | {u1:.1f} | {1000 / u1:.1f} | {floor1} | {ub:.1f} | "
-              f"{f'{floorb:.0f}' if floorb else ''} | {share} | {work} |", flush=True)
+        print(
+            f"| {model} | {step} | {u1:.1f} | {1000 / u1:.1f} | {floor1} | {ub:.1f} | "
+            f"{f'{floorb:.0f}' if floorb else ''} | {share} | {work} |",
+            flush=True,
+        )
 
     sr = load_seqrec(sasrec) if sasrec else build_seqrec(SeqRecConfig(dataset.num_items))
     sr_scorer = PlainScorer(sr.to(DEVICE).eval(), InferenceConfig(precision="fp32"), DEVICE)
@@ -129,8 +148,9 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
             """Measured again before every row (this shared machine's throughput drifts over minutes): the better
             of a whole batch's token count and a block's, since the paths run either."""
             d = kinds[kind]
-            floors[kind, "big"] = max(matmul_rate(shapes, batch_tokens, d, DEVICE),
-                                      matmul_rate(shapes, min(block, batch_tokens), d, DEVICE))
+            floors[kind, "big"] = max(
+                matmul_rate(shapes, batch_tokens, d, DEVICE), matmul_rate(shapes, min(block, batch_tokens), d, DEVICE)
+            )
             return floors[kind, "big"]
 
         floor_big("fp32")
@@ -167,21 +187,48 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
             model.merge_lora()
             timed("+ merged LoRA", plain, False)
             timed("+ batches by length", plain, True)
-            timed("+ prefix cache", FastELLMRec(model, InferenceConfig(**whole, residual="fp32", decoder=False),
-                                                DEVICE), True, flops=cached)
-            timed("transformers' eager attention instead of SDPA", FastELLMRec(model, InferenceConfig(
-                **whole, decoder=False, attention="eager"), DEVICE), True, flops=cached)
-            transformers = timed("+ bf16 residual stream (SDPA)", FastELLMRec(model, InferenceConfig(
-                **whole, decoder=False), DEVICE), True, flops=cached)
-        eager = timed("+ own forward", FastELLMRec(model, InferenceConfig(**whole, compile=False), DEVICE), True,
-                      flops=cached, work=done)
-        timed(f"+ blocks of {block:,} tokens (recommend.py's default)", FastELLMRec(
-            model, InferenceConfig(precision=precision, compile=False), DEVICE), True, flops=cached, work=done)
+            timed(
+                "+ prefix cache",
+                FastELLMRec(model, InferenceConfig(**whole, residual="fp32", decoder=False), DEVICE),
+                True,
+                flops=cached,
+            )
+            timed(
+                "transformers' eager attention instead of SDPA",
+                FastELLMRec(model, InferenceConfig(**whole, decoder=False, attention="eager"), DEVICE),
+                True,
+                flops=cached,
+            )
+            transformers = timed(
+                "+ bf16 residual stream (SDPA)",
+                FastELLMRec(model, InferenceConfig(**whole, decoder=False), DEVICE),
+                True,
+                flops=cached,
+            )
+        eager = timed(
+            "+ own forward",
+            FastELLMRec(model, InferenceConfig(**whole, compile=False), DEVICE),
+            True,
+            flops=cached,
+            work=done,
+        )
+        timed(
+            f"+ blocks of {block:,} tokens (recommend.py's default)",
+            FastELLMRec(model, InferenceConfig(precision=precision, compile=False), DEVICE),
+            True,
+            flops=cached,
+            work=done,
+        )
         t = time.perf_counter()
         compiled = FastELLMRec(model, InferenceConfig(precision=precision, compile=True), DEVICE)
         compile_s = time.perf_counter() - t
-        fast = timed(f"+ torch.compile ({compile_s:.0f} s to compile; serve.py's default)", compiled, True,
-                     flops=cached, work=done)
+        fast = timed(
+            f"+ torch.compile ({compile_s:.0f} s to compile; serve.py's default)",
+            compiled,
+            True,
+            flops=cached,
+            work=done,
+        )
         compiled_whole = timed(
             "compiled, whole batches instead of blocks",
             FastELLMRec(model, InferenceConfig(**whole, compile=True), DEVICE),
@@ -193,17 +240,21 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="4
         if int8 and DEVICE == "cpu":
             q = FastELLMRec(build(base_model, n, dataset.num_items, max_len), InferenceConfig(int8=True))
             timed("int8 weights, fp32 activations, prefix cache, by length", q, True, None)
-        big, one = floors['compute', 'big'] / 1e12, floors['compute', '1'] / 1e12
-        print(f"|  | matmul throughput on these shapes: {precision} {big:.2f} TFLOP/s, fp32 "
-              f"{floors['fp32', 'big'] / 1e12:.2f} (batch {batch_size}); {precision} {one:.2f} "
-              f"(batch 1); {weights / 1e6:.1f} M weights in the layers, {P} instruction tokens |  |  |  |  |  |  |",
-              flush=True)
+        big, one = floors["compute", "big"] / 1e12, floors["compute", "1"] / 1e12
+        print(
+            f"|  | matmul throughput on these shapes: {precision} {big:.2f} TFLOP/s, fp32 "
+            f"{floors['fp32', 'big'] / 1e12:.2f} (batch {batch_size}); {precision} {one:.2f} "
+            f"(batch 1); {weights / 1e6:.1f} M weights in the layers, {P} instruction tokens |  |  |  |  |  |  |",
+            flush=True,
+        )
     depths = sorted(summary)
     if len(depths) > 1 and not only_fast:
         s, t = depths[0], depths[1]
-        print(f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
-              f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
-              f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x")
+        print(
+            f"\nstudent ({s}) vs teacher ({t}) at batch {batch_size}: plain {summary[s][0] / summary[t][0]:.2f}x "
+            f"the users/s, fast {summary[s][1] / summary[t][1]:.2f}x; fast vs plain: student "
+            f"{summary[s][1] / summary[s][0]:.2f}x, teacher {summary[t][1] / summary[t][0]:.2f}x"
+        )
     for n, (_, fast, transformers, eager, compiled_whole) in summary.items():
         own = "" if only_fast else f"own forward {eager / transformers:.2f}x transformers' (whole batches, eager), "
         print(f"{n} layers: {own}compiled in blocks {fast / compiled_whole:.2f}x compiled whole batches")

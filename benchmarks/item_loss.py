@@ -12,7 +12,6 @@ what the inputs hold. The floor: 3 matmuls of n x |I| x d (scores, grad of the r
 FLOPs, at the rate a large fp32 matmul reaches in the same process.
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,14 +33,14 @@ class GradientsInForward(torch.autograd.Function):
         n = len(h)
         loss, grad_h, grad_items = h.new_zeros(()), torch.empty_like(h), torch.zeros_like(items)
         for i in range(0, n, rows):
-            x, t = h[i:i + rows], targets[i:i + rows]
+            x, t = h[i : i + rows], targets[i : i + rows]
             scores = x @ items.T
             lse = scores.logsumexp(1)
             loss += (lse - scores.gather(1, t[:, None])[:, 0]).sum()
             g = scores.sub_(lse[:, None]).exp_()  # softmax - one-hot, over n: d loss / d scores
             g[torch.arange(len(t)), t] -= 1
             g.div_(n)
-            grad_h[i:i + rows] = g @ items
+            grad_h[i : i + rows] = g @ items
             grad_items.addmm_(g.T, x)
         ctx.save_for_backward(grad_h, grad_items)
         return loss / n
@@ -61,9 +60,9 @@ class ItemBlocked(torch.autograd.Function):
     def forward(ctx, h, items, targets, rows, block):
         lse = torch.full((len(h),), float("-inf"))
         for i in range(0, len(h), rows):
-            acc = lse[i:i + rows]
+            acc = lse[i : i + rows]
             for j in range(0, len(items), block):
-                torch.logaddexp(acc, torch.mm(h[i:i + rows], items[j:j + block].T).logsumexp(1), out=acc)
+                torch.logaddexp(acc, torch.mm(h[i : i + rows], items[j : j + block].T).logsumexp(1), out=acc)
         ctx.save_for_backward(h, items, targets, lse)
         ctx.rows, ctx.block = rows, block
         return (lse - (h * items[targets]).sum(1)).mean()
@@ -74,12 +73,12 @@ class ItemBlocked(torch.autograd.Function):
         scale = grad_loss / len(h)
         grad_h, grad_items = torch.zeros_like(h), torch.zeros_like(items)
         for i in range(0, len(h), ctx.rows):
-            x, gh = h[i:i + ctx.rows], grad_h[i:i + ctx.rows]
+            x, gh = h[i : i + ctx.rows], grad_h[i : i + ctx.rows]
             for j in range(0, len(items), ctx.block):
-                w = items[j:j + ctx.block]
-                p = torch.mm(x, w.T).sub_(lse[i:i + ctx.rows, None]).exp_().mul_(scale)  # softmax / n
+                w = items[j : j + ctx.block]
+                p = torch.mm(x, w.T).sub_(lse[i : i + ctx.rows, None]).exp_().mul_(scale)  # softmax / n
                 gh.addmm_(p, w)
-                grad_items[j:j + ctx.block].addmm_(p.T, x)
+                grad_items[j : j + ctx.block].addmm_(p.T, x)
         grad_h -= scale * items[targets]  # the one-hot's part
         grad_items.index_add_(0, targets, -scale * h)
         return grad_h, grad_items, None, None, None
@@ -118,13 +117,18 @@ def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int =
 
     flops = matmul_flops()
     floor = 6 * rows * items * hidden / flops
-    print(f"{rows} rows x {items:,} items x d {hidden}; {hardware()}, fp32 matmul {flops / 1e12:.3f} TFLOP/s; "
-          f"floor (3 matmuls) {floor:.3f} s\n")
+    print(
+        f"{rows} rows x {items:,} items x d {hidden}; {hardware()}, fp32 matmul {flops / 1e12:.3f} TFLOP/s; "
+        f"floor (3 matmuls) {floor:.3f} s\n"
+    )
     print("| item loss, forward + backward | seconds | x floor |")
     print("|---|---|---|")
-    for name, fn in (("full logits (F.cross_entropy)", full), (f"F.linear_cross_entropy, chunks of {chunk} rows (the "
-                     "project's)", torch_chunked), (f"gradients in the forward pass, chunks of {chunk} rows", fused),
-                     (f"blocks of {rows} rows x 2,048 items, online log-sum-exp", blocked)):
+    for name, fn in (
+        ("full logits (F.cross_entropy)", full),
+        (f"F.linear_cross_entropy, chunks of {chunk} rows (the project's)", torch_chunked),
+        (f"gradients in the forward pass, chunks of {chunk} rows", fused),
+        (f"blocks of {rows} rows x 2,048 items, online log-sum-exp", blocked),
+    ):
         s = seconds(fn, repeats)
         print(f"| {name} | {s:.3f} | {s / floor:.2f} |", flush=True)
 
@@ -132,11 +136,14 @@ def main(rows: int = 746, items: int = 340_363, hidden: int = 64, repeats: int =
     with torch.no_grad():
         x, w, block = h.detach(), table.detach(), 2048
         p, gh, gw = torch.randn(rows, block), torch.zeros(rows, hidden), torch.zeros(block, hidden)
-        parts = {"scores (x @ items.T)": lambda j: torch.mm(x, w[j:j + block].T),
-                 "grad of the rows (p @ items)": lambda j: gh.addmm_(p[:, :len(w[j:j + block])], w[j:j + block]),
-                 "grad of the items (p.T @ x)": lambda j: gw[:len(w[j:j + block])].addmm_(p[:, :len(w[j:j + block])].T,
-                                                                                          x),
-                 "exp over the scores": lambda j: p.exp()}
+        parts = {
+            "scores (x @ items.T)": lambda j: torch.mm(x, w[j : j + block].T),
+            "grad of the rows (p @ items)": lambda j: gh.addmm_(p[:, : len(w[j : j + block])], w[j : j + block]),
+            "grad of the items (p.T @ x)": lambda j: gw[: len(w[j : j + block])].addmm_(
+                p[:, : len(w[j : j + block])].T, x
+            ),
+            "exp over the scores": lambda j: p.exp(),
+        }
         print("\n| one pass over every item, blocks of 2,048 | seconds | GFLOP/s |\n|---|---|---|")
         for name, part in parts.items():
             s = seconds(lambda: [part(j) for j in range(0, items, block)], repeats)

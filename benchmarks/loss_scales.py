@@ -7,7 +7,6 @@ Shows whether the loss weights balance the terms on your LM.
 Values are means over the batches, in eval mode (no dropout), fp32.
 """
 
-
 import torch
 
 from slmrec.cli import run
@@ -48,8 +47,10 @@ def main(teacher, data, num_layers=4, batch_size=16, batches=4, objective="every
             norms["teacher"][i] += t_feat.norm(dim=-1).mean().item() / batches
             norms["student"][i] += s_feat.norm(dim=-1).mean().item() / batches
     weights = {"ce": 1.0, "cos": lambda_cos, "ms": lambda_ms, **{f"norm ({v})": lambda_norm for v in NORM_VARIANTS}}
-    print(f"teacher {teacher} ({t.cfg.num_layers} layers), fresh {num_layers}-layer student, B={blocks}, "
-          f"{batches} batches of {batch_size} from {data}, objective {objective}")
+    print(
+        f"teacher {teacher} ({t.cfg.num_layers} layers), fresh {num_layers}-layer student, B={blocks}, "
+        f"{batches} batches of {batch_size} from {data}, objective {objective}"
+    )
     print("| term | value | weight | weighted | weighted / L_ce |\n|---|---|---|---|---|")
     for k, v in sums.items():
         w = weights[k]

@@ -16,6 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from slmrec.prepare import DEFAULT_DATA
 from slmrec.backbone import load_backbone
 from slmrec.cli import run
 from slmrec.data import PreparedData
@@ -25,28 +26,43 @@ from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
-from slmrec.flags import parse_ints
+from slmrec.flags import coerce, parse_ints
 from slmrec.machine import hardware
 from slmrec.timing import linear_shapes, matmul_rate, seconds
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")
 
 
-def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", teacher: str = None,
-         precisions=None, batch_size: int = 16, steps: int = 6, rows: int = 8, lora_dropout: float = 0.05,
-         attention: str = "sdpa"):
+def main(
+    data: str = DEFAULT_DATA,
+    base_model: str = "smollm2-135m",
+    layers="8,4",
+    teacher: str = None,
+    precisions=None,
+    batch_size: int = 16,
+    steps: int = 6,
+    rows: int = 8,
+    lora_dropout: float = 0.05,
+    attention: str = "sdpa",
+):
     """layers: the teacher's depth, then the student's; precisions: default bf16 (where the CPU computes it
     natively) and fp32; lora_dropout: LoRA's dropout in the timed models (training's default 0.05); attention:
     the students' and teachers' attention implementation in transformers (sdpa, training's, or eager)."""
     dataset = PreparedData(data)
-    precisions = precisions.split(",") if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
+    precisions = (
+        coerce("precisions", precisions, list) if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
+    )
     t_layers, s_layers = parse_ints(layers)
     table = torch.randn(dataset.num_items + 1, 64, generator=torch.Generator().manual_seed(0))
     examples = training_examples(dataset, 50, ExampleConfig())
-    print(f"training steps, batch {batch_size} real {dataset.path} windows, {base_model}, LoRA dropout "
-          f"{lora_dropout}, {attention} attention, median of {steps} steps, {hardware()}\n")
-    print("| step | precision | step s | matmul GFLOP | matmul TFLOP/s here | floor s | of floor | matmuls' share "
-          "| the rest, largest first (self s per step) |")
+    print(
+        f"training steps, batch {batch_size} real {dataset.path} windows, {base_model}, LoRA dropout "
+        f"{lora_dropout}, {attention} attention, median of {steps} steps, {hardware()}\n"
+    )
+    print(
+        "| step | precision | step s | matmul GFLOP | matmul TFLOP/s here | floor s | of floor | matmuls' share "
+        "| the rest, largest first (self s per step) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     tmp = tempfile.TemporaryDirectory()
     for precision in precisions:
@@ -63,9 +79,15 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
                 scfg = student_config(t_model.cfg, n, dcfg)
                 scfg.lora_dropout = lora_dropout
                 model = ELLMRec(scfg, t_model.item_embedding, precision=precision)
-                states = teacher_states(DistillConfig(teacher, state_cache=f"{tmp.name}/{precision}"), t_model,
-                                        dataset, examples, block_pairs(t_model.cfg.num_layers, n, dcfg.blocks),
-                                        precision, f"{tmp.name}/{precision}")
+                states = teacher_states(
+                    DistillConfig(teacher, state_cache=f"{tmp.name}/{precision}"),
+                    t_model,
+                    dataset,
+                    examples,
+                    block_pairs(t_model.cfg.num_layers, n, dcfg.blocks),
+                    precision,
+                    f"{tmp.name}/{precision}",
+                )
                 batch_examples = Indexed(examples)
                 name = f"student, {n} layers, distilled (teacher states cached)"
             else:
@@ -82,8 +104,9 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
                 step()
             flops = counter.get_total_flops()
             prompt = len(model.prefix_ids)
-            tokens = int(batch_size * (prompt + np.mean([int((b["input_ids"] != 0).sum(1).float().mean())
-                                                         for b in batches])))
+            tokens = int(
+                batch_size * (prompt + np.mean([int((b["input_ids"] != 0).sum(1).float().mean()) for b in batches]))
+            )
             rate = matmul_rate(linear_shapes(model), tokens, compute_dtype(precision) or torch.float32)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
@@ -91,12 +114,18 @@ def main(data: str = "data/ml-100k", base_model: str = "smollm2-135m", layers="8
             ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
             total = sum(e.self_cpu_time_total for e in ops)
             mm = sum(e.self_cpu_time_total for e in ops if e.key.startswith(MATMULS))
-            rest = ", ".join(f"{e.key.replace('aten::', '')} {e.self_cpu_time_total / 1e6 / steps:.3f}"
-                             for e in ops if not e.key.startswith(MATMULS))
+            rest = ", ".join(
+                f"{e.key.replace('aten::', '')} {e.self_cpu_time_total / 1e6 / steps:.3f}"
+                for e in ops
+                if not e.key.startswith(MATMULS)
+            )
             rest = ", ".join(rest.split(", ")[:rows])
             floor = flops / rate
-            print(f"| {name} | {precision} | {step_s:.3f} | {flops / 1e9:.0f} | {rate / 1e12:.2f} | {floor:.3f} | "
-                  f"{floor / step_s:.0%} | {mm / total:.0%} | {rest} |", flush=True)
+            print(
+                f"| {name} | {precision} | {step_s:.3f} | {flops / 1e9:.0f} | {rate / 1e12:.2f} | {floor:.3f} | "
+                f"{floor / step_s:.0%} | {mm / total:.0%} | {rest} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

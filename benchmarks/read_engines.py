@@ -25,12 +25,20 @@ def child(engine, path):
     if engine == "polars":
         import polars as pl
 
-        frame = (pl.scan_csv(path, has_header=False, new_columns=["item", "user", "rating", "time"],
-                             schema_overrides={"item": pl.String, "user": pl.String, "rating": pl.Float64,
-                                               "time": pl.Int64})
-                 .with_row_index("line").filter(pl.col("rating") > 3)
-                 .sort(["user", "item", "time", "line"]).unique(["user", "item"], keep="first", maintain_order=True)
-                 .select("user", "item", "time", "line").collect(engine="streaming"))
+        frame = (
+            pl.scan_csv(
+                path,
+                has_header=False,
+                new_columns=["item", "user", "rating", "time"],
+                schema_overrides={"item": pl.String, "user": pl.String, "rating": pl.Float64, "time": pl.Int64},
+            )
+            .with_row_index("line")
+            .filter(pl.col("rating") > 3)
+            .sort(["user", "item", "time", "line"])
+            .unique(["user", "item"], keep="first", maintain_order=True)
+            .select("user", "item", "time", "line")
+            .collect(engine="streaming")
+        )
         pairs = len(frame)
     elif engine == "duckdb":
         import duckdb
@@ -46,8 +54,7 @@ def child(engine, path):
 
         raw = read_interactions(path, "amazon-csv", reader=engine)
         pairs = len(dedupe_earliest(raw.user, raw.item, raw.time, raw.line))
-    print(json.dumps({"seconds": time.perf_counter() - t, "pairs": int(pairs),
-                      "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"seconds": time.perf_counter() - t, "pairs": int(pairs), "peak_rss_mb": peak_rss_mb()}))
 
 
 def main(path: str):

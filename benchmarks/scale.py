@@ -61,9 +61,14 @@ def generate(path, fraction, seed=0, chunk_users=200_000):
             rating = np.where(rng.random(len(user)) < 0.9, rng.integers(4, 6, len(user)), rng.integers(1, 4, len(user)))
             when = rng.integers(1_300_000_000, 1_540_000_000, len(user))
             dup = rng.random(len(user)) < 0.01  # the same pair again, later
-            frame = pd.DataFrame({"item": np.concatenate([item, item[dup]]), "user": np.concatenate([user, user[dup]]),
-                                  "rating": np.concatenate([rating, rating[dup]]).astype(float),
-                                  "time": np.concatenate([when, when[dup] + 1000])})
+            frame = pd.DataFrame(
+                {
+                    "item": np.concatenate([item, item[dup]]),
+                    "user": np.concatenate([user, user[dup]]),
+                    "rating": np.concatenate([rating, rating[dup]]).astype(float),
+                    "time": np.concatenate([when, when[dup] + 1000]),
+                }
+            )
             frame["item"] = "B" + frame["item"].astype(str).str.zfill(9)
             frame["user"] = "A" + frame["user"].astype(str).str.zfill(12)
             frame.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).to_csv(fh, header=False, index=False)
@@ -146,8 +151,10 @@ def stage(name, source, prepared, num_negatives="999", steps=5):
 
         t = time.perf_counter()
         stats = prepare(PrepareConfig(source, num_negatives=int(num_negatives)), prepared)
-        out = {"seconds": time.perf_counter() - t, **{k: stats[k] for k in ("users", "items", "interactions",
-                                                                          "lines_read")}}
+        out = {
+            "seconds": time.perf_counter() - t,
+            **{k: stats[k] for k in ("users", "items", "interactions", "lines_read")},
+        }
         out["dataset_mb"] = sum(f.stat().st_size for f in Path(prepared).iterdir()) / 2**20
     elif name == "open":
         from slmrec.data import PreparedData
@@ -178,11 +185,21 @@ def stage(name, source, prepared, num_negatives="999", steps=5):
             model = build_seqrec(SeqRecConfig(data.num_items)).eval()
             full = name == "sasrec_test"
             t = time.perf_counter()
-            evaluate(data=data, split="test" if full else "valid", max_len=50, batch_size=256, full=full,
-                     progress=True, **ranking(model, "fp32", "cpu"))
+            evaluate(
+                data=data,
+                split="test" if full else "valid",
+                max_len=50,
+                batch_size=256,
+                full=full,
+                progress=True,
+                **ranking(model, "fp32", "cpu"),
+            )
             seconds = time.perf_counter() - t
-            out = {"seconds": seconds, "users_per_s": data.num_users / seconds,
-                   "us_per_user": seconds / data.num_users * 1e6}
+            out = {
+                "seconds": seconds,
+                "users_per_s": data.num_users / seconds,
+                "us_per_user": seconds / data.num_users * 1e6,
+            }
             if full:
                 out.update(ranked_items=data.num_items, hidden=model.cfg.hidden_size)
     out["peak_rss_mb"] = peak_rss_mb()
@@ -210,8 +227,11 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, num
             if not src.is_file():
                 t = time.perf_counter()
                 lines = generate(src, f)
-                print(f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
-                      f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
+                print(
+                    f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
+                    f"{time.perf_counter() - t:.0f}s",
+                    file=sys.stderr,
+                )
             if "prepare" in wanted:  # made afresh, with the checkpoint the serving stages save beside it
                 shutil.rmtree(prepared, ignore_errors=True)
                 shutil.rmtree(prepared.with_name(prepared.name + "-sasrec"), ignore_errors=True)
@@ -241,9 +261,15 @@ def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, num
     print("| fraction | stage | seconds | peak RSS MB | notes |")
     print("|---|---|---|---|---|")
     for f, name, r in rows:
-        notes = ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) and abs(v) >= 100 else
-                          f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                          if k not in ("seconds", "peak_rss_mb") and v is not None)
+        notes = ", ".join(
+            f"{k} {v:,.0f}"
+            if isinstance(v, (int, float)) and abs(v) >= 100
+            else f"{k} {v:.3g}"
+            if isinstance(v, float)
+            else f"{k} {v}"
+            for k, v in r.items()
+            if k not in ("seconds", "peak_rss_mb") and v is not None
+        )
         sec = f"{r['seconds']:.3f}" if "seconds" in r else "-"
         rss = f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-"
         print(f"| {f:g} | {name} | {sec} | {rss} | {notes} |")

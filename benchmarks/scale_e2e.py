@@ -108,9 +108,17 @@ def main(workdir: str, fraction: float = 0.1, sasrec_epochs: int = 2, llm_steps:
         # in its own process: a child's peak RSS starts from its parent's size at the fork, so this process
         # stays small (the stages' peaks would otherwise include the generator's frames)
         t = time.perf_counter()
-        lines = subprocess.run([py, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from scale "
-                                f"import generate; print(generate({str(src)!r}, {fraction}))"],
-                               check=True, capture_output=True, text=True).stdout.split()[-1]
+        lines = subprocess.run(
+            [
+                py,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from scale "
+                f"import generate; print(generate({str(src)!r}, {fraction}))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()[-1]
         done["ratings file"] = {"seconds": time.perf_counter() - t, "note": f"{int(lines):,} lines"}
     for name, cmd, output in stages:
         if name in done and output.exists():
@@ -119,13 +127,17 @@ def main(workdir: str, fraction: float = 0.1, sasrec_epochs: int = 2, llm_steps:
         done[name] = {"seconds": seconds, "peak_rss_mb": peak}
         if output.suffix == ".json" and output.name == "test_metrics.json":
             m = json.loads(output.read_text())
-            done[name]["note"] = (f"test NDCG@10 {m['NDCG@10']:.4f} (stored candidates), full ranking "
-                                  f"{m['full']['NDCG@10']:.4f}; {m.get('train_seconds', 0) / 60:.1f} min training")
+            done[name]["note"] = (
+                f"test NDCG@10 {m['NDCG@10']:.4f} (stored candidates), full ranking "
+                f"{m['full']['NDCG@10']:.4f}; {m.get('train_seconds', 0) / 60:.1f} min training"
+            )
         results.write_text(json.dumps(done, indent=1))
         print(name, done[name], file=sys.stderr, flush=True)
     stats = json.loads((data / "stats.json").read_text()) if (data / "stats.json").is_file() else {}
-    print(f"{fraction:g} of Clothing's shape: {stats.get('users', '?'):,} users, {stats.get('items', '?'):,} items, "
-          f"{stats.get('interactions', '?'):,} interactions; {hardware()}\n")
+    print(
+        f"{fraction:g} of Clothing's shape: {stats.get('users', '?'):,} users, {stats.get('items', '?'):,} items, "
+        f"{stats.get('interactions', '?'):,} interactions; {hardware()}\n"
+    )
     print("| stage | minutes | peak RSS GB | notes |\n|---|---|---|---|")
     for name, r in done.items():
         rss = f"{r['peak_rss_mb'] / 1024:.2f}" if "peak_rss_mb" in r else ""

@@ -45,10 +45,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(args, port, timeout_s=300):
+    """(the process, seconds from its start until GET /ready answers 200) of `serve.py args --port port`."""
+    t = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "serve.py"), *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return server, time.perf_counter() - t
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.perf_counter() - t > timeout_s:
+            server.kill()
+            raise SystemExit(f"serve.py {' '.join(args)} did not become ready")
+        time.sleep(0.05)
+
+
 def post(body) -> bytes:
     data = json.dumps(body).encode()
-    return (b"POST /recommend HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n" % len(data)) + data
+    return (
+        b"POST /recommend HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(data)
+    ) + data
 
 
 async def load(port, requests, clients, timeout_s):
@@ -68,8 +90,11 @@ async def load(port, requests, clients, timeout_s):
                         reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(request)
                     head = await reader.readuntil(b"\r\n\r\n")
-                    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length:"))
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
                     await reader.readexactly(length)
                     results[i] = (int(head.split(b" ", 2)[1]), time.perf_counter() - t)
                 except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -95,8 +120,18 @@ def cpu_seconds(pid=None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(checkpoint: str, data: str, clients="1,8,64", requests: int = 512, rounds: int = 3, bad_share: float = 0.0,
-         max_batch: int = 64, max_wait_ms: float = 5.0, timeout_s: float = 300.0, threads: int = 0):
+def main(
+    checkpoint: str,
+    data: str,
+    clients="1,8,64",
+    requests: int = 512,
+    rounds: int = 3,
+    bad_share: float = 0.0,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    timeout_s: float = 300.0,
+    threads: int = 0,
+):
     """threads: the server's torch threads (serve.py --threads; 0: one per core); rounds: times each row
     alternates between the in-process ceiling and the server (medians reported)."""
     dataset = PreparedData(data)
@@ -104,11 +139,13 @@ def main(checkpoint: str, data: str, clients="1,8,64", requests: int = 512, roun
     users = range(dataset.num_users)
     histories = [[int(x) for x in dataset.history(u, "test")] for u in users][:requests]
     while len(histories) < requests:
-        histories += histories[:requests - len(histories)]
+        histories += histories[: requests - len(histories)]
     rng = np.random.default_rng(0)
     bad = set(rng.choice(requests, int(bad_share * requests), replace=False).tolist()) if bad_share else set()
-    wire = [post({"history": ["no-such-item"] if i in bad else [item_ids[x] for x in h], "k": 10})
-            for i, h in enumerate(histories)]
+    wire = [
+        post({"history": ["no-such-item"] if i in bad else [item_ids[x] for x in h], "k": 10})
+        for i, h in enumerate(histories)
+    ]
 
     # The ceiling: the same histories scored in-process on the server's scoring path (compiled, as serve.py
     # does), in batches as large as the clients can fill (each client waits for its answer before the next).
@@ -118,33 +155,37 @@ def main(checkpoint: str, data: str, clients="1,8,64", requests: int = 512, roun
     def in_process(batch):
         t = time.perf_counter()
         for lo in range(0, len(histories), batch):
-            rec.recommend(histories[lo:lo + batch])
+            rec.recommend(histories[lo : lo + batch])
         return len(histories) / (time.perf_counter() - t)
 
     port = free_port()
-    t = time.perf_counter()
-    server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--checkpoint", checkpoint, "--data", data,
-                               "--port", str(port), "--max_batch", str(max_batch), "--max_wait_ms", str(max_wait_ms),
-                               "--threads", str(threads)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, ready_s = start_server(
+        [
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            data,
+            "--max_batch",
+            str(max_batch),
+            "--max_wait_ms",
+            str(max_wait_ms),
+            "--threads",
+            str(threads),
+        ],
+        port,
+    )
     try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.perf_counter() - t > 120:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.05)
-        ready_s = time.perf_counter() - t
-        print(f"{checkpoint}: {requests} requests (k 10, test histories{f', {bad_share:.0%} bad' if bad else ''}) a "
-              f"round, {rounds} rounds a row, server batches of up to {max_batch} within {max_wait_ms} ms, "
-              f"{threads or 'default'} torch threads, {resolve_precision('auto')}, {hardware()}; server ready "
-              f"{ready_s:.1f} s after its start (compiled and warmed up)\n")
-        print("| clients | in-process requests/s (batch) | served requests/s | ceiling / served | p50 ms | p95 ms "
-              "| p99 ms | server CPU ms a request | clients' CPU ms a request | good answered | bad refused (400) "
-              "| failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print(
+            f"{checkpoint}: {requests} requests (k 10, test histories{f', {bad_share:.0%} bad' if bad else ''}) a "
+            f"round, {rounds} rounds a row, server batches of up to {max_batch} within {max_wait_ms} ms, "
+            f"{threads or 'default'} torch threads, {resolve_precision('auto')}, {hardware()}; server ready "
+            f"{ready_s:.1f} s after its start (compiled and warmed up)\n"
+        )
+        print(
+            "| clients | in-process requests/s (batch) | served requests/s | ceiling / served | p50 ms | p95 ms "
+            "| p99 ms | server CPU ms a request | clients' CPU ms a request | good answered | bad refused (400) "
+            "| failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )
         for c in parse_ints(clients):
             batch = min(c, max_batch)
             ceilings, served, server_cpu, client_cpu, lat, answers = [], [], [], [], [], []
@@ -164,11 +205,13 @@ def main(checkpoint: str, data: str, clients="1,8,64", requests: int = 512, roun
             refused = sum(1 for results in answers for i, r in enumerate(results) if r and i in bad and r[0] == 400)
             failed = rounds * len(histories) - ok - refused
             ceiling, rate = np.median(ceilings), np.median(served)
-            print(f"| {c} | {ceiling:.0f} ({batch}) | {rate:.1f} | {ceiling / rate:.2f}x | "
-                  f"{np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} | {np.percentile(lat, 99):.1f} | "
-                  f"{np.median(server_cpu):.2f} | {np.median(client_cpu):.2f} | "
-                  f"{ok}/{rounds * (len(histories) - len(bad))} | {refused}/{rounds * len(bad)} | {failed} |",
-                  flush=True)
+            print(
+                f"| {c} | {ceiling:.0f} ({batch}) | {rate:.1f} | {ceiling / rate:.2f}x | "
+                f"{np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} | {np.percentile(lat, 99):.1f} | "
+                f"{np.median(server_cpu):.2f} | {np.median(client_cpu):.2f} | "
+                f"{ok}/{rounds * (len(histories) - len(bad))} | {refused}/{rounds * len(bad)} | {failed} |",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(timeout=60)

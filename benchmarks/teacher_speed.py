@@ -30,16 +30,28 @@ def build(base_model, layers, dtype, max_len, table, device):
     return ELLMRec(cfg, table, backbone=backbone).to(device)
 
 
-def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto", batch_size=16,
-         eval_batch_size=64, max_len=50, num_items=1008, steps=6, objective="every_position"):
+def main(
+    base_model="smollm2-135m",
+    layers="8,4",
+    dtype="auto",
+    precision="auto",
+    batch_size=16,
+    eval_batch_size=64,
+    max_len=50,
+    num_items=1008,
+    steps=6,
+    objective="every_position",
+):
     """dtype: the weights' (auto: bf16 on a GPU, fp32 on a CPU); precision: the autocast of training.py
     (auto: bf16 where the hardware has it); objective: every_position (a target at every position) or
     last_target (one per example)."""
     device = compute_device()
     layers = parse_ints(layers)
-    print(f"{base_model}, {objective}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
-          f"(eval {eval_batch_size}), history {max_len}, {num_items} items, median of {steps} steps, {hardware()}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{base_model}, {objective}, dtype {dtype}, precision {resolve_precision(precision)}, batch {batch_size} "
+        f"(eval {eval_batch_size}), history {max_len}, {num_items} items, median of {steps} steps, {hardware()}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| model | train step s | train steps/s | eval users/s | trainable params | params in model |")
     print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
@@ -61,8 +73,11 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         rows.append((name, step_s, eval_batch_size / eval_s, eval_s))
-        print(f"| {name} | {step_s:.3f} | {1 / step_s:.2f} | {eval_batch_size / eval_s:.1f} | {trainable:,} | "
-              f"{total:,} |", flush=True)
+        print(
+            f"| {name} | {step_s:.3f} | {1 / step_s:.2f} | {eval_batch_size / eval_s:.1f} | {trainable:,} | "
+            f"{total:,} |",
+            flush=True,
+        )
 
     def build_all():
         return {n: build(base_model, n, dtype, max_len, table, device) for n in layers}
@@ -83,23 +98,37 @@ def main(base_model="smollm2-135m", layers="8,4", dtype="auto", precision="auto"
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval().cast_frozen(to)
-            row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher forward included)", student,
+            row(
+                f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher forward included)",
+                student,
                 seconds(train_step(student, batches, autocast, teacher, DistillConfig("")), steps, warmup=2),
-                eval_s=rows[-1][3])
+                eval_s=rows[-1][3],
+            )
             # The same step with the teacher's states read from its cache (distill.py's default offline)
             with tempfile.TemporaryDirectory() as tmp:
                 pairs = block_pairs(layers[0], layers[-1], DistillConfig.blocks)
-                key = {"teacher_layers": [t for t, _ in pairs], "rows": "all", "with_final": False,
-                       "dtype": STORAGE[to or torch.float32][0]}
+                key = {
+                    "teacher_layers": [t for t, _ in pairs],
+                    "rows": "all",
+                    "with_final": False,
+                    "dtype": STORAGE[to or torch.float32][0],
+                }
                 examples = [{"input_ids": x[i], "labels": y[i]} for i in range(batch_size)]
                 states = load_or_build(tmp, key, teacher, examples, autocast, batch_size, device)
                 step = train_step(student, batches, autocast, teacher, DistillConfig(""), states)
-                row(f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher states cached)", student,
-                    seconds(step, steps, warmup=2), eval_s=rows[-1][3])
+                row(
+                    f"{layers[-1]} layers distilled from {layers[0]}{tag} (teacher states cached)",
+                    student,
+                    seconds(step, steps, warmup=2),
+                    eval_s=rows[-1][3],
+                )
     base = rows[0]
     for name, s, u, _ in rows[1:]:
-        print(f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "
-              f"inference {u / base[2]:.2f}x the users/s")
+        print(
+            f"{name} vs {base[0]}: training {base[1] / s:.2f}x faster per step, "
+            f"inference {u / base[2]:.2f}x the users/s"
+        )
+
 
 if __name__ == "__main__":
     run(main)

@@ -20,12 +20,12 @@ machine reaches on the layers' shapes (measured in the same run). Random LM weig
 same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout 0.05).
 """
 
-
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from slmrec.prepare import DEFAULT_DATA
 from slmrec.backbone import load_backbone
 from slmrec.cli import run
 from slmrec.data import PreparedData
@@ -34,6 +34,7 @@ from slmrec.efficiency import autocast_for, collate, train_step
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec, ELLMRecConfig, MaskDropout, training_attention
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
+from slmrec.flags import coerce, parse_ints
 from slmrec.machine import hardware, peak_rss_mb
 from slmrec.timing import linear_shapes, matmul_rate, seconds
 
@@ -56,7 +57,7 @@ def epoch_order(lengths, batch_size, grouped, seed):
         order = np.fromiter(iter(LengthGroupedSampler(batch_size, lengths=lengths.tolist())), np.int64)
     else:
         order = np.random.default_rng(seed).permutation(len(lengths))
-    return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+    return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
 
 def tokens_per_history_token(lengths, batches, prompt, suffix, once):
@@ -74,19 +75,35 @@ def lm_share(counter, step_tokens, history_tokens):
     return lm * history_tokens / step_tokens + (counter.get_total_flops() - lm)
 
 
-def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", precisions=None, batch_size: int = 16,
-         steps: int = 12, seed: int = 0, lora_dropout: float = 0.05, paths="before,once,now", models="teacher,student"):
+def main(
+    data=DEFAULT_DATA,
+    base_model: str = "smollm2-135m",
+    layers="8,4",
+    precisions=None,
+    batch_size: int = 16,
+    steps: int = 12,
+    seed: int = 0,
+    lora_dropout: float = 0.05,
+    paths="before,once,now",
+    models="teacher,student",
+):
     """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
     and fp32; steps: batches timed per path (after one warm-up step); paths and models: which of them to time
     (comma-separated; the speed-up column is against the first path timed)."""
-    precisions = precisions.split(",") if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
-    t_layers, s_layers = (int(n) for n in layers.split(","))
-    print(f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, LoRA dropout "
-          f"{lora_dropout}, mean of {steps} steps per path, {hardware()}\n")
-    print("| data | step | precision | path | step s | tokens per history token | epoch (steps) | epoch h | "
-          "matmul TFLOP/s here | history floor s | of floor | speed-up | peak RSS MB |")
+    precisions = (
+        coerce("precisions", precisions, list) if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
+    )
+    t_layers, s_layers = parse_ints(layers)
+    print(
+        f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, LoRA dropout "
+        f"{lora_dropout}, mean of {steps} steps per path, {hardware()}\n"
+    )
+    print(
+        "| data | step | precision | path | step s | tokens per history token | epoch (steps) | epoch h | "
+        "matmul TFLOP/s here | history floor s | of floor | speed-up | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for path in data.split(","):
+    for path in coerce("data", data, list):
         dataset = PreparedData(path)
         examples = training_examples(dataset, 50, ExampleConfig())
         lengths = examples.lengths()
@@ -97,18 +114,22 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
             cfg = ELLMRecConfig(base_model=base_model, num_layers=t_layers, lora_dropout=lora_dropout)
             teacher = ELLMRec(cfg, table, backbone=load_backbone(base_model, t_layers), precision=precision)
             dcfg = DistillConfig("unused")
-            student = ELLMRec(student_config(cfg, s_layers, dcfg), table, backbone=load_backbone(base_model, s_layers),
-                              precision=precision)
+            student = ELLMRec(
+                student_config(cfg, s_layers, dcfg),
+                table,
+                backbone=load_backbone(base_model, s_layers),
+                precision=precision,
+            )
             frozen = ELLMRec(cfg, table, backbone=load_backbone(base_model, t_layers), precision=precision).eval()
             for p in frozen.parameters():
                 p.requires_grad_(False)
             P = len(teacher.prefix_ids)
             rate = matmul_rate(linear_shapes(teacher), int(batch_size * np.mean(lengths)), dtype)
             for name, model, kd in (("teacher", teacher, None), ("student + live teacher", student, frozen)):
-                if name.split()[0] not in models.split(","):
+                if name.split()[0] not in coerce("models", models, list):
                     continue
                 before = None
-                for path_name in paths.split(","):
+                for path_name in coerce("paths", paths, list):
                     once = path_name != "before"
                     for m in (model, kd) if kd is not None else (model,):
                         configure(m, path_name, precision)
@@ -129,10 +150,13 @@ def main(data="data/ml-100k", base_model: str = "smollm2-135m", layers="8,4", pr
                     floor = floor_flops / lengths[b].sum() * lengths.sum() / len(epoch) / rate
                     speedup = f"{before / step_s:.2f}x" if before else "1"
                     before = before or step_s
-                    print(f"| {dataset.path.name} | {name} | {precision} | {path_name} | "
-                          f"{step_s:.3f} | {ratio:.2f} | {len(epoch):,} | {step_s * len(epoch) / 3600:.2f} | "
-                          f"{rate / 1e12:.2f} | {floor:.3f} | {floor / step_s:.0%} | {speedup} | "
-                          f"{peak_rss_mb():.0f} |", flush=True)
+                    print(
+                        f"| {dataset.path.name} | {name} | {precision} | {path_name} | "
+                        f"{step_s:.3f} | {ratio:.2f} | {len(epoch):,} | {step_s * len(epoch) / 3600:.2f} | "
+                        f"{rate / 1e12:.2f} | {floor:.3f} | {floor / step_s:.0%} | {speedup} | "
+                        f"{peak_rss_mb():.0f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

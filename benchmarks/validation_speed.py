@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from slmrec.prepare import DEFAULT_DATA
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.metrics import rank_users
@@ -23,7 +24,7 @@ from slmrec.training import ranking
 from slmrec.machine import hardware
 
 
-def main(runs: str, data: str = "data/ml-100k", precision: str = "auto", batch_size: int = 64):
+def main(runs: str, data: str = DEFAULT_DATA, precision: str = "auto", batch_size: int = 64):
     dataset = PreparedData(data)
     precision = resolve_precision(precision)
     users = np.arange(dataset.num_users)
@@ -38,12 +39,14 @@ def main(runs: str, data: str = "data/ml-100k", precision: str = "auto", batch_s
                 plain = rank_users(model.score, dataset, split, users, model.cfg.max_len, batch_size)[None]
             t_plain, t = time.perf_counter() - t, time.perf_counter()
             fast = ranking(model, precision, "cpu")
-            ranks = rank_users(data=dataset, split=split, users=users, max_len=model.cfg.max_len,
-                               batch_size=batch_size, **fast)[None]
+            ranks = rank_users(
+                data=dataset, split=split, users=users, max_len=model.cfg.max_len, batch_size=batch_size, **fast
+            )[None]
             t_fast = time.perf_counter() - t
             differ = ", ".join(str(int((p != q).sum())) for p, q in zip(plain, ranks))
-            print(f"| {path} | {split} | {t_plain:.1f} | {t_fast:.1f} | {t_plain / t_fast:.2f}x | {differ} |",
-                  flush=True)
+            print(
+                f"| {path} | {split} | {t_plain:.1f} | {t_fast:.1f} | {t_plain / t_fast:.2f}x | {differ} |", flush=True
+            )
 
 
 if __name__ == "__main__":

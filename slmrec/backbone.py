@@ -29,12 +29,20 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RANDOM_PRESETS = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
-                 num_key_value_heads=2),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, rope_theta=100000.0),
-    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=32),
+    "tiny": dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        rope_theta=100000.0,
+    ),
+    "llama-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
+    ),
 }
 
 
@@ -106,8 +114,9 @@ def gguf_as_directory(path: Path) -> Path:
     config.architectures = [type(lm).__name__]
     tmp.mkdir(parents=True)
     config.save_pretrained(tmp)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, tmp / "model.safetensors",
-                                metadata={"format": "pt"})
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in lm.state_dict().items()}, tmp / "model.safetensors", metadata={"format": "pt"}
+    )
     tokenizer.save_pretrained(tmp)
     (tmp / CONVERTED).write_text(json.dumps({"source": str(path), "sha256": digest}))
     try:
@@ -141,8 +150,10 @@ def load_backbone(base_model: str, num_layers: int, dtype: str = "auto", quantiz
     else:
         path = Path(base_model)
         if not (path / "config.json").is_file():
-            raise BackboneError(f"{base_model}: not a local Hugging Face model directory (no config.json), a .gguf "
-                                f"file, '{SMOLLM2}' or 'random:PRESET'; nothing is downloaded from a hub")
+            raise BackboneError(
+                f"{base_model}: not a local Hugging Face model directory (no config.json), a .gguf "
+                f"file, '{SMOLLM2}' or 'random:PRESET'; nothing is downloaded from a hub"
+            )
         source = str(path)
 
     config = AutoConfig.from_pretrained(source, **kwargs)
@@ -166,8 +177,14 @@ def load_backbone(base_model: str, num_layers: int, dtype: str = "auto", quantiz
     layers = decoder_layers(lm)
     if len(layers) != num_layers:  # a model class that ignores num_hidden_layers: cut by hand
         del layers[num_layers:]
-    log.info("loaded %s: kept %d of %d layers, hidden size %d, %s", base_model, num_layers, total,
-             config.hidden_size, torch_dtype)
+    log.info(
+        "loaded %s: kept %d of %d layers, hidden size %d, %s",
+        base_model,
+        num_layers,
+        total,
+        config.hidden_size,
+        torch_dtype,
+    )
     return lm, tokenizer
 
 

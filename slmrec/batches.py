@@ -9,7 +9,7 @@ def history_batches(histories, max_len, batch_size, by_length=False):
     lengths = [min(len(h), max_len) for h in histories]
     order = np.argsort(lengths, kind="stable") if by_length else np.arange(len(histories))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield idx, left_pad([histories[i] for i in idx], max_len)
 
 
@@ -19,7 +19,7 @@ def left_pad(seqs, length):
     for r, s in enumerate(seqs):
         s = s[-length:]
         if len(s):
-            out[r, length - len(s):] = s
+            out[r, length - len(s) :] = s
     return out
 
 

@@ -73,8 +73,9 @@ def load_weights(path) -> dict:
     try:
         return safetensors.torch.load_file(path, device="cpu")
     except (OSError, ValueError, safetensors.SafetensorError) as e:
-        raise CheckpointError(f"{path}: damaged or incomplete weights ({e}); train the model again, or restore "
-                              f"the file") from e
+        raise CheckpointError(
+            f"{path}: damaged or incomplete weights ({e}); train the model again, or restore the file"
+        ) from e
 
 
 def load_trained_weights(model, state, where):
@@ -84,8 +85,9 @@ def load_trained_weights(model, state, where):
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     missing = sorted(trainable & set(result.missing_keys))
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{where}: weights do not fit the model (unexpected: {result.unexpected_keys[:3]}, "
-                              f"missing: {missing[:3]})")
+        raise CheckpointError(
+            f"{where}: weights do not fit the model (unexpected: {result.unexpected_keys[:3]}, missing: {missing[:3]})"
+        )
 
 
 def resume_mode(value) -> str:
@@ -109,8 +111,9 @@ def newest_complete_checkpoint(output_dir):
     found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     for ckpt in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         try:
-            complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and \
-                isinstance(load_json(ckpt / "trainer_state.json"), dict)
+            complete = all((ckpt / f).is_file() for f in CHECKPOINT_FILES) and isinstance(
+                load_json(ckpt / "trainer_state.json"), dict
+            )
         except ValueError:  # a half-written trainer_state.json
             complete = False
         if complete:
@@ -136,8 +139,11 @@ def settings_changed(previous: dict, current: dict) -> list:
     """'setting: before -> now' for every setting of run_config.json that a resumed run would change."""
     before, now = _flat(previous), _flat(current)
     keys = sorted((before.keys() | now.keys()) - set(EXTENDABLE))
-    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys
-            if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)]
+    return [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in keys
+        if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)
+    ]
 
 
 def trained_on(checkpoint_dir) -> str:
@@ -149,8 +155,9 @@ def trained_on(checkpoint_dir) -> str:
     except (OSError, AttributeError):
         data = None
     if not isinstance(data, str) or not data:
-        raise CheckpointError(f"{checkpoint_dir}: its run_config.json does not say which dataset it was trained on; "
-                              f"pass --data")
+        raise CheckpointError(
+            f"{checkpoint_dir}: its run_config.json does not say which dataset it was trained on; pass --data"
+        )
     return data
 
 
@@ -179,10 +186,15 @@ def check_run_dir(output_dir: Path, reads=()):
     for r in map(Path, reads):
         r = r.resolve()
         if out == r or out in r.parents or r in out.parents:
-            raise CheckpointError(f"--output_dir {output_dir} is {'' if out == r else 'inside or above '}{r}, which "
-                                  f"this run reads: choose another output directory")
+            raise CheckpointError(
+                f"--output_dir {output_dir} is {'' if out == r else 'inside or above '}{r}, which "
+                f"this run reads: choose another output directory"
+            )
     ours = ("run_config.json", "command.json", "checkpoint-*", LOCK)
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not any(
-            any(output_dir.glob(name)) for name in ours))):
-        raise CheckpointError(f"--output_dir {output_dir} exists and holds files this project did not write: "
-                              f"choose a new or empty directory")
+    if output_dir.exists() and (
+        not output_dir.is_dir() or (any(output_dir.iterdir()) and not any(any(output_dir.glob(name)) for name in ours))
+    ):
+        raise CheckpointError(
+            f"--output_dir {output_dir} exists and holds files this project did not write: "
+            f"choose a new or empty directory"
+        )

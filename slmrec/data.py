@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def id_dtype(num_items):
     """The smallest unsigned type that holds item ids 0..num_items."""
-    return np.dtype(np.uint16 if num_items < 2 ** 16 else np.uint32)
+    return np.dtype(np.uint16 if num_items < 2**16 else np.uint32)
 
 
 class Sequences:
@@ -48,7 +48,7 @@ class Sequences:
         return len(self.offsets) - 1
 
     def __getitem__(self, u):
-        return self.items[self.offsets[u]:self.offsets[u + 1]]
+        return self.items[self.offsets[u] : self.offsets[u + 1]]
 
     def __iter__(self):
         return (self[u] for u in range(len(self)))
@@ -62,7 +62,7 @@ def _update(h, array, dtype, block_bytes=1 << 24):
     """Feed h the array's values as `dtype`, a block of rows at a time (a memory-mapped table is never whole)."""
     step = max(1, block_bytes // max(1, array[:1].nbytes))
     for lo in range(0, len(array), step):
-        h.update(np.ascontiguousarray(array[lo:lo + step], dtype).tobytes())
+        h.update(np.ascontiguousarray(array[lo : lo + step], dtype).tobytes())
 
 
 def _sequence_hash(items, offsets):
@@ -88,9 +88,46 @@ def fingerprint(items, offsets, valid, test) -> str:
 
 
 FORMAT = 2
-# Candidate tables up to this size are checked against the fingerprint at every open (ml-100k's: 7 MB, 10 ms);
+# Candidate tables up to this size are checked against the fingerprint at every open (ml-100k's in milliseconds);
 # larger ones are checked on request (PreparedData.verify, prepare_data.py --verify), the histories always.
 VERIFY_BYTES = 256 << 20
+
+
+def read_table(path) -> list:
+    """The rows of a .tsv the project wrote (items.tsv, users.tsv), header left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; prepare the dataset again with prepare_data.py")
+    # csv's own quoting, as prepare() writes them: an id or title holding a tab, a quote or a newline round-trips.
+    return list(csv.reader((line for _, line in text_lines(path)), delimiter="\t"))[1:]
+
+
+def read_items(path, num_items) -> tuple:
+    """items.tsv as (original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty)."""
+    ids, titles = [""] * (num_items + 1), [""] * (num_items + 1)
+    for r in read_table(path):
+        ids[int(r[0])], titles[int(r[0])] = r[1], r[2] if len(r) > 2 else ""
+    return ids, titles
+
+
+class Catalog:
+    """The items alone (ids and titles from an items.tsv), for scoring histories without a dataset's users: what
+    an exported model ships (slmrec/export.py). A request naming a dataset user needs the prepared dataset."""
+
+    def __init__(self, folder, num_items, fingerprint=""):
+        self.path, self.num_items, self.fingerprint = Path(folder), num_items, fingerprint
+
+    @functools.cached_property
+    def catalog(self) -> tuple:
+        return read_items(self.path / "items.tsv", self.num_items)
+
+    @functools.cached_property
+    def item_index(self) -> dict:
+        return {orig: i for i, orig in enumerate(self.catalog[0]) if i}
+
+    @property
+    def user_index(self) -> dict:
+        raise DataError(f"{self.path} holds no users: a request naming a user needs the prepared dataset (--data)")
 
 
 class PreparedData:
@@ -99,21 +136,30 @@ class PreparedData:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.format = 1 if (self.path / "sequences.npz").is_file() and not (self.path / "sequences.npy").is_file() \
-            else FORMAT
-        arrays = ("sequences.npz", "candidates.npz") if self.format == 1 else \
-            ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy")
+        self.format = (
+            1 if (self.path / "sequences.npz").is_file() and not (self.path / "sequences.npy").is_file() else FORMAT
+        )
+        arrays = (
+            ("sequences.npz", "candidates.npz")
+            if self.format == 1
+            else ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy")
+        )
         missing = [f for f in (*arrays, "stats.json", "items.tsv") if not (self.path / f).is_file()]
         if missing:
-            raise DataError(f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); "
-                            f"run prepare_data.py first")
+            raise DataError(
+                f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); run prepare_data.py first"
+            )
         name = "stats.json"
         try:
             self.stats = json.loads((self.path / name).read_text(encoding="utf-8"))
             self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
             if self.format == 1:
-                log.info("%s: format 1 (.npz, read whole into memory); `prepare_data.py --convert %s` rewrites it "
-                         "memory-mapped, same fingerprint", self.path, self.path)
+                log.info(
+                    "%s: format 1 (.npz, read whole into memory); `prepare_data.py --convert %s` rewrites it "
+                    "memory-mapped, same fingerprint",
+                    self.path,
+                    self.path,
+                )
                 name = "sequences.npz"
                 with np.load(self.path / name) as z:
                     items, offsets = z["items"], z["offsets"]
@@ -130,8 +176,10 @@ class PreparedData:
                 items, offsets = np.asarray(items), np.asarray(offsets)
                 self.candidates = {"valid": valid, "test": test}
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"{self.path / name}: damaged or incomplete ({type(e).__name__}: {e}); prepare the "
-                            f"dataset again: prepare_data.py --output_dir {self.path} --overwrite") from e
+            raise DataError(
+                f"{self.path / name}: damaged or incomplete ({type(e).__name__}: {e}); prepare the "
+                f"dataset again: prepare_data.py --output_dir {self.path} --overwrite"
+            ) from e
         self.sequences = Sequences(items, offsets)
         self.num_users = len(self.sequences)
         self._check_shapes(items, offsets)
@@ -141,15 +189,24 @@ class PreparedData:
         elif sequence_digest(items, offsets) != self.stats.get("sequence_digest"):
             raise DataError(f"{self.path}: the histories do not match stats.json (edited or corrupt)")
         else:
-            log.info("%s: histories checked; the %.1f GB of candidates are checked by prepare_data.py --verify",
-                     self.path, tables / 1e9)
+            log.info(
+                "%s: histories checked; the %.1f GB of candidates are checked by prepare_data.py --verify",
+                self.path,
+                tables / 1e9,
+            )
 
     def _check_shapes(self, items, offsets):
         rows = {split: c.shape for split, c in self.candidates.items()}
-        if (offsets.ndim != 1 or len(offsets) < 2 or offsets[-1] != len(items) or
-                any(len(r) != 2 or r[0] != self.num_users for r in rows.values())):
-            raise DataError(f"{self.path}: the arrays do not fit together (edited or corrupt); prepare the dataset "
-                            f"again: prepare_data.py --output_dir {self.path} --overwrite")
+        if (
+            offsets.ndim != 1
+            or len(offsets) < 2
+            or offsets[-1] != len(items)
+            or any(len(r) != 2 or r[0] != self.num_users for r in rows.values())
+        ):
+            raise DataError(
+                f"{self.path}: the arrays do not fit together (edited or corrupt); prepare the dataset "
+                f"again: prepare_data.py --output_dir {self.path} --overwrite"
+            )
 
     def candidate_rows(self, split, users) -> np.ndarray:
         """int64 [len(users), 1 + negatives]: the split's stored candidates of these users. Read from the file
@@ -184,20 +241,11 @@ class PreparedData:
         return int(self.sequences[u][-2] if split == "valid" else self.sequences[u][-1])
 
     def _table(self, name):
-        path = self.path / name
-        if not path.is_file():
-            raise DataError(f"{path} is missing; prepare the dataset again with prepare_data.py")
-        # csv's own quoting, as prepare() writes them: an id or title holding a tab, a quote or a newline
-        # round-trips.
-        return list(csv.reader((line for _, line in text_lines(path)), delimiter="\t"))[1:]
+        return read_table(self.path / name)
 
     def items(self):
         """(original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty)."""
-        rows = self._table("items.tsv")
-        ids, titles = [""] * (self.num_items + 1), [""] * (self.num_items + 1)
-        for r in rows:
-            ids[int(r[0])], titles[int(r[0])] = r[1], r[2] if len(r) > 2 else ""
-        return ids, titles
+        return read_items(self.path / "items.tsv", self.num_items)
 
     def users(self):
         """Original user ids, a list indexed by user index."""

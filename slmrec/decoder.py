@@ -27,9 +27,14 @@ def supports(lm) -> bool:
     tables that do not depend on the sequence's length (not the dynamic or longrope kinds)."""
     c = lm.config
     rope = getattr(getattr(lm, "rotary_emb", None), "rope_type", None)
-    return (c.model_type in ("llama", "mistral") and not getattr(c, "attention_bias", False)
-            and not getattr(c, "mlp_bias", False) and c.hidden_act == "silu"
-            and getattr(c, "sliding_window", None) is None and rope in ("default", "linear", "llama3", "yarn"))
+    return (
+        c.model_type in ("llama", "mistral")
+        and not getattr(c, "attention_bias", False)
+        and not getattr(c, "mlp_bias", False)
+        and c.hidden_act == "silu"
+        and getattr(c, "sliding_window", None) is None
+        and rope in ("default", "linear", "llama3", "yarn")
+    )
 
 
 def weight(linear):
@@ -74,15 +79,21 @@ class Decoder(nn.Module):
         c = lm.config
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // self.heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.eps = c.rms_norm_eps
         self.layers = nn.ModuleList()
         for layer in decoder_layers(lm):
             a, m = layer.self_attn, layer.mlp
-            self.layers.append(_buffers(
-                qkv=torch.cat([weight(a.q_proj), weight(a.k_proj), weight(a.v_proj)]), o=weight(a.o_proj),
-                gate_up=torch.cat([weight(m.gate_proj), weight(m.up_proj)]), down=weight(m.down_proj),
-                norm1=layer.input_layernorm.weight, norm2=layer.post_attention_layernorm.weight))
+            self.layers.append(
+                _buffers(
+                    qkv=torch.cat([weight(a.q_proj), weight(a.k_proj), weight(a.v_proj)]),
+                    o=weight(a.o_proj),
+                    gate_up=torch.cat([weight(m.gate_proj), weight(m.up_proj)]),
+                    down=weight(m.down_proj),
+                    norm1=layer.input_layernorm.weight,
+                    norm2=layer.post_attention_layernorm.weight,
+                )
+            )
         self.register_buffer("norm", lm.norm.weight.detach().clone())
         dtype = self.norm.dtype
         self.P = prefix_embeds.shape[0]
@@ -105,7 +116,7 @@ class Decoder(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         G = H // KV
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         keys = torch.arange(start + T, device=x.device)
         causal = keys[None] <= start + torch.arange(T, device=x.device)[:, None]  # [T, keys]
         prefix_kv = []

@@ -13,8 +13,7 @@ from transformers import TrainerCallback
 
 from .examples import ExampleConfig
 from .inference import autocast
-from .losses import (NORM_VARIANTS, block_pairs, cosine_loss, item_loss, logit_kd_loss, multi_supervision_loss,
-                     norm_loss)
+from .losses import NORM_VARIANTS, block_pairs, cosine_loss, item_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, load_ellmrec
 from .teacher_cache import TeacherStates, cache_key, load_or_build
 from .checkpoints import load_checkpoint_config, save_model
@@ -77,8 +76,9 @@ def load_teacher(dcfg: DistillConfig, data, student_layers, precision=None):
     block_pairs(cfg["num_layers"], student_layers, dcfg.blocks)
     teacher = load_ellmrec(dcfg.teacher, data, precision=precision)
     if dcfg.kd_mode == "online":
-        teacher = ELLMRec(dataclasses.replace(teacher.cfg, adapter_layers=[]), teacher.item_embedding,
-                          precision=precision)
+        teacher = ELLMRec(
+            dataclasses.replace(teacher.cfg, adapter_layers=[]), teacher.item_embedding, precision=precision
+        )
         return teacher.train()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -94,8 +94,12 @@ def live_teacher_rows(teacher, d: DistillConfig, pairs, x, y, training) -> dict:
     gradients only for an online teacher in training)."""
     with torch.set_grad_enabled(d.kd_mode == "online" and training):
         out = teacher.supervised(x, y, layer_states=True)
-    return {"states": [out["states"][t - 1] for t, _ in pairs], "final": out["h"], "labels": out["labels"],
-            "final_only": False}
+    return {
+        "states": [out["states"][t - 1] for t, _ in pairs],
+        "final": out["h"],
+        "labels": out["labels"],
+        "final_only": False,
+    }
 
 
 def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
@@ -121,8 +125,14 @@ def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
             terms["kl"] = logit_kd_loss(teacher.item_scores(t["final"]).detach(), out["scores"], d.temperature)
     if d.lambda_ms > 0 and out["adapter_scores"]:
         terms["ms"] = multi_supervision_loss(out["adapter_scores"], out["labels"])
-    weights = {"ce": 1.0, "teacher_ce": 1.0, "cos": d.lambda_cos, "norm": d.lambda_norm, "ms": d.lambda_ms,
-               "kl": d.lambda_kl}
+    weights = {
+        "ce": 1.0,
+        "teacher_ce": 1.0,
+        "cos": d.lambda_cos,
+        "norm": d.lambda_norm,
+        "ms": d.lambda_ms,
+        "kl": d.lambda_kl,
+    }
     return sum(weights[k] * v for k, v in terms.items()), terms, out
 
 
@@ -134,25 +144,39 @@ def caches_teacher(d: DistillConfig, examples_cfg: ExampleConfig, num_examples=N
     repay."""
     exact = d.kd_mode == "offline" and examples_cfg.sampling == "target"
     if d.teacher_states == "cache" and not exact:
-        raise FlagError("--teacher_states cache needs offline KD over a fixed example set (not --kd_mode online "
-                        "or --sampling user, whose teacher states change from step to step)")
+        raise FlagError(
+            "--teacher_states cache needs offline KD over a fixed example set (not --kd_mode online "
+            "or --sampling user, whose teacher states change from step to step)"
+        )
     if d.teacher_states == "auto" and planned_examples is not None and planned_examples < num_examples:
-        log.info("teacher states: live (training visits %d of %d examples, less than the one pass a cache costs)",
-                 planned_examples, num_examples)
+        log.info(
+            "teacher states: live (training visits %d of %d examples, less than the one pass a cache costs)",
+            planned_examples,
+            num_examples,
+        )
         return False
     return d.teacher_states != "live" and exact and needs_teacher(d)
 
 
-def teacher_states(d: DistillConfig, teacher, data, examples, pairs, precision, output_dir, batch_size=64,
-                   device="cpu") -> TeacherStates | None:
+def teacher_states(
+    d: DistillConfig, teacher, data, examples, pairs, precision, output_dir, batch_size=64, device="cpu"
+) -> TeacherStates | None:
     """The teacher's state cache for this run, built on first use: under --state_cache, else beside the
     teacher (<teacher>/state_cache, shared by every student of that teacher), or in the run's own folder
     when the teacher's is not writable. None (the live teacher) when it would not fit (load_or_build)."""
     root = Path(d.state_cache) if d.state_cache else Path(d.teacher) / "state_cache"
     if not d.state_cache and not os.access(d.teacher, os.W_OK):
         root = Path(output_dir) / "teacher_states"
-    return load_or_build(root, states_key(d, teacher, data, examples, pairs, precision), teacher, examples,
-                         autocast(device, compute_dtype(precision)), batch_size, device, d.state_cache_max_gb * 1e9)
+    return load_or_build(
+        root,
+        states_key(d, teacher, data, examples, pairs, precision),
+        teacher,
+        examples,
+        autocast(device, compute_dtype(precision)),
+        batch_size,
+        device,
+        d.state_cache_max_gb * 1e9,
+    )
 
 
 def states_key(d: DistillConfig, teacher, data, examples, pairs, precision) -> dict:
@@ -188,8 +212,10 @@ class DistillTrainer(RecTrainer):
         student_cfg = self.model.cfg
         self.pairs = block_pairs(teacher.cfg.num_layers, student_cfg.num_layers, distill.blocks)
         if teacher.lm.config.hidden_size != self.model.lm.config.hidden_size:
-            raise FlagError(f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
-                             f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes")
+            raise FlagError(
+                f"teacher hidden size {teacher.lm.config.hidden_size} != student's "
+                f"{self.model.lm.config.hidden_size}: feature distillation needs equal sizes"
+            )
         if distill.kd_mode == "online":
             if self.args.world_size > 1:
                 raise FlagError("online KD trains the teacher outside DDP: run it on one process")
@@ -208,8 +234,9 @@ class DistillTrainer(RecTrainer):
         # the Trainer never prepares, would run in fp32 (a slower step wherever bf16 is the faster precision).
         cached = self.states.rows(inputs["index"], self.args.device) if self.states is not None else None
         with self.accelerator.autocast():
-            loss, terms, out = distill_loss(model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"],
-                                            inputs["labels"], cached)
+            loss, terms, out = distill_loss(
+                model, self.teacher, self.dcfg, self.pairs, inputs["input_ids"], inputs["labels"], cached
+            )
         check_finite(terms, self.state.global_step + 1)
         if model.training:
             for k, v in terms.items():

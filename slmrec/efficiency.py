@@ -42,8 +42,11 @@ def train_step(model, batches, autocast, teacher=None, dcfg=None, states=None):
         x, y = batch["input_ids"], batch["labels"]
         cached = states.rows(batch["index"], x.device) if states is not None else None
         with autocast:
-            loss = (distill_loss(model, teacher, dcfg, pairs, x, y, cached)[0] if teacher
-                    else model(input_ids=x, labels=y)["loss"])
+            loss = (
+                distill_loss(model, teacher, dcfg, pairs, x, y, cached)[0]
+                if teacher
+                else model(input_ids=x, labels=y)["loss"]
+            )
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -67,15 +70,19 @@ def collate(items, device="cpu") -> dict:
 def sample_batches(examples, batch_size, n, device="cpu", seed=0) -> list:
     """n batches of real training examples, drawn at random with a fixed seed."""
     g = np.random.default_rng(seed)
-    return [collate([examples[int(i)] for i in g.choice(len(examples), batch_size, replace=False)], device)
-            for _ in range(n)]
+    return [
+        collate([examples[int(i)] for i in g.choice(len(examples), batch_size, replace=False)], device)
+        for _ in range(n)
+    ]
 
 
 def epoch_batches(examples, batch_size, device="cpu", seed=0) -> list:
     """Every example once, in a shuffled order, cut into batches (the last one shorter): one epoch."""
     order = np.random.default_rng(seed).permutation(len(examples))
-    return [collate([examples[int(i)] for i in order[lo:lo + batch_size]], device)
-            for lo in range(0, len(order), batch_size)]
+    return [
+        collate([examples[int(i)] for i in order[lo : lo + batch_size]], device)
+        for lo in range(0, len(order), batch_size)
+    ]
 
 
 def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):

@@ -15,13 +15,20 @@ from .errors import EmbeddingFileError
 from .files import file_digest, written_whole
 
 _ALLOWED = {
-    ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
     ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_parameter"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
 }
 
 
@@ -30,8 +37,11 @@ class _SafeUnpickler(pickle.Unpickler):
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             # torch's own helper calls torch.load(weights_only=False) on the nested bytes.
             return _storage_from_bytes
-        if (module, name) in _ALLOWED or (module == "torch" and name.endswith("Storage")) or \
-                (module.startswith("numpy") and name.startswith("dtype")):
+        if (
+            (module, name) in _ALLOWED
+            or (module == "torch" and name.endswith("Storage"))
+            or (module.startswith("numpy") and name.startswith("dtype"))
+        ):
             return super().find_class(module, name)
         raise EmbeddingFileError(f"refusing to unpickle {module}.{name}: an embedding pickle holds only tensors/arrays")
 
@@ -68,18 +78,24 @@ def load_item_embedding(path, num_items=None, data_fingerprint=None) -> torch.Te
         raise EmbeddingFileError(f"{path}: expected a dict with key 'item_embedding'")
     recorded = obj.get("data_fingerprint")
     if data_fingerprint and recorded and recorded != data_fingerprint:
-        raise EmbeddingFileError(f"{path}: made from dataset {recorded}, but the data is {data_fingerprint}: use the "
-                                 f"embeddings of a SASRec trained on this dataset (extract_emb.py)")
+        raise EmbeddingFileError(
+            f"{path}: made from dataset {recorded}, but the data is {data_fingerprint}: use the "
+            f"embeddings of a SASRec trained on this dataset (extract_emb.py)"
+        )
     table = torch.as_tensor(np.asarray(obj["item_embedding"]), dtype=torch.float32)
     if table.dim() != 2:
         raise EmbeddingFileError(f"{path}: item_embedding must be 2-D, got shape {tuple(table.shape)}")
     if num_items is not None and table.shape[0] != num_items + 1:
-        raise EmbeddingFileError(f"{path}: {table.shape[0]} rows, but the dataset has {num_items} items "
-                                 f"(+1 padding row): embeddings from another dataset?")
+        raise EmbeddingFileError(
+            f"{path}: {table.shape[0]} rows, but the dataset has {num_items} items "
+            f"(+1 padding row): embeddings from another dataset?"
+        )
     bad = (~torch.isfinite(table)).any(1).nonzero().flatten().tolist()
     if bad:
-        raise EmbeddingFileError(f"{path}: non-finite values (NaN or inf) in the rows of items {bad[:5]}"
-                                 f"{' ...' if len(bad) > 5 else ''}: export the embeddings from a healthy run")
+        raise EmbeddingFileError(
+            f"{path}: non-finite values (NaN or inf) in the rows of items {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}: export the embeddings from a healthy run"
+        )
     return table
 
 

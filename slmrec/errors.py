@@ -30,5 +30,15 @@ class NonFiniteError(ValueError):
     """A loss or a score that is NaN or infinite: training diverged, or an input holds non-finite values."""
 
 
-EXPECTED = (BackboneError, CheckpointError, DamagedFile, DataError, EmbeddingFileError, FlagError, NonFiniteError,
-            FileNotFoundError, IsADirectoryError, PermissionError)
+EXPECTED = (
+    BackboneError,
+    CheckpointError,
+    DamagedFile,
+    DataError,
+    EmbeddingFileError,
+    FlagError,
+    NonFiniteError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+)

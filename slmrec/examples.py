@@ -58,7 +58,7 @@ class WindowDataset(Dataset):
         for u in range(data.num_users):
             seq = data.train_part(u)
             for end in range(len(seq), 1, -max_len):
-                self.windows.append(seq[max(0, end - max_len - 1):end])
+                self.windows.append(seq[max(0, end - max_len - 1) : end])
 
     def __len__(self):
         return len(self.windows)
@@ -95,8 +95,10 @@ class NextItemDataset(Dataset):
 
     def example(self, u, t):
         seq = self.data.train_part(u)
-        return {"input_ids": _left_pad(seq[max(0, t - self.max_len):t], self.max_len),
-                "labels": torch.tensor(int(seq[t]))}
+        return {
+            "input_ids": _left_pad(seq[max(0, t - self.max_len) : t], self.max_len),
+            "labels": torch.tensor(int(seq[t])),
+        }
 
     def __getitem__(self, i):
         return self.example(int(self.users[i]), int(self.positions[i]))

@@ -16,6 +16,7 @@ from .losses import block_pairs
 from .records import is_recorded, record, record_dir, runs_root
 from .errors import FlagError
 from .files import load_json, run_lock, save_json
+from .prepare import DEFAULT_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 42  # seeds are FIRST_SEED, FIRST_SEED + 1, ...; the first seed's SASRec gives every LM model its items
@@ -33,11 +34,11 @@ BUDGETS = {
 # Paper Table 6 (per Amazon dataset), paper-exact: one target per example read at the response marker, the
 # squared D_norm at the final position, the paper's steps with batch 256 (its Table 5). "max_steps -1" for
 # Movie means epoch-based training with a count the paper does not give: one epoch here.
-_TABLE6 = dict(train=dict(objective="last_target", lr_scheduler="cosine", max_grad_norm=1.0, batch_size=256,
-                          patience=0),
-               model=dict(readout="response"),
-               distill=dict(lambda_cos=1.0, lambda_norm=0.1, norm_variant="squared", feature_positions="final",
-                            blocks=4))
+_TABLE6 = dict(
+    train=dict(objective="last_target", lr_scheduler="cosine", max_grad_norm=1.0, batch_size=256, patience=0),
+    model=dict(readout="response"),
+    distill=dict(lambda_cos=1.0, lambda_norm=0.1, norm_variant="squared", feature_positions="final", blocks=4),
+)
 
 
 def _preset(lr, steps, eval_steps, warmup, lambda_ms):
@@ -58,7 +59,7 @@ PRESETS = {
 class ReproConfig:
     budget: str = "quick"
     preset: str | None = None
-    data: str = "data/ml-100k"
+    data: str = DEFAULT_DATA
     source: str = "ml-100k"  # what prepare_data.py prepares into `data` when it is missing
     base_model: str = "smollm2-135m"
     teacher_layers: int = 8
@@ -92,10 +93,14 @@ def make_config(budget="quick", preset=None, train=None, distill_overrides=None,
     if preset is not None and preset not in PRESETS:
         raise FlagError(f"--preset must be one of {sorted(PRESETS)}, not {preset!r}")
     chosen = PRESETS.get(preset, {})
-    cfg = ReproConfig(budget=budget, preset=preset, train={**chosen.get("train", {}), **(train or {})},
-                      model=dict(chosen.get("model", {})),
-                      distill={**chosen.get("distill", {}), **(distill_overrides or {})},
-                      **{**BUDGETS[budget], **overrides})
+    cfg = ReproConfig(
+        budget=budget,
+        preset=preset,
+        train={**chosen.get("train", {}), **(train or {})},
+        model=dict(chosen.get("model", {})),
+        distill={**chosen.get("distill", {}), **(distill_overrides or {})},
+        **{**BUDGETS[budget], **overrides},
+    )
     if preset:  # the paper's setting: seven depths of a 32-layer LLaMA
         cfg.depths = overrides.get("depths", [1, 2, 4, 8, 16, 24, 32])
     for name in ("depths", "block_sweep"):
@@ -141,38 +146,73 @@ def declare(cfg: ReproConfig) -> list:
     e4 = {d: f"e4srec_{d}" for d in cfg.depths}
 
     def e4srec(d, seeds, rows, paper="", vs=()):
-        return RunSpec(e4[d], f"E4SRec_{d}", "finetune.py", seeds, {"num_layers": d}, {**rows, "fig2": str(d)},
-                       paper, vs)
+        return RunSpec(
+            e4[d], f"E4SRec_{d}", "finetune.py", seeds, {"num_layers": d}, {**rows, "fig2": str(d)}, paper, vs
+        )
 
     def slmrec(key, variant, changes, rows, paper="", vs=()):
-        return RunSpec(key, f"{S} {variant}".strip(), "distill.py", "sweep" if changes else "main", changes, rows,
-                       paper, vs)
+        return RunSpec(
+            key, f"{S} {variant}".strip(), "distill.py", "sweep" if changes else "main", changes, rows, paper, vs
+        )
 
-    specs = [RunSpec(m, label, "train_sr_trad.py", "baseline", {"model": m, **extra}, {"main": label}, label)
-             for m, label, extra in [("sasrec", "SASRec", {}), ("gru4rec", "GRU4Rec", {"num_layers": 1}),
-                                     ("bert4rec", "BERT4Rec", {})]]
+    specs = [
+        RunSpec(m, label, "train_sr_trad.py", "baseline", {"model": m, **extra}, {"main": label}, label)
+        for m, label, extra in [
+            ("sasrec", "SASRec", {}),
+            ("gru4rec", "GRU4Rec", {"num_layers": 1}),
+            ("bert4rec", "BERT4Rec", {}),
+        ]
+    ]
     if L not in (M, N):
-        specs.append(e4srec(L, "sweep", {"main": f"E4SRec_{L}", "table5": f"E4SRec_{L}"},
-                            "E4SRec (all layers)", (e4[M],)))
+        specs.append(
+            e4srec(L, "sweep", {"main": f"E4SRec_{L}", "table5": f"E4SRec_{L}"}, "E4SRec (all layers)", (e4[M],))
+        )
     specs += [
         e4srec(M, "main", {"main": f"E4SRec_{M}", "table5": f"E4SRec_{M}"}, "E4SRec_8", (e4[N], "sasrec")),
-        e4srec(N, "main", {"main": f"E4SRec_{N}", "table4": f"none (E4SRec_{N})", "table5": f"E4SRec_{N}"},
-               "E4SRec_4"),
-        slmrec("slmrec", "", {}, {"main": S, "table4": "+D_cos,D_norm,L_ms", "fig4": f"B={B}", "table5": S},
-               "SLMRec_4<-8", (e4[N], e4[M])),
-        slmrec("slmrec_cos", "+D_cos", {"lambda_norm": 0, "lambda_ms": 0}, {"table4": "+D_cos"}, "+D_cos",
-               (e4[N],)),
-        slmrec("slmrec_cos_norm", "+D_cos,D_norm", {"lambda_ms": 0}, {"table4": "+D_cos,D_norm"}, "+D_cos,D_norm",
-               ("slmrec_cos",)),
-        slmrec("slmrec_cos_ms", "+D_cos,L_ms", {"lambda_norm": 0}, {"table4": "+D_cos,L_ms"}, "+D_cos,L_ms",
-               ("slmrec_cos", "slmrec")),
-        *[slmrec(f"slmrec_b{b}", f"(B={b})", {"blocks": b}, {"fig4": f"B={b}"}, vs=("slmrec",))
-          for b in cfg.block_sweep if b != B],
-        slmrec("slmrec_online", f"(online KD, B={B})", {"kd_mode": "online"}, {"fig4": f"B={B}, online"},
-               vs=("slmrec",)),
+        e4srec(N, "main", {"main": f"E4SRec_{N}", "table4": f"none (E4SRec_{N})", "table5": f"E4SRec_{N}"}, "E4SRec_4"),
+        slmrec(
+            "slmrec",
+            "",
+            {},
+            {"main": S, "table4": "+D_cos,D_norm,L_ms", "fig4": f"B={B}", "table5": S},
+            "SLMRec_4<-8",
+            (e4[N], e4[M]),
+        ),
+        slmrec("slmrec_cos", "+D_cos", {"lambda_norm": 0, "lambda_ms": 0}, {"table4": "+D_cos"}, "+D_cos", (e4[N],)),
+        slmrec(
+            "slmrec_cos_norm",
+            "+D_cos,D_norm",
+            {"lambda_ms": 0},
+            {"table4": "+D_cos,D_norm"},
+            "+D_cos,D_norm",
+            ("slmrec_cos",),
+        ),
+        slmrec(
+            "slmrec_cos_ms",
+            "+D_cos,L_ms",
+            {"lambda_norm": 0},
+            {"table4": "+D_cos,L_ms"},
+            "+D_cos,L_ms",
+            ("slmrec_cos", "slmrec"),
+        ),
+        *[
+            slmrec(f"slmrec_b{b}", f"(B={b})", {"blocks": b}, {"fig4": f"B={b}"}, vs=("slmrec",))
+            for b in cfg.block_sweep
+            if b != B
+        ],
+        slmrec(
+            "slmrec_online", f"(online KD, B={B})", {"kd_mode": "online"}, {"fig4": f"B={B}, online"}, vs=("slmrec",)
+        ),
         *[e4srec(d, "sweep", {}) for d in cfg.depths if d not in (M, N, L)],
-        RunSpec(f"{e4[L]}_layers", f"E4SRec_{L}, layer by layer", "evaluate.py", "sweep",
-                {"layers": ",".join(map(str, cfg.depths))}, {"fig2": "direct"}, done_file="layers.json"),
+        RunSpec(
+            f"{e4[L]}_layers",
+            f"E4SRec_{L}, layer by layer",
+            "evaluate.py",
+            "sweep",
+            {"layers": ",".join(map(str, cfg.depths))},
+            {"fig2": "direct"},
+            done_file="layers.json",
+        ),
     ]
     return specs
 
@@ -208,8 +248,11 @@ class Run:
         return seed_dir(runs, self.seed) / self.key
 
     def command(self, runs):
-        out = (["--output", str(self.dir(runs) / self.spec.done_file)] if self.spec.script == "evaluate.py"
-               else ["--output_dir", str(self.dir(runs))])
+        out = (
+            ["--output", str(self.dir(runs) / self.spec.done_file)]
+            if self.spec.script == "evaluate.py"
+            else ["--output_dir", str(self.dir(runs))]
+        )
         return [self.spec.script, *self.args, *out]
 
 
@@ -227,11 +270,24 @@ def _args(cfg: ReproConfig, spec: RunSpec, seed: int) -> list:
         return ["--checkpoint", str(teacher), "--data", cfg.data, *_flags(own)]
     common = ["--data", cfg.data, "--seed", str(seed), *_flags(cfg.train)]
     if spec.script == "finetune.py":
-        return [*common, "--item_embedding", str(embedding_path(cfg)), "--base_model", cfg.base_model,
-                *_flags(cfg.model), *_flags(own)]
+        return [
+            *common,
+            "--item_embedding",
+            str(embedding_path(cfg)),
+            "--base_model",
+            cfg.base_model,
+            *_flags(cfg.model),
+            *_flags(own),
+        ]
     teacher = seed_dir(cfg.runs, seed) / f"e4srec_{cfg.teacher_layers}"  # each student's own seed's teacher
-    return [*common, "--teacher", str(teacher), "--num_layers", str(cfg.student_layers),
-            *_flags({**cfg.distill, **own})]
+    return [
+        *common,
+        "--teacher",
+        str(teacher),
+        "--num_layers",
+        str(cfg.student_layers),
+        *_flags({**cfg.distill, **own}),
+    ]
 
 
 def plan(cfg: ReproConfig) -> list:
@@ -252,8 +308,10 @@ def _prepare_data(cfg):
         subprocess.run(cmd, check=True)
     stats, kept = load_json(Path(cfg.data) / "stats.json"), runs_root(cfg.results) / "dataset.json"
     if kept.is_file() and load_json(kept)["fingerprint"] != stats["fingerprint"]:
-        raise FlagError(f"{cfg.data} is dataset {stats['fingerprint']}, but the runs recorded in {kept.parent} were "
-                        f"made on {load_json(kept)['fingerprint']}: use another --results folder")
+        raise FlagError(
+            f"{cfg.data} is dataset {stats['fingerprint']}, but the runs recorded in {kept.parent} were "
+            f"made on {load_json(kept)['fingerprint']}: use another --results folder"
+        )
     save_json(stats, kept)
 
 
@@ -266,8 +324,10 @@ def _ensure_embedding(cfg):
         emb.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(kept, emb)
     if not emb.is_file():
-        subprocess.run([sys.executable, str(ROOT / "extract_emb.py"), "--checkpoint", str(emb.parent),
-                        "--output", str(emb)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "extract_emb.py"), "--checkpoint", str(emb.parent), "--output", str(emb)],
+            check=True,
+        )
     if not kept.is_file():
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(emb, kept)
@@ -292,8 +352,10 @@ def execute(run: Run, cfg, index, total, needed=False):
     label = f"[{index}/{total}] seed {run.seed} {run.key}"
     for stamp in (out / "command.json", rec / "command.json"):
         if stamp.is_file() and load_json(stamp) != cmd:
-            raise FlagError(f"{stamp.parent} was made by another command: {load_json(stamp)}, not {cmd}; remove "
-                            f"it, or use other --runs and --results folders")
+            raise FlagError(
+                f"{stamp.parent} was made by another command: {load_json(stamp)}, not {cmd}; remove "
+                f"it, or use other --runs and --results folders"
+            )
     if is_recorded(rec, run.spec.done_file) and not needed:
         print(f"{label}: recorded already ({rec})", flush=True)
         return
@@ -304,13 +366,19 @@ def execute(run: Run, cfg, index, total, needed=False):
     resume = run.spec.script != "evaluate.py" and any(out.glob("checkpoint-*"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.json").write_text(json.dumps(cmd))
-    print(f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}"
-          f"{' (its checkpoint is needed by a later run)' if needed else ''}\n"
-          f"    progress: tail -f {out / 'log.txt'}", flush=True)
+    print(
+        f"{label}: {'resuming' if resume else 'running'} python {' '.join(cmd)}"
+        f"{' (its checkpoint is needed by a later run)' if needed else ''}\n"
+        f"    progress: tail -f {out / 'log.txt'}",
+        flush=True,
+    )
     t = time.time()
     with open(out / "log.txt", "a") as log:
-        res = subprocess.run([sys.executable, str(ROOT / cmd[0]), *cmd[1:], *(["--resume"] if resume else [])],
-                             stdout=log, stderr=subprocess.STDOUT)
+        res = subprocess.run(
+            [sys.executable, str(ROOT / cmd[0]), *cmd[1:], *(["--resume"] if resume else [])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if res.returncode != 0:
         raise FlagError(f"{label} failed ({res.returncode}) after {time.time() - t:.0f}s; see {out / 'log.txt'}")
     record(out, rec, time.time() - t)

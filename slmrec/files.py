@@ -81,8 +81,10 @@ def load_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError both are
-        raise DamagedFile(f"{path}: damaged, not JSON ({e}); restore it (git checkout -- FILE for a record in the "
-                          f"repository), or remove it and make it again") from None
+        raise DamagedFile(
+            f"{path}: damaged, not JSON ({e}); restore it (git checkout -- FILE for a record in the "
+            f"repository), or remove it and make it again"
+        ) from None
 
 
 # Files that mark a folder the project made for a purpose of its own: a checkpoint, a prepared dataset.
@@ -102,12 +104,15 @@ def check_writable(path, flag, reads=()):
         if target == r.resolve():
             raise FlagError(f"{flag} {path} is an input of this command ({r}): write somewhere else")
     if target.exists():
-        owners = [Path(r).resolve() for r in reads] + [p for p in target.parents
-                                                       if any((p / m).is_file() for m in PROJECT_FOLDERS)]
+        owners = [Path(r).resolve() for r in reads] + [
+            p for p in target.parents if any((p / m).is_file() for m in PROJECT_FOLDERS)
+        ]
         inside = [o for o in owners if o in target.parents]
         if inside:
-            raise FlagError(f"{flag} {path} exists inside {inside[0]}, which this command reads or this project made "
-                            f"(a checkpoint or a prepared dataset): write to a new path")
+            raise FlagError(
+                f"{flag} {path} exists inside {inside[0]}, which this command reads or this project made "
+                f"(a checkpoint or a prepared dataset): write to a new path"
+            )
     if path.exists() and not path.is_file():  # a device or a pipe: written in place (written_whole)
         if not os.access(path, os.W_OK):
             raise FlagError(f"{flag} {path}: not writable")
@@ -144,13 +149,18 @@ def run_lock(folder):
         except FileExistsError:
             holder = _lock_holder(path)
             if holder is not None and holder.get("host") != me["host"]:
-                raise FlagError(f"{folder} is in use by a run on {holder.get('host')} (pid {holder.get('pid')}); if "
-                                f"that run is gone, remove {path}") from None
+                raise FlagError(
+                    f"{folder} is in use by a run on {holder.get('host')} (pid {holder.get('pid')}); if "
+                    f"that run is gone, remove {path}"
+                ) from None
             if holder is not None and _alive(holder.get("pid")):
-                raise FlagError(f"{folder} is in use by another run (pid {holder['pid']}): wait for it to finish, or "
-                                f"choose another output folder") from None
-            logging.getLogger(__name__).warning("%s: taking over the lock of a run that is gone (pid %s)", folder,
-                                                holder and holder.get("pid"))
+                raise FlagError(
+                    f"{folder} is in use by another run (pid {holder['pid']}): wait for it to finish, or "
+                    f"choose another output folder"
+                ) from None
+            logging.getLogger(__name__).warning(
+                "%s: taking over the lock of a run that is gone (pid %s)", folder, holder and holder.get("pid")
+            )
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as fh:

@@ -19,8 +19,10 @@ def split_flags(flags: dict, *configs, fixed=()) -> list:
     names = [{f.name for f in dataclasses.fields(c)} - set(fixed) for c in configs]
     unknown = sorted(set(flags) - set().union(*names))
     if unknown:
-        raise FlagError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
-                        + ", ".join(c.__name__ for c in configs))
+        raise FlagError(
+            f"unknown flag(s): {', '.join('--' + k for k in unknown)}; the options are the fields of "
+            + ", ".join(c.__name__ for c in configs)
+        )
     return [{k: coerce(k, v, h[k]) for k, v in flags.items() if k in n} for n, h in zip(names, hints)]
 
 
@@ -62,8 +64,11 @@ def coerce(name, value, kind):
             raise bad
         return str(value)
     if kind is list:
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else \
-            [v.strip() for v in str(value).split(",") if v.strip()]
+        return (
+            [str(v) for v in value]
+            if isinstance(value, (list, tuple))
+            else [v.strip() for v in str(value).split(",") if v.strip()]
+        )
     return value
 
 

@@ -37,6 +37,7 @@ from .seqrec import load_seqrec
 from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
 from .errors import FlagError
+from .export import is_export, load_export
 from .machine import compute_device
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,15 @@ class InferenceConfig:
     def __post_init__(self):  # flags are checked when the config is made, before any work
         resolve_precision(self.precision)
         if self.residual not in ("compute", "fp32") or self.attention not in ("eager", "sdpa", "keep"):
-            raise FlagError(f"--residual must be compute or fp32 (not {self.residual!r}), --attention eager, sdpa or "
-                            f"keep (not {self.attention!r})")
+            raise FlagError(
+                f"--residual must be compute or fp32 (not {self.residual!r}), --attention eager, sdpa or "
+                f"keep (not {self.attention!r})"
+            )
         if self.batch_size < 1 or self.token_block < 0:
-            raise FlagError(f"--batch_size must be at least 1 (not {self.batch_size}) and --token_block at least 0 "
-                            f"(not {self.token_block})")
+            raise FlagError(
+                f"--batch_size must be at least 1 (not {self.batch_size}) and --token_block at least 0 "
+                f"(not {self.token_block})"
+            )
 
 
 def autocast(device, dtype):
@@ -157,19 +162,25 @@ class FastELLMRec:
 
     @torch.inference_mode()
     def __call__(self, history):
-        m = self.model
         lengths = (history != 0).sum(1)
         if int(lengths.min()) == 0:
             raise DataError("an empty history cannot be scored")
         B, L, S = history.shape[0], int(lengths.max()), self.suffix.shape[0]
         rows = max(2, self.token_block // (L + S)) if self.token_block else B
         if B > rows:
-            return torch.cat([self(history[i:i + rows]) for i in range(0, B, rows)])
+            return torch.cat([self(history[i : i + rows]) for i in range(0, B, rows)])
         if self.compiled and B == 1:
             # A compiled graph specialises a size of 1: one history is scored as two (at batch 1 the weights'
             # reads, not the rows, set the time), so every batch runs the one graph compiled at start-up.
             return self(history.expand(2, -1))[:1]
-        history = history[:, -L:]
+        return self.scores(history[:, -L:])
+
+    def scores(self, history):
+        """The scores of left-padded histories [B, L], none of them empty: the computation itself, with no
+        shape read from the data (so it traces whole: export.py's ONNX graph is this method)."""
+        m = self.model
+        B, L, S = history.shape[0], history.shape[1], self.suffix.shape[0]
+        lengths = (history != 0).sum(1)
         with autocast(self.device, self.dtype):
             items = m.w_in(m.item_embedding[history]).to(self.suffix.dtype)
             pad = 1 if self.compiled and L + S == 1 else 0  # never a length of 1 either; padding goes last
@@ -216,9 +227,14 @@ class PlainScorer:
 
 def load_scorer(checkpoint, data, cfg: InferenceConfig = None, device=None):
     """(scorer, max_len) for a trained run directory: an E-LLMRec teacher or student (finetune.py, distill.py)
-    or a SASRec/GRU4Rec/BERT4Rec (train_sr_trad.py); checked against the prepared dataset before any work."""
+    or a SASRec/GRU4Rec/BERT4Rec (train_sr_trad.py), or a folder of export.py; checked against the prepared
+    dataset (or an exported folder's own Catalog) before any work."""
     cfg = cfg or InferenceConfig()
     device = device or compute_device()
+    if is_export(checkpoint):  # a folder of export.py: the model alone
+        model = load_export(checkpoint)
+        check_same_data(model.cfg, data, checkpoint)
+        return (FastELLMRec if cfg.fast else PlainScorer)(model.to(device), cfg, device), model.cfg.max_len
     path = Path(checkpoint) / MODEL_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{checkpoint}: not a trained model of this project (no {MODEL_CONFIG})")

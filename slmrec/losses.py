@@ -22,8 +22,10 @@ def item_loss(scores, labels):
 def block_pairs(teacher_layers: int, student_layers: int, blocks: int):
     """[(teacher layer, student layer)] for k = 1..B, 1-based; B must divide both depths."""
     if blocks < 1 or teacher_layers % blocks or student_layers % blocks:
-        raise FlagError(f"--blocks {blocks} must divide both the teacher's {teacher_layers} layers and the "
-                         f"student's {student_layers}")
+        raise FlagError(
+            f"--blocks {blocks} must divide both the teacher's {teacher_layers} layers and the "
+            f"student's {student_layers}"
+        )
     m, n = teacher_layers // blocks, student_layers // blocks
     return [(k * m, k * n) for k in range(1, blocks + 1)]
 
@@ -67,4 +69,4 @@ def logit_kd_loss(teacher_scores, student_scores, temperature=1.0):
     """KL(teacher || student) between the item distributions at a temperature (padding left out), x T^2."""
     t = F.log_softmax(teacher_scores[:, 1:] / temperature, dim=-1)
     s = F.log_softmax(student_scores[:, 1:] / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2

@@ -57,8 +57,9 @@ def check_memory(nbytes, what):
     except (OSError, ValueError, IndexError):  # not Linux: no check
         return
     if nbytes > available:
-        raise FlagError(f"{what} needs about {nbytes / 1e9:,.1f} GB, more than the {available / 1e9:.1f} GB of memory "
-                        f"available")
+        raise FlagError(
+            f"{what} needs about {nbytes / 1e9:,.1f} GB, more than the {available / 1e9:.1f} GB of memory available"
+        )
 
 
 def empty_huge(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:

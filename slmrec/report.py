@@ -32,14 +32,26 @@ def table(root) -> str:
         m, run_config = load_json(f), load_json(f.parent / "run_config.json")
         machines.add(run_config.get("hardware", "not recorded"))
         to_best, peak = m.get("seconds_to_best"), m.get("peak_rss_mb")
-        rows.append(f"| {f.parent.name} | " + " | ".join(describe(run_config)) + f" | {m['best_step']} | "
-                    + (f"{to_best / 60:.1f}" if to_best is not None else "-") + " | "
-                    + (f"{peak / 1024:.1f}" if peak is not None else "-") + " | "
-                    + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
-    head = ("| run | model | objective | training | precision | best step | minutes to best | peak GB | "
-            + " | ".join(METRICS) + " |\n|---|---|---|---|---|---|---|---|" + "---|" * len(METRICS))
-    return "\n".join([f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:",
-                      head, *rows])
+        rows.append(
+            f"| {f.parent.name} | "
+            + " | ".join(describe(run_config))
+            + f" | {m['best_step']} | "
+            + (f"{to_best / 60:.1f}" if to_best is not None else "-")
+            + " | "
+            + (f"{peak / 1024:.1f}" if peak is not None else "-")
+            + " | "
+            + " | ".join(f"{m[k]:.4f}" for k in METRICS)
+            + " |"
+        )
+    head = (
+        "| run | model | objective | training | precision | best step | minutes to best | peak GB | "
+        + " | ".join(METRICS)
+        + " |\n|---|---|---|---|---|---|---|---|"
+        + "---|" * len(METRICS)
+    )
+    return "\n".join(
+        [f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:", head, *rows]
+    )
 
 
 if __name__ == "__main__":

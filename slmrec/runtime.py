@@ -9,8 +9,9 @@ import torch
 
 
 def setup_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
 
 
 def seed_everything(seed: int):

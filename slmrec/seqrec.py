@@ -41,8 +41,10 @@ class SeqRecConfig:
         if not 0 <= self.negatives < self.num_items:
             raise FlagError(f"--negatives must be in 0..{self.num_items - 1} (0: all items), not {self.negatives}")
         # the position table and its optimiser states (4 copies of max_len x hidden_size floats)
-        check_memory(4 * 4 * (self.max_len + self.num_items) * self.hidden_size, f"--max_len {self.max_len} with "
-                     f"--hidden_size {self.hidden_size}")
+        check_memory(
+            4 * 4 * (self.max_len + self.num_items) * self.hidden_size,
+            f"--max_len {self.max_len} with --hidden_size {self.hidden_size}",
+        )
 
 
 # Above this many item scores in a batch (B x L x |I| floats: 256 MB) the item loss is computed at the labelled
@@ -110,7 +112,7 @@ class SeqRec(nn.Module):
             # recorded ml-100k runs were trained with (the other path agrees to rounding, not bit for bit).
             h = self.hidden(input_ids)
             return {"loss": F.cross_entropy(self.logits(h).flatten(0, 1), labels.flatten(), ignore_index=0)}
-        # A large catalogue (Amazon-sized data, where 87% of a padded window is padding): the batch's columns that
+        # A large catalogue (Amazon-sized data, where most of a padded window is padding): the batch's columns that
         # are padding in every window dropped (positions count from the right end, so only rounding changes),
         # then the positions that carry a label only, in chunks.
         input_ids, labels = trim_padding(input_ids, labels)
@@ -142,8 +144,9 @@ class SASRec(SeqRec):
         super().__init__(cfg)
         d = cfg.hidden_size
         self.position_embedding = nn.Embedding(cfg.max_len, d)
-        layer = nn.TransformerEncoderLayer(d, cfg.num_heads, 4 * d, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.num_heads, 4 * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.init_tables(self.position_embedding)
@@ -196,8 +199,13 @@ class GRU4Rec(SeqRec):
 
     def __init__(self, cfg: SeqRecConfig):
         super().__init__(cfg)
-        self.gru = nn.GRU(cfg.hidden_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
-                          dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.gru = nn.GRU(
+            cfg.hidden_size,
+            cfg.hidden_size,
+            cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
         self.init_tables()
 
     def hidden(self, seq):
@@ -207,9 +215,9 @@ class GRU4Rec(SeqRec):
         j = torch.arange(L, device=seq.device)[None]
         # Left padding -> right padding for packing, and back afterwards.
         right = seq.gather(1, (j + pads) % L)
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.item_embedding(right)),
-                                                   lengths.clamp(min=1).cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.dropout(self.item_embedding(right)), lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=L)
         return out.gather(1, ((j - pads) % L)[..., None].expand(-1, -1, out.shape[-1]))

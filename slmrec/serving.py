@@ -27,7 +27,8 @@ from .errors import DataError, FlagError
 from .flags import split_flags
 from .inference import InferenceConfig, can_compile
 from .machine import compute_device
-from .recommender import Recommender, Request, UnknownUser, answer_row, read_request
+from .export import is_export
+from .recommender import Recommender, Request, UnknownUser, answer_row, model_and_data, read_request
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,14 @@ class ServeConfig:
     threads: int = 0
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
-        if min(self.max_batch, self.max_body_bytes, self.max_list, self.workers) < 1 or min(self.max_wait_ms,
-                                                                                             self.threads) < 0:
-            raise FlagError("--max_batch, --max_body_bytes, --max_list and --workers must be at least 1, --max_wait_ms "
-                            "and --threads at least 0")
+        if (
+            min(self.max_batch, self.max_body_bytes, self.max_list, self.workers) < 1
+            or min(self.max_wait_ms, self.threads) < 0
+        ):
+            raise FlagError(
+                "--max_batch, --max_body_bytes, --max_list and --workers must be at least 1, --max_wait_ms "
+                "and --threads at least 0"
+            )
 
 
 class RecRequest(BaseModel):
@@ -58,8 +63,9 @@ class RecRequest(BaseModel):
 
     # Strict: JSON true is not the item, the user or the k numbered 1; read_request checks the same for --input.
     history: list[StrictStr | StrictInt] | None = Field(None, description="original item ids, oldest first")
-    user: StrictStr | StrictInt | None = Field(None, description="a dataset user (users.tsv); echoed back with "
-                                                                  "a history")
+    user: StrictStr | StrictInt | None = Field(
+        None, description="a dataset user (users.tsv); echoed back with a history"
+    )
     k: StrictInt = Field(10, description="how many items to recommend")
     keep_seen: StrictBool = Field(False, description="keep items already in the history")
 
@@ -207,17 +213,21 @@ def create_app(recommender, cfg: ServeConfig = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         batcher.task = asyncio.create_task(batcher.run())
-        data.item_index, data.user_index  # built before /ready, not by the first request (2.4 s at 1 M users)
+        data.item_index  # the id maps are built before /ready, not by the first request
+        if hasattr(data, "users"):  # a prepared dataset (an exported model alone has no users)
+            data.user_index
         await batcher.submit(Request([1], k=1, keep_seen=True))  # warm-up: the first forward pass allocates
         state["ready"] = True
-        log.info("ready: %s items, batches of up to %d within %.1f ms", data.num_items, cfg.max_batch,
-                 cfg.max_wait_ms)
+        log.info("ready: %s items, batches of up to %d within %.1f ms", data.num_items, cfg.max_batch, cfg.max_wait_ms)
         yield
         state["ready"] = False
         await batcher.drain()
 
-    app = FastAPI(title="SLMRec recommender", lifespan=lifespan,
-                  description="Top-k next items for item histories from a trained SLMRec/E-LLMRec or SeqRec model.")
+    app = FastAPI(
+        title="SLMRec recommender",
+        lifespan=lifespan,
+        description="Top-k next items for item histories from a trained SLMRec/E-LLMRec or SeqRec model.",
+    )
     app.state.batcher, app.state.config = batcher, cfg
 
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
@@ -300,12 +310,13 @@ def configs(flags: dict):
 
 def app_from_env() -> FastAPI:
     """The app of one worker when serve.py --workers N > 1 has uvicorn start N processes, each loading its own
-    model: serve.py passes its arguments in SLMREC_CHECKPOINT, SLMREC_DATA and SLMREC_FLAGS (JSON), so every
-    worker runs with the flags given to serve.py."""
-
-    missing = [v for v in ("SLMREC_CHECKPOINT", "SLMREC_DATA") if not os.environ.get(v)]
-    if missing:
-        raise FlagError(f"set {' and '.join(missing)} (the run directory and the prepared dataset)")
+    model: serve.py passes its arguments in SLMREC_CHECKPOINT (the run or exported folder), SLMREC_DATA (the
+    prepared dataset, empty for an exported folder alone) and SLMREC_FLAGS (JSON), so every worker runs with
+    the flags given to serve.py."""
+    source, data = os.environ.get("SLMREC_CHECKPOINT"), os.environ.get("SLMREC_DATA") or None
+    if not source:
+        raise FlagError("set SLMREC_CHECKPOINT (a run directory, with SLMREC_DATA, or a folder of export.py)")
     cfg, icfg = configs(json.loads(os.environ.get("SLMREC_FLAGS") or "{}"))
-    rec = Recommender.from_checkpoint(os.environ["SLMREC_CHECKPOINT"], os.environ["SLMREC_DATA"], icfg)
-    return create_app(rec, cfg)
+    exported = is_export(source)
+    source, dataset = model_and_data(None if exported else source, source if exported else None, data)
+    return create_app(Recommender.from_checkpoint(source, dataset, icfg), cfg)

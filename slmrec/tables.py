@@ -38,8 +38,10 @@ PAPER_TABLE5 = {  # training h/epoch, inference h, trainable B, inference B (mea
 
 def sweep_note(cfg):
     seeds = seed_list(cfg.sweep_seeds)
-    return (f"\nEvery row here uses the sweep seeds only ({len(seeds)}: {seeds[0]}..{seeds[-1]}), so rows "
-            "compare on the same seeds; main_table.md has the means over all seeds of the shared rows.")
+    return (
+        f"\nEvery row here uses the sweep seeds only ({len(seeds)}: {seeds[0]}..{seeds[-1]}), so rows "
+        "compare on the same seeds; main_table.md has the means over all seeds of the shared rows."
+    )
 
 
 def rows_of(cfg, output) -> list:
@@ -71,8 +73,11 @@ def summary(cfg, key, seeds=None):
     metrics, ranks, seeds = collect(cfg, key, seeds)
     if not metrics:
         return None
-    row = {"seeds": len(seeds), "NDCG@10_user_se": user_se(ranks[0]),
-           "machines": sorted({machine(record_dir(cfg.results, s, key)) for s in seeds})}
+    row = {
+        "seeds": len(seeds),
+        "NDCG@10_user_se": user_se(ranks[0]),
+        "machines": sorted({machine(record_dir(cfg.results, s, key)) for s in seeds}),
+    }
     for k in METRICS:
         row[k], row[k + "_se"] = mean_se([m[k] for m in metrics])
     return row
@@ -110,36 +115,52 @@ def setting(cfg: ReproConfig, command) -> str:
     if t.get("max_steps", -1) > 0:
         steps = f"{t['max_steps']} steps"
     else:
-        steps = f"up to {t['epochs']} epochs" + (f", early stop after {t['patience']} validations without a better "
-                                                 f"MRR" if t.get("patience") else "")
+        steps = f"up to {t['epochs']} epochs" + (
+            f", early stop after {t['patience']} validations without a better MRR" if t.get("patience") else ""
+        )
     objective = t.get("objective", ExampleConfig.objective)
     readout = cfg.model.get("readout", ELLMRecConfig.readout)
-    where = (f"Hardware and precision: {machines[0]} (every run)" if len(machines) == 1 else
-             f"Hardware and precision: the runs ran on {len(machines)} machines ({'; '.join(machines)}): "
-             f"each row names its own")
-    return (f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
-            f"{stats['num_negatives']} stored negatives). LM: {cfg.base_model}. {where}. Budget: '{cfg.budget}'"
-            f"{' + preset ' + cfg.preset if cfg.preset else ''}: LM-based models trained with the {objective} "
-            f"objective ({readout} readout), {steps} of batch {t['batch_size']}, validation "
-            f"{'every ' + str(t['eval_steps']) + ' steps' if t.get('eval_steps') else 'once per epoch'} "
-            f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
-            f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
-            f"model uses the seed-{seed_list(1)[0]} SASRec item table. Command: `{command}`")
+    where = (
+        f"Hardware and precision: {machines[0]} (every run)"
+        if len(machines) == 1
+        else f"Hardware and precision: the runs ran on {len(machines)} machines ({'; '.join(machines)}): "
+        f"each row names its own"
+    )
+    return (
+        f"Data: {cfg.data} ({stats['users']:,} users, {stats['items']:,} items; test split, 1 positive + up to "
+        f"{stats['num_negatives']} stored negatives). LM: {cfg.base_model}. {where}. Budget: '{cfg.budget}'"
+        f"{' + preset ' + cfg.preset if cfg.preset else ''}: LM-based models trained with the {objective} "
+        f"objective ({readout} readout), {steps} of batch {t['batch_size']}, validation "
+        f"{'every ' + str(t['eval_steps']) + ' steps' if t.get('eval_steps') else 'once per epoch'} "
+        f"(best by validation MRR); SASRec, GRU4Rec, BERT4Rec early-stopped. Seeds: main comparison "
+        f"{cfg.seeds}, sweeps {cfg.sweep_seeds}, conventional baselines {cfg.baseline_seeds}; every LM-based "
+        f"model uses the seed-{seed_list(1)[0]} SASRec item table. Command: `{command}`"
+    )
 
 
 def metric_table(cfg, keyed_labels, title="", head="", note="", seeds=None) -> tuple:
     """keyed_labels: [(run key, row label)]."""
     per_row = len(recorded_machines(cfg)) > 1
-    lines = [title, "", head, "", "| model | seeds | " + " | ".join(METRICS) + " |" + (" ran on |" if per_row else ""),
-             "|---|---|" + "---|" * (len(METRICS) + per_row)]
+    lines = [
+        title,
+        "",
+        head,
+        "",
+        "| model | seeds | " + " | ".join(METRICS) + " |" + (" ran on |" if per_row else ""),
+        "|---|---|" + "---|" * (len(METRICS) + per_row),
+    ]
     rows = []
     for key, label in keyed_labels:
         row = summary(cfg, key, seeds)
         if row is None:
             continue
         rows.append((label, row))
-        lines.append(f"| {label} | {row['seeds']} | " + " | ".join(_pm(row, k) for k in METRICS) + " |"
-                     + (f" {'; '.join(row['machines'])} |" if per_row else ""))
+        lines.append(
+            f"| {label} | {row['seeds']} | "
+            + " | ".join(_pm(row, k) for k in METRICS)
+            + " |"
+            + (f" {'; '.join(row['machines'])} |" if per_row else "")
+        )
     lines += ["", "Mean ± standard error over seeds (— : one seed, no standard error)." + note]
     return "\n".join(lines) + "\n", rows
 
@@ -152,34 +173,52 @@ def training_time(cfg, keyed_labels) -> str:
         timed = [m for m in metrics if m.get("seconds_to_best") is not None]
         if timed:
             cells = [mean_se([m[k] / 60 for m in timed]) for k in ("seconds_to_best", "train_seconds")]
-            lines.append(f"| {label} | {len(timed)} | " + " | ".join(
-                f"{v:.1f}" + ("" if np.isnan(se) else f" ± {se:.1f}") for v, se in cells) + " |")
+            lines.append(
+                f"| {label} | {len(timed)} | "
+                + " | ".join(f"{v:.1f}" + ("" if np.isnan(se) else f" ± {se:.1f}") for v, se in cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def write_main(cfg, out, head):
     text, rows = metric_table(cfg, rows_of(cfg, "main"), title="# Tables 2/3: main comparison (ours)", head=head)
-    text += ("\nTraining time on the hardware above (wall clock, validations included; a distilled student's "
-             "excludes its teacher's training):\n\n" + training_time(cfg, rows_of(cfg, "main")))
+    text += (
+        "\nTraining time on the hardware above (wall clock, validations included; a distilled student's "
+        "excludes its teacher's training):\n\n" + training_time(cfg, rows_of(cfg, "main"))
+    )
     spent = compute_spent(cfg)
     if spent:
-        text += (f"\nEvery recorded run of this reproduction (all tables), wall clock from start to record, net of the "
-                 f"pauses a record notes: {spent} (runs recorded without a time, such as runs made before records "
-                 "existed, are not counted; nor is Table 5's measurement).\n")
+        text += (
+            f"\nEvery recorded run of this reproduction (all tables), wall clock from start to record, net of the "
+            f"pauses a record notes: {spent} (runs recorded without a time, such as runs made before records "
+            "existed, are not counted; nor is Table 5's measurement).\n"
+        )
     (out / "main_table.md").write_text(text)
     with open(out / "main_table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", *METRICS, *[k + "_se" for k in METRICS], "seeds"])
         for name, r in rows:
-            w.writerow([name, *[f"{r[k]:.5f}" for k in METRICS],
-                        *["" if np.isnan(r[k + "_se"]) else f"{r[k + '_se']:.5f}" for k in METRICS], r["seeds"]])
+            w.writerow(
+                [
+                    name,
+                    *[f"{r[k]:.5f}" for k in METRICS],
+                    *["" if np.isnan(r[k + "_se"]) else f"{r[k + '_se']:.5f}" for k in METRICS],
+                    r["seeds"],
+                ]
+            )
     return text
 
 
 def write_ablation(cfg, out, head):
-    text, _ = metric_table(cfg, rows_of(cfg, "table4"), f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-"
-                                                         f"{cfg.teacher_layers}'s terms (ours)", head,
-                           sweep_note(cfg), seed_list(cfg.sweep_seeds))
+    text, _ = metric_table(
+        cfg,
+        rows_of(cfg, "table4"),
+        f"# Table 4: ablation of SLMRec_{cfg.student_layers}<-{cfg.teacher_layers}'s terms (ours)",
+        head,
+        sweep_note(cfg),
+        seed_list(cfg.sweep_seeds),
+    )
     (out / "table4_ablation.md").write_text(text)
     return text
 
@@ -188,32 +227,44 @@ def paired(cfg, head):
     """Per-user NDCG@10 differences on the same test users and candidates, paired by seed."""
     lab = labels(cfg)
     pairs = [(spec.key, other) for spec in declare(cfg) for other in spec.vs]
-    lines = ["# Paired per-user comparison of NDCG@10 (ours)", "", head, "",
-             "Per-user NDCG@10 difference between two models on the same test users and candidates, for each "
-             "seed both have; each user's differences averaged over those seeds, then the mean over users with "
-             "its standard error. This captures which users are in the test set, not seed-to-seed training "
-             "noise: with one seed, a difference can be within the seed noise even when beyond 2 standard errors "
-             "here.", "", "| comparison | mean difference | standard error | seeds |", "|---|---|---|---|"]
+    lines = [
+        "# Paired per-user comparison of NDCG@10 (ours)",
+        "",
+        head,
+        "",
+        "Per-user NDCG@10 difference between two models on the same test users and candidates, for each "
+        "seed both have; each user's differences averaged over those seeds, then the mean over users with "
+        "its standard error. This captures which users are in the test set, not seed-to-seed training "
+        "noise: with one seed, a difference can be within the seed noise even when beyond 2 standard errors "
+        "here.",
+        "",
+        "| comparison | mean difference | standard error | seeds |",
+        "|---|---|---|---|",
+    ]
     for a, b in pairs:
         (_, ra, sa), (_, rb, sb) = collect(cfg, a), collect(cfg, b)
         common = sorted(set(sa) & set(sb))
         if not common:
             continue
-        d = np.mean([(ndcg_per_user(ra[sa.index(s)], 10) - ndcg_per_user(rb[sb.index(s)], 10)).numpy() for s in common],
-                   axis=0)
-        lines.append(f"| {lab[a]} − {lab[b]} | {d.mean():+.4f} | {d.std(ddof=1) / np.sqrt(len(d)):.4f} | "
-                     f"{len(common)} |")
+        d = np.mean(
+            [(ndcg_per_user(ra[sa.index(s)], 10) - ndcg_per_user(rb[sb.index(s)], 10)).numpy() for s in common], axis=0
+        )
+        lines.append(
+            f"| {lab[a]} − {lab[b]} | {d.mean():+.4f} | {d.std(ddof=1) / np.sqrt(len(d)):.4f} | {len(common)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def write_table1(cfg, out):
     stats = dataset_stats(cfg)
     save_json(stats, out / "table1.json")
-    text = ("# Table 1: dataset statistics (ours)\n\n| dataset | users | items | interactions | density | avg. length |"
-            f"\n|---|---|---|---|---|---|\n| {Path(cfg.data).name} | {stats['users']:,} | {stats['items']:,} | "
-            f"{stats['interactions']:,} | {stats['density']:.4%} | {stats['avg_sequence_length']:.1f} |\n\n"
-            f"{stats['users_with_fewer_negatives']['test']} of {stats['users']} users have fewer than "
-            f"{stats['num_negatives']} items outside their history: they rank all of them.\n")
+    text = (
+        "# Table 1: dataset statistics (ours)\n\n| dataset | users | items | interactions | density | avg. length |"
+        f"\n|---|---|---|---|---|---|\n| {Path(cfg.data).name} | {stats['users']:,} | {stats['items']:,} | "
+        f"{stats['interactions']:,} | {stats['density']:.4%} | {stats['avg_sequence_length']:.1f} |\n\n"
+        f"{stats['users_with_fewer_negatives']['test']} of {stats['users']} users have fewer than "
+        f"{stats['num_negatives']} items outside their history: they rank all of them.\n"
+    )
     (out / "table1.md").write_text(text)
     return text
 
@@ -224,39 +275,55 @@ def write_table5(cfg, out, head, rows):
     save_json(rows, out / "table5_efficiency.json")
     ref = rows[0]
     keys = dict((label, key) for key, label in rows_of(cfg, "table5"))
-    lines = ["# Table 5: efficiency (ours)", "", head, "",
-             f"Measured one model after another in one process (`slmrec/efficiency.py`) on "
-             f"{ref.get('hardware', 'the hardware above')}, {ref.get('precision', '')}. Epoch: one whole epoch of "
-             f"the run's own training examples, one optimiser step per batch of {ref.get('batch_size', 16)} (a "
-             "student's epoch is its distillation epoch; its teacher states are read from the cache, whose build "
-             "was timed here too). Inference: the fast scoring path over all test users. Parameters: trainable "
-             "(LoRA, W_in, W_out, L_ms adapters) and needed at inference (the LM slice with its token embeddings, "
-             "the item table, the head). Whole run and time to the best validation: the recorded training runs "
-             f"(first seed; validations included). Ratios are against {ref['model']}.", "",
-             "| model | layers | epoch s | step s | training speed-up | inference users/s | inference speed-up | "
-             "trainable params | trainable % | inference params | inference % | whole run min | to best min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Table 5: efficiency (ours)",
+        "",
+        head,
+        "",
+        f"Measured one model after another in one process (`slmrec/efficiency.py`) on "
+        f"{ref.get('hardware', 'the hardware above')}, {ref.get('precision', '')}. Epoch: one whole epoch of "
+        f"the run's own training examples, one optimiser step per batch of {ref.get('batch_size', 16)} (a "
+        "student's epoch is its distillation epoch; its teacher states are read from the cache, whose build "
+        "was timed here too). Inference: the fast scoring path over all test users. Parameters: trainable "
+        "(LoRA, W_in, W_out, L_ms adapters) and needed at inference (the LM slice with its token embeddings, "
+        "the item table, the head). Whole run and time to the best validation: the recorded training runs "
+        f"(first seed; validations included). Ratios are against {ref['model']}.",
+        "",
+        "| model | layers | epoch s | step s | training speed-up | inference users/s | inference speed-up | "
+        "trainable params | trainable % | inference params | inference % | whole run min | to best min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         metrics = _first_seed_metrics(cfg, keys.get(r["model"]))
         extra = (metrics.get("teacher_states_seconds") or 0) / 60
-        whole = (f"{metrics['train_seconds'] / 60:.1f}" + (f" + {extra:.1f} cache" if extra else "")
-                 if "train_seconds" in metrics else "")
+        whole = (
+            f"{metrics['train_seconds'] / 60:.1f}" + (f" + {extra:.1f} cache" if extra else "")
+            if "train_seconds" in metrics
+            else ""
+        )
         best = f"{metrics['seconds_to_best'] / 60:.1f}" if metrics.get("seconds_to_best") else ""
         users = r["test_users"] / r["inference_s"]
-        lines.append(f"| {r['model']} | {r['layers']} | {r['epoch_s']:.0f}"
-                     + (f" + {r['cache_build_s']:.0f} cache" if "cache_build_s" in r else "")
-                     + f" | {r['train_step_s']:.3f} | {ref['epoch_s'] / r['epoch_s']:.1f}x | {users:.0f} | "
-                     f"{ref['inference_s'] / r['inference_s']:.1f}x | {r['trainable_params'] / 1e6:.2f} M | "
-                     f"{r['trainable_params'] / ref['trainable_params']:.0%} | {r['inference_params'] / 1e6:.1f} M | "
-                     f"{r['inference_params'] / ref['inference_params']:.0%} | {whole} | {best} |")
+        lines.append(
+            f"| {r['model']} | {r['layers']} | {r['epoch_s']:.0f}"
+            + (f" + {r['cache_build_s']:.0f} cache" if "cache_build_s" in r else "")
+            + f" | {r['train_step_s']:.3f} | {ref['epoch_s'] / r['epoch_s']:.1f}x | {users:.0f} | "
+            f"{ref['inference_s'] / r['inference_s']:.1f}x | {r['trainable_params'] / 1e6:.2f} M | "
+            f"{r['trainable_params'] / ref['trainable_params']:.0%} | {r['inference_params'] / 1e6:.1f} M | "
+            f"{r['inference_params'] / ref['inference_params']:.0%} | {whole} | {best} |"
+        )
     e4, slm = PAPER_TABLE5["E4SRec (32 layers)"], PAPER_TABLE5["SLMRec_4<-8"]
-    lines += ["", f"Paper (Table 5, LLaMA-7B on an A100, mean of four Amazon datasets), SLMRec_4<-8 against E4SRec "
-              f"with all 32 layers: training {e4[0] / slm[0]:.1f}x faster per epoch, inference {e4[1] / slm[1]:.1f}x "
-              f"faster, {slm[2] / e4[2]:.0%} of the trainable and {slm[3] / e4[3]:.0%} of the inference parameters."]
+    lines += [
+        "",
+        f"Paper (Table 5, LLaMA-7B on an A100, mean of four Amazon datasets), SLMRec_4<-8 against E4SRec "
+        f"with all 32 layers: training {e4[0] / slm[0]:.1f}x faster per epoch, inference {e4[1] / slm[1]:.1f}x "
+        f"faster, {slm[2] / e4[2]:.0%} of the trainable and {slm[3] / e4[3]:.0%} of the inference parameters.",
+    ]
     for r in rows:
         if "cache_build_s" in r:
-            lines.append(f"\n{r['model']}'s teacher-state cache: {r['cache_rows']:,} rows, {r['cache_mb']:.0f} MB, "
-                         f"built in {r['cache_build_s']:.0f} s (one teacher forward pass over the training examples).")
+            lines.append(
+                f"\n{r['model']}'s teacher-state cache: {r['cache_rows']:,} rows, {r['cache_mb']:.0f} MB, "
+                f"built in {r['cache_build_s']:.0f} s (one teacher forward pass over the training examples)."
+            )
     text = "\n".join(lines) + "\n"
     (out / "table5_efficiency.md").write_text(text)
     return text
@@ -299,9 +366,11 @@ def _pyplot():
 
 def _title(cfg, prefix=""):
     """The setting in a figure's title: data, LM, where the runs ran, budget, seeds."""
-    return (f"{prefix}{Path(cfg.data).name}, {cfg.base_model}, {'; '.join(recorded_machines(cfg))},\nbudget "
-            f"'{cfg.budget}', {cfg.sweep_seeds} seed(s); error bars: standard error over seeds, or over test users "
-            f"for one seed")
+    return (
+        f"{prefix}{Path(cfg.data).name}, {cfg.base_model}, {'; '.join(recorded_machines(cfg))},\nbudget "
+        f"'{cfg.budget}', {cfg.sweep_seeds} seed(s); error bars: standard error over seeds, or over test users "
+        f"for one seed"
+    )
 
 
 def _save_figure(plt, fig, path):
@@ -324,8 +393,9 @@ def direct_inference(cfg, spec, seeds) -> dict:
         if (rec / spec.done_file).is_file():
             ranks = np.load(rec / "layers_ranks.npz") if (rec / "layers_ranks.npz").is_file() else {}
             for name, m in load_json(rec / spec.done_file).items():
-                found.setdefault(int(name.split("_")[1]), []).append((m["NDCG@10"], ranks[name] if name in ranks
-                                                                       else None))
+                found.setdefault(int(name.split("_")[1]), []).append(
+                    (m["NDCG@10"], ranks[name] if name in ranks else None)
+                )
     out = {}
     for layer, runs in found.items():
         mean, se = mean_se([v for v, _ in runs])
@@ -348,27 +418,45 @@ def write_figure2(cfg, out, head):
         if spec.script == "evaluate.py":
             direct = direct_inference(cfg, spec, sweep)
     sasrec = summary(cfg, "sasrec")
-    lines = ["# Figure 2: depth (ours)", "", head, "",
-             f"| layers l | E4SRec_l trained: NDCG@10 | seeds | direct inference from layer l of E4SRec_{L}: "
-             "NDCG@10 | seeds |", "|---|---|---|---|---|"]
+    lines = [
+        "# Figure 2: depth (ours)",
+        "",
+        head,
+        "",
+        f"| layers l | E4SRec_l trained: NDCG@10 | seeds | direct inference from layer l of E4SRec_{L}: "
+        "NDCG@10 | seeds |",
+        "|---|---|---|---|---|",
+    ]
     for d in cfg.depths:
         r, q = trained.get(d), direct.get(d)
-        lines.append(f"| {d} | {_pm_bar(r) if r else ''} | {r['seeds'] if r else 0} | {_pm_bar(q) if q else ''} | "
-                     f"{q['seeds'] if q else 0} |")
-    lines.append("\n± : the standard error over seeds, or, for one seed (marked users), over the test users of that "
-                 "run: the uncertainty from which users are tested, a lower bound on the run-to-run noise.")
+        lines.append(
+            f"| {d} | {_pm_bar(r) if r else ''} | {r['seeds'] if r else 0} | {_pm_bar(q) if q else ''} | "
+            f"{q['seeds'] if q else 0} |"
+        )
+    lines.append(
+        "\n± : the standard error over seeds, or, for one seed (marked users), over the test users of that "
+        "run: the uncertainty from which users are tested, a lower bound on the run-to-run noise."
+    )
     if sasrec:
         lines.append(f"\nSASRec: NDCG@10 {_pm_bar(sasrec)} ({sasrec['seeds']} seed(s)).")
     lines.append(sweep_note(cfg))
     (out / "figure2_depth.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    panels = [(axes[0], trained, "o", "(a) E4SRec_l: its first l layers, trained"),
-              (axes[1], direct, "s", f"(b) direct inference from layer l of the trained E4SRec_{L}")]
+    panels = [
+        (axes[0], trained, "o", "(a) E4SRec_l: its first l layers, trained"),
+        (axes[1], direct, "s", f"(b) direct inference from layer l of the trained E4SRec_{L}"),
+    ]
     for ax, points, marker, label in panels:
         ls = sorted(points)
         if ls:
-            ax.errorbar(ls, [points[l]["NDCG@10"] for l in ls], yerr=[bar(points[l]) for l in ls], marker=marker,
-                        capsize=3, label=label.split(" ", 1)[1])
+            ax.errorbar(
+                ls,
+                [points[l]["NDCG@10"] for l in ls],
+                yerr=[bar(points[l]) for l in ls],
+                marker=marker,
+                capsize=3,
+                label=label.split(" ", 1)[1],
+            )
         if sasrec:
             ax.axhline(sasrec["NDCG@10"], color="gray", linestyle=":", label="SASRec")
             ax.axhspan(sasrec["NDCG@10"] - bar(sasrec), sasrec["NDCG@10"] + bar(sasrec), color="gray", alpha=0.15)
@@ -389,11 +477,18 @@ def write_figure4(cfg, out, head):
     sweep = seed_list(cfg.sweep_seeds)
     bars = [(label, summary(cfg, key, sweep)) for key, label in rows_of(cfg, "fig4")]
     bars = [(label, r) for label, r in bars if r]
-    lines = ["# Figure 4: block number B and online KD (ours)", "", head, "",
-             "| SLMRec variant | seeds | " + " | ".join(METRICS) + " | NDCG@10 error bar |",
-             "|---|---|" + "---|" * (len(METRICS) + 1)]
-    lines += [f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + f" | {_pm_bar(r)} |"
-              for label, r in bars]
+    lines = [
+        "# Figure 4: block number B and online KD (ours)",
+        "",
+        head,
+        "",
+        "| SLMRec variant | seeds | " + " | ".join(METRICS) + " | NDCG@10 error bar |",
+        "|---|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    lines += [
+        f"| {label} | {r['seeds']} | " + " | ".join(_pm(r, k) for k in METRICS) + f" | {_pm_bar(r)} |"
+        for label, r in bars
+    ]
     lines.append(sweep_note(cfg))
     (out / "figure4_blocks.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -414,8 +509,13 @@ def write_vs_paper(cfg, out, head):
     """Our rows beside the paper's (in %), same metrics; different data, LM and hardware."""
     cols = " | ".join(f"{m} Cloth | {m} Movie | {m} ours" for m in PAPER_METRICS)
     header = ["| model | " + cols + " | ours: seeds |", "|---|" + "---|" * (3 * len(PAPER_METRICS) + 1)]
-    lines = ["# Ours beside the paper (%)", "", "Paper: Amazon 2018 Cloth and Movie, LLaMA-7B (32 layers), A100 "
-             "(Tables 2 and 4). Ours: " + head, "", *header]
+    lines = [
+        "# Ours beside the paper (%)",
+        "",
+        "Paper: Amazon 2018 Cloth and Movie, LLaMA-7B (32 layers), A100 (Tables 2 and 4). Ours: " + head,
+        "",
+        *header,
+    ]
 
     def row(spec, paper):
         r = summary(cfg, spec.key)

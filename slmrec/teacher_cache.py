@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout of the files changes
 # numpy has no bf16: bf16 states are stored as their raw 16 bits
-STORAGE = {torch.float32: ("float32", np.float32), torch.bfloat16: ("bfloat16", np.int16),
-           torch.float16: ("float16", np.float16)}
+STORAGE = {
+    torch.float32: ("float32", np.float32),
+    torch.bfloat16: ("bfloat16", np.int16),
+    torch.float16: ("float16", np.float16),
+}
 
 
 def dtype_named(name):
@@ -49,8 +52,7 @@ def base_model_identity(base_model: str) -> dict:
         return {"base_model": base_model}
     path = smollm2_path() if base_model == SMOLLM2 else Path(base_model)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {"base_model": base_model,
-            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    return {"base_model": base_model, "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def examples_digest(examples) -> str:
@@ -108,8 +110,11 @@ class TeacherStates:
         self.dtype = dtype_named(name)
         np_type = STORAGE[self.dtype][1]
         self.states = np.memmap(self.path / "states.bin", np_type, "r", shape=(total, B, d))
-        self.final = (np.memmap(self.path / "final.bin", np_type, "r", shape=(total, d))
-                      if self.meta["key"]["with_final"] else None)
+        self.final = (
+            np.memmap(self.path / "final.bin", np_type, "r", shape=(total, d))
+            if self.meta["key"]["with_final"]
+            else None
+        )
 
     def _tensor(self, array):
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -121,9 +126,11 @@ class TeacherStates:
         index = index.tolist()
         take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
         states = self._tensor(self.states[take]).to(device)
-        return {"states": list(states.unbind(1)),
-                "final": self._tensor(self.final[take]).to(device) if self.final is not None else None,
-                "final_only": self.meta["key"]["rows"] == "final"}
+        return {
+            "states": list(states.unbind(1)),
+            "final": self._tensor(self.final[take]).to(device) if self.final is not None else None,
+            "final_only": self.meta["key"]["rows"] == "final",
+        }
 
 
 def _complete(path: Path, key: dict) -> bool:
@@ -136,7 +143,8 @@ def _complete(path: Path, key: dict) -> bool:
         return False
     return (path / "offsets.npy").is_file() and all(
         (path / f).is_file() and (path / f).stat().st_size == n
-        for f, n in file_sizes(key, meta["total_rows"], meta["hidden_size"]).items())
+        for f, n in file_sizes(key, meta["total_rows"], meta["hidden_size"]).items()
+    )
 
 
 def file_sizes(key, total_rows, hidden_size) -> dict:
@@ -144,14 +152,17 @@ def file_sizes(key, total_rows, hidden_size) -> dict:
     every row for logit KD."""
     item = np.dtype(STORAGE[dtype_named(key["dtype"])][1]).itemsize
     row = hidden_size * item
-    return {"states.bin": total_rows * len(key["teacher_layers"]) * row,
-            **({"final.bin": total_rows * row} if key["with_final"] else {})}
+    return {
+        "states.bin": total_rows * len(key["teacher_layers"]) * row,
+        **({"final.bin": total_rows * row} if key["with_final"] else {}),
+    }
 
 
 def row_offsets(examples, readout, rows) -> np.ndarray:
     """[len(examples) + 1]: where each example's rows start in the cache, and the total at the end."""
-    counts = np.fromiter((rows_per_example(examples[i], readout, rows) for i in range(len(examples))), np.int64,
-                         count=len(examples))
+    counts = np.fromiter(
+        (rows_per_example(examples[i], readout, rows) for i in range(len(examples))), np.int64, count=len(examples)
+    )
     return np.concatenate([[0], np.cumsum(counts)])
 
 
@@ -184,8 +195,10 @@ def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device
         block = torch.stack([out["states"][t - 1][keep] for t in layers], 1)
         end = start + block.shape[0]
         if end != offsets[lo + len(batch)]:
-            raise RuntimeError(f"teacher cache: batch at example {lo} gave {block.shape[0]} rows, expected "
-                               f"{offsets[lo + len(batch)] - start}")
+            raise RuntimeError(
+                f"teacher cache: batch at example {lo} gave {block.shape[0]} rows, expected "
+                f"{offsets[lo + len(batch)] - start}"
+            )
         states[start:end] = store(block)
         if final is not None:
             final[start:end] = store(out["h"][keep])
@@ -197,8 +210,9 @@ def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device
     return total, d
 
 
-def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, device="cpu",
-                  max_bytes=None) -> TeacherStates | None:
+def load_or_build(
+    cache_root, key, teacher, examples, autocast, batch_size=64, device="cpu", max_bytes=None
+) -> TeacherStates | None:
     """The cache for key under cache_root: read if complete, else built (into a temporary folder renamed into
     place, so a killed build leaves nothing that could be read). None, with the reason logged, when a cache to
     build would be larger than max_bytes or than the free disk under cache_root (less 1 GB)."""
@@ -210,12 +224,21 @@ def load_or_build(cache_root, key, teacher, examples, autocast, batch_size=64, d
     size = sum(file_sizes(key, int(offsets[-1]), teacher.lm.config.hidden_size).values())
     existing = next((p for p in [Path(cache_root), *Path(cache_root).parents] if p.exists()), Path("."))
     free = shutil.disk_usage(existing).free - (1 << 30)
-    log.info("teacher states: %d rows, %.2f GB to build under %s (%.1f GB free)", offsets[-1], size / 1e9, cache_root,
-             free / 1e9)
+    log.info(
+        "teacher states: %d rows, %.2f GB to build under %s (%.1f GB free)",
+        offsets[-1],
+        size / 1e9,
+        cache_root,
+        free / 1e9,
+    )
     if (max_bytes is not None and size > max_bytes) or size > free:
-        log.warning("teacher states: live teacher instead of a %.1f GB cache (over %s)", size / 1e9,
-                    f"--state_cache_max_gb {max_bytes / 1e9:g}" if max_bytes is not None and size > max_bytes
-                    else f"the {free / 1e9:.1f} GB free under {existing}")
+        log.warning(
+            "teacher states: live teacher instead of a %.1f GB cache (over %s)",
+            size / 1e9,
+            f"--state_cache_max_gb {max_bytes / 1e9:g}"
+            if max_bytes is not None and size > max_bytes
+            else f"the {free / 1e9:.1f} GB free under {existing}",
+        )
         return None
     if path.exists():
         log.warning("teacher states: %s is incomplete or was made for other inputs: rebuilding it", path)

@@ -33,8 +33,12 @@ def seconds(fn, repeats=5, warmup=1, stat="median") -> float:
 
 def linear_shapes(model) -> list:
     """(out, in) of every linear weight in an E-LLMRec's decoder layers (LoRA's low-rank pair left out)."""
-    return [tuple(m.weight.shape) for layer in decoder_layers(model.base_lm())
-            for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
+    return [
+        tuple(m.weight.shape)
+        for layer in decoder_layers(model.base_lm())
+        for name, m in layer.named_modules()
+        if isinstance(m, torch.nn.Linear) and "lora_" not in name
+    ]
 
 
 def matmul_rate(shapes, tokens, dtype=torch.float32, device="cpu", repeats=3) -> float:

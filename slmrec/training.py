@@ -13,8 +13,16 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .checkpoints import (WEIGHTS, CheckpointError, RunDir, load_trained_weights, load_weights,
-                          newest_complete_checkpoint, save_model, settings_changed)
+from .checkpoints import (
+    WEIGHTS,
+    CheckpointError,
+    RunDir,
+    load_trained_weights,
+    load_weights,
+    newest_complete_checkpoint,
+    save_model,
+    settings_changed,
+)
 from .inference import FastELLMRec, InferenceConfig, auto_compile
 from .metrics import evaluate, flatten
 from .model import ELLMRec
@@ -69,8 +77,16 @@ class TrainConfig:
 # MRR and an early stop after 2 validations without a better one; batch 16, AdamW lr 2e-3, 50 warm-up steps.
 # Chosen on ml-100k's validation split with SmolLM2 (docs/defaults.md): every curve peaked at
 # epoch 2-3 and declined after, and decaying the rate by epoch 4 gave the best peak.
-ELLMREC_TRAIN = dict(epochs=4, patience=2, batch_size=16, eval_batch_size=64, learning_rate=2e-3,
-                     lr_scheduler="cosine", warmup_steps=50, logging_steps=10)
+ELLMREC_TRAIN = dict(
+    epochs=4,
+    patience=2,
+    batch_size=16,
+    eval_batch_size=64,
+    learning_rate=2e-3,
+    lr_scheduler="cosine",
+    warmup_steps=50,
+    logging_steps=10,
+)
 
 
 # SASRec's, GRU4Rec's and BERT4Rec's over TrainConfig's: early stopping on validation MRR, in fp32, on uniformly
@@ -128,8 +144,10 @@ def check_finite(terms: dict, step):
     """Stop training at the first non-finite loss term, naming the step and the term."""
     for name, value in terms.items():
         if not torch.isfinite(value).all():
-            raise NonFiniteError(f"step {step}: the {name} loss is {value.item()}: training diverged (try a lower "
-                                 f"--learning_rate) or the inputs hold non-finite values; nothing was saved from it")
+            raise NonFiniteError(
+                f"step {step}: the {name} loss is {value.item()}: training diverged (try a lower "
+                f"--learning_rate) or the inputs hold non-finite values; nothing was saved from it"
+            )
 
 
 class ValidationLine(TrainerCallback):
@@ -148,9 +166,18 @@ class ValidationLine(TrainerCallback):
         best = max([e["eval_MRR"] for e in state.log_history if "eval_MRR" in e] + [m.get("MRR", 0.0)])
         loss = f"{sum(self.losses) / len(self.losses):.4f}" if self.losses else "-"
         self.losses = []
-        log.info("validation | epoch %.2f step %d | MRR %.4f NDCG@10 %.4f HR@10 %.4f | best MRR %.4f | "
-                 "train loss %s | %.0fs", state.epoch or 0, state.global_step, m.get("MRR", float("nan")),
-                 m.get("NDCG@10", float("nan")), m.get("HR@10", float("nan")), best, loss, m.get("train_seconds", 0))
+        log.info(
+            "validation | epoch %.2f step %d | MRR %.4f NDCG@10 %.4f HR@10 %.4f | best MRR %.4f | "
+            "train loss %s | %.0fs",
+            state.epoch or 0,
+            state.global_step,
+            m.get("MRR", float("nan")),
+            m.get("NDCG@10", float("nan")),
+            m.get("HR@10", float("nan")),
+            best,
+            loss,
+            m.get("train_seconds", 0),
+        )
 
 
 class SmallCheckpoints(Trainer):
@@ -205,8 +232,9 @@ class RecTrainer(SmallCheckpoints):
         dataset = train_dataset or self.train_dataset
         if not self.group_by_length:
             return super()._get_train_sampler(dataset)
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=dataset.lengths().tolist())
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths().tolist()
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -218,10 +246,16 @@ class RecTrainer(SmallCheckpoints):
         was_training = model.training
         model.eval()
         with self.accelerator.autocast():  # evaluate in the training precision
-            result = evaluate(data=self.data, split="valid", max_len=self.max_len,
-                              batch_size=self.args.per_device_eval_batch_size, device=self.args.device,
-                              full=self.full_ranking_valid, progress=True,
-                              **ranking(model, self.precision, self.args.device, self.data.num_users))
+            result = evaluate(
+                data=self.data,
+                split="valid",
+                max_len=self.max_len,
+                batch_size=self.args.per_device_eval_batch_size,
+                device=self.args.device,
+                full=self.full_ranking_valid,
+                progress=True,
+                **ranking(model, self.precision, self.args.device, self.data.num_users),
+            )
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
         # Wall-clock seconds of this process's training so far, validations included: the time to the best
@@ -232,23 +266,48 @@ class RecTrainer(SmallCheckpoints):
         return metrics
 
 
-def fit_and_test(model, data, train_dataset, cfg: TrainConfig, run: RunDir, max_len, run_config,
-                 trainer_cls=RecTrainer, extra_metrics=None, **trainer_kwargs) -> dict:
+def fit_and_test(
+    model,
+    data,
+    train_dataset,
+    cfg: TrainConfig,
+    run: RunDir,
+    max_len,
+    run_config,
+    trainer_cls=RecTrainer,
+    extra_metrics=None,
+    **trainer_kwargs,
+) -> dict:
     """Train with best-by-validation-MRR checkpointing, save the best model to output_dir, write
     output_dir/test_metrics.json (candidates at top level, full ranking under "full", and extra_metrics: what
     the caller measured before training). run: the output folder and resume mode, as open_run_dir checked
     them before the caller loaded anything."""
     output_dir, mode = run.path, run.resume
     with run_lock(output_dir):  # one run per folder
-        return _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
-                             extra_metrics, **trainer_kwargs)
+        return _fit_and_test(
+            model,
+            data,
+            train_dataset,
+            cfg,
+            output_dir,
+            max_len,
+            run_config,
+            mode,
+            trainer_cls,
+            extra_metrics,
+            **trainer_kwargs,
+        )
 
 
-def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls,
-                  extra_metrics, **trainer_kwargs) -> dict:
+def _fit_and_test(
+    model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls, extra_metrics, **trainer_kwargs
+) -> dict:
     # What "auto" became on this machine, and the machine, so results can say how they were made.
-    run_config = json.loads(json.dumps({**run_config, "precision": resolve_precision(cfg.precision),
-                                        "hardware": hardware()}, default=jsonable))
+    run_config = json.loads(
+        json.dumps(
+            {**run_config, "precision": resolve_precision(cfg.precision), "hardware": hardware()}, default=jsonable
+        )
+    )
     checkpoint = newest_complete_checkpoint(output_dir) if mode != "no" else None
     if mode != "no" and checkpoint is None:
         log.info("no complete checkpoint in %s to resume from: starting fresh", output_dir)
@@ -256,9 +315,11 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
         previous = output_dir / "run_config.json"
         changes = settings_changed(load_json(previous) if previous.is_file() else {}, run_config)
         if changes and mode != "force":
-            raise CheckpointError(f"{output_dir}: cannot resume {checkpoint.name} with other settings ("
-                                  f"{'; '.join(changes[:4])}{' ...' if len(changes) > 4 else ''}); give the run's own "
-                                  f"flags, a new --output_dir, or --resume force")
+            raise CheckpointError(
+                f"{output_dir}: cannot resume {checkpoint.name} with other settings ("
+                f"{'; '.join(changes[:4])}{' ...' if len(changes) > 4 else ''}); give the run's own "
+                f"flags, a new --output_dir, or --resume force"
+            )
         if changes:
             log.warning("resuming %s with changed settings (--resume force): %s", checkpoint, "; ".join(changes))
             run_config["resumed_with_changes"] = changes
@@ -267,29 +328,50 @@ def _fit_and_test(model, data, train_dataset, cfg, output_dir, max_len, run_conf
     args = training_arguments(cfg, output_dir, len(train_dataset))
     callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset,
-                          data=data, max_len=max_len, full_ranking_valid=cfg.full_ranking_valid,
-                          group_by_length=cfg.group_by_length, callbacks=callbacks,
-                          **trainer_kwargs)
-    log.info("training on %s, %d process(es), %d examples, validation every %d steps", args.device,
-             args.world_size, len(train_dataset), args.eval_steps)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=train_dataset,
+        data=data,
+        max_len=max_len,
+        full_ranking_valid=cfg.full_ranking_valid,
+        group_by_length=cfg.group_by_length,
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+    log.info(
+        "training on %s, %d process(es), %d examples, validation every %d steps",
+        args.device,
+        args.world_size,
+        len(train_dataset),
+        args.eval_steps,
+    )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - trainer.started
     # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
     trainer.save_model(str(output_dir))
     model.eval()
     with trainer.accelerator.autocast():
-        test = evaluate(data=data, split="test", max_len=max_len, batch_size=cfg.eval_batch_size, device=args.device,
-                        per_user=True, progress=True,
-                        **ranking(model, trainer.precision, args.device, data.num_users))
+        test = evaluate(
+            data=data,
+            split="test",
+            max_len=max_len,
+            batch_size=cfg.eval_batch_size,
+            device=args.device,
+            per_user=True,
+            progress=True,
+            **ranking(model, trainer.precision, args.device, data.num_users),
+        )
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)
     test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
     test["peak_rss_mb"] = peak_rss_mb()  # this process's own peak memory: training, validation and the test
     if trainer.is_world_process_zero():
         # Per-user ranks allow paired comparisons between models on the same users.
-        save_npz(output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]),
-                 full=np.asarray(ranks["full"]))
+        save_npz(
+            output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]), full=np.asarray(ranks["full"])
+        )
         save_json(test, output_dir / "test_metrics.json")
         trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
     _end_training(trainer)
@@ -318,4 +400,3 @@ def _seconds(trainer, best_step, train_seconds) -> dict:
 def _best_step(trainer):
     ckpt = trainer.state.best_model_checkpoint
     return int(os.path.basename(ckpt).split("-")[-1]) if ckpt else trainer.state.global_step
-

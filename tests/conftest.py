@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_TRAIN
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,3 +70,18 @@ def tiny_embedding(tiny_dataset, tmp_path):
     table[0] = 0
     save_item_embedding(table, tmp_path / "emb.pkl")
     return tmp_path / "emb.pkl"
+
+
+@pytest.fixture
+def tiny_teacher(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
+    out = tmp_path / "teacher"
+    import finetune
+
+    finetune.main(
+        str(tiny_dataset.path),
+        str(tiny_embedding),
+        str(out),
+        base_model=str(tiny_lm_dir),
+        **{**TINY_TRAIN, "num_layers": 8},
+    )
+    return out

@@ -37,9 +37,16 @@ from slmrec.training import SEQREC_TRAIN, NonFiniteError, TrainConfig, check_fin
 from slmrec.errors import FlagError
 from slmrec.files import run_lock, save_json, written_whole
 
-SCRIPTS = {"process": prepare_data.main, "evaluate": evaluate_cli.main, "finetune": finetune.main,
-           "recommend": recommend.main, "train_sr_trad": train_sr_trad.main, "extract_emb": extract_emb.main,
-           "distill": distill.main, "reproduce": reproduce.main}
+SCRIPTS = {
+    "process": prepare_data.main,
+    "evaluate": evaluate_cli.main,
+    "finetune": finetune.main,
+    "recommend": recommend.main,
+    "train_sr_trad": train_sr_trad.main,
+    "extract_emb": extract_emb.main,
+    "distill": distill.main,
+    "reproduce": reproduce.main,
+}
 
 CATALOGUE = [
     ("process", "--source {src} --output_dir {tmp}/p --k_cor 3", "unknown flag(s): --k_cor"),
@@ -60,41 +67,72 @@ CATALOGUE = [
     ("train_sr_trad", "--data {data} --output_dir {tmp} --max_steps 1", "holds files this project did not write"),
     # every choice-valued flag, a wrong choice: one line naming the flag and the choices
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --model x", "--model must be one of"),
-    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --objective everything",
-     "--objective must be one of"),
-    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --sampling all",
-     "--sampling must be one of"),
-    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --readout middle",
-     "--readout must be one of"),
-    ("finetune", "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --precision fp8",
-     "precision must be auto, fp32, bf16 or fp16"),
+    (
+        "finetune",
+        "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --objective everything",
+        "--objective must be one of",
+    ),
+    (
+        "finetune",
+        "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --sampling all",
+        "--sampling must be one of",
+    ),
+    (
+        "finetune",
+        "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --readout middle",
+        "--readout must be one of",
+    ),
+    (
+        "finetune",
+        "--data {data} --item_embedding {tmp}/e.pkl --output_dir {tmp}/t --precision fp8",
+        "precision must be auto, fp32, bf16 or fp16",
+    ),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --kd_mode sideways", "--kd_mode must be"),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --norm_variant cubed", "--norm_variant must be"),
-    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --feature_positions some",
-     "--feature_positions must be"),
-    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states sometimes",
-     "--teacher_states must be"),
+    (
+        "distill",
+        "--teacher {tmp} --data {data} --output_dir {tmp}/s --feature_positions some",
+        "--feature_positions must be",
+    ),
+    (
+        "distill",
+        "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states sometimes",
+        "--teacher_states must be",
+    ),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --lambda_cos -1", "the lambdas must be >= 0"),
     ("distill", "--teacher {tmp} --data {data} --output_dir {data}/../s --blocks 3", "not a checkpoint"),
-    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states cache --kd_mode online",
-     "--teacher_states cache needs offline KD"),
+    (
+        "distill",
+        "--teacher {tmp} --data {data} --output_dir {tmp}/s --teacher_states cache --kd_mode online",
+        "--teacher_states cache needs offline KD",
+    ),
     ("reproduce", "--budget x --dry_run", "--budget must be one of"),
     ("reproduce", "--preset paper-books --dry_run", "--preset must be one of"),
     ("reproduce", "--block_sweep 3 --dry_run", "--blocks 3 must divide"),
     ("reproduce", "--depths 1,2,16 --dry_run", "must include the teacher's and student's depths"),
     ("reproduce", "--only nothing --dry_run", "no run named nothing"),
     ("evaluate", "--checkpoint {tmp} --data {data} --precision fp8", "precision must be auto"),
-    ("finetune", "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --lora_targets "
-     "gate_proj,mlp_in", "mlp_in matches no projection of the LM's layers; they are down_proj, gate_proj, k_proj"),
-    ("finetune", "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --max_len 1000000",
-     "--max_len 1000000"),
+    (
+        "finetune",
+        "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --lora_targets "
+        "gate_proj,mlp_in",
+        "mlp_in matches no projection of the LM's layers; they are down_proj, gate_proj, k_proj",
+    ),
+    (
+        "finetune",
+        "--data {data} --item_embedding {emb} --output_dir {tmp}/t --base_model random:tiny --max_len 1000000",
+        "--max_len 1000000",
+    ),
     ("train_sr_trad", "--data {data} --output_dir {tmp}/s --max_len 10000000000", "--max_len 10000000000"),
     # an output that would overwrite what the command reads, or what the project made
     ("evaluate", "--checkpoint {tmp} --data {data} --output {data}/stats.json", "exists inside"),
     ("evaluate", "--checkpoint {tmp} --data {data} --output {tmp}/notes.txt", "exists inside"),
     ("recommend", "--checkpoint {tmp} --data {data} --history 1 --output {data}/items.tsv", "exists inside"),
-    ("recommend", "--checkpoint {tmp} --data {data} --input {tmp}/notes.txt --output {tmp}/notes.txt",
-     "is an input of this command"),
+    (
+        "recommend",
+        "--checkpoint {tmp} --data {data} --input {tmp}/notes.txt --output {tmp}/notes.txt",
+        "is an input of this command",
+    ),
     ("extract_emb", "--checkpoint {tmp} --output {tmp}/notes.txt", "exists inside"),
     # a training run's output folder that is, holds or lies in what the run reads (a teacher, a dataset, embeddings)
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}", "which this run reads"),
@@ -115,8 +153,9 @@ def places(tiny_dataset, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("mine")
-    save_item_embedding(torch.randn(tiny_dataset.num_items + 1, 8), tmp_path / "src" / "emb.pkl",
-                        tiny_dataset.fingerprint)
+    save_item_embedding(
+        torch.randn(tiny_dataset.num_items + 1, 8), tmp_path / "src" / "emb.pkl", tiny_dataset.fingerprint
+    )
     return {
         "data": str(tiny_dataset.path),
         "tmp": str(empty),
@@ -138,8 +177,12 @@ def test_catalogue(script, args, message, places, capsys):
 
 
 def test_expected_errors_print_no_traceback_from_the_shell(tmp_path):
-    out = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path), "--data", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "evaluate.py", "--checkpoint", str(tmp_path), "--data", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr and "not a prepared dataset" in out.stderr
 
 
@@ -182,8 +225,16 @@ def test_non_finite_loss_stops_training_with_step_and_term(tiny_dataset, tmp_pat
         check_finite({"ce": torch.tensor(1.0), "cos": torch.tensor(float("nan"))}, 7)
     # A learning rate that blows the weights up: training stops at the first non-finite loss, no metrics written.
     with pytest.raises(NonFiniteError, match=r"step \d+: the item loss is (nan|inf)"):
-        train_sr_trad.main(str(tiny_dataset.path), str(tmp_path / "s"), max_len=6, max_steps=20, eval_steps=10,
-                           learning_rate=1e30, batch_size=8, max_grad_norm=0.0)
+        train_sr_trad.main(
+            str(tiny_dataset.path),
+            str(tmp_path / "s"),
+            max_len=6,
+            max_steps=20,
+            eval_steps=10,
+            learning_rate=1e30,
+            batch_size=8,
+            max_grad_norm=0.0,
+        )
     assert not (tmp_path / "s" / "test_metrics.json").exists()
 
 
@@ -240,8 +291,7 @@ def test_resume_skips_incomplete_checkpoints_and_refuses_other_settings(tiny_dat
     (out / "checkpoint-12" / "model.safetensors").write_bytes(b"partial")
     before = (out / "run_config.json").read_text()
     with pytest.raises(CheckpointError, match=r"cannot resume checkpoint-8 with other settings \(train.learning_rate"):
-        train_sr_trad.main(str(tiny_dataset.path), str(out), resume="true", max_steps=12, learning_rate=0.01,
-                           **SASREC)
+        train_sr_trad.main(str(tiny_dataset.path), str(out), resume="true", max_steps=12, learning_rate=0.01, **SASREC)
     assert (out / "run_config.json").read_text() == before  # records nothing that did not happen
     assert "checkpoint-12: incomplete" in capsys.readouterr().err  # the script's log (setup_logging)
     other = tmp_path / "other"
@@ -380,10 +430,33 @@ def test_run_finetune_prepares_only_what_the_flags_leave_unset(tiny_dataset, tin
     (work / "scripts").mkdir()
     for name in ("common.sh", "python.sh"):
         (work / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    res = subprocess.run(["bash", "run_finetune.sh", "out/t", "--data", str(tiny_dataset.path), "--item_embedding",
-                          str(emb), "--base_model", str(tiny_lm_dir), "--num_layers", "2", "--max_len", "6",
-                          "--max_steps", "1", "--eval_steps", "1", "--precision", "fp32"],
-                         cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    res = subprocess.run(
+        [
+            "bash",
+            "run_finetune.sh",
+            "out/t",
+            "--data",
+            str(tiny_dataset.path),
+            "--item_embedding",
+            str(emb),
+            "--base_model",
+            str(tiny_lm_dir),
+            "--num_layers",
+            "2",
+            "--max_len",
+            "6",
+            "--max_steps",
+            "1",
+            "--eval_steps",
+            "1",
+            "--precision",
+            "fp32",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (work / "out" / "t" / "test_metrics.json").is_file()
     assert sorted(p.name for p in (work / "out").iterdir()) == ["t"]  # no SASRec trained, no data prepared

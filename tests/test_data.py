@@ -115,8 +115,10 @@ def test_same_data_in_every_format(tmp_path):
             fh.write(json.dumps({"reviewerID": u, "asin": i, "overall": r, "unixReviewTime": t, "text": "x"}) + "\n")
     (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for i, u, r, t in rows))
     (tmp_path / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for i, u, r, t in rows))
-    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                      + "".join(f"{u}\t{i}\t{r}\t{t}\n" for i, u, r, t in rows))
+    (tmp_path / "x.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for i, u, r, t in rows)
+    )
     meta = tmp_path / "meta.json"
     meta.write_text("".join(json.dumps({"asin": f"I{i}", "title": f"Item {i}"}) + "\n" for i in range(10)) + "{bad\n")
     fps = set()
@@ -142,12 +144,16 @@ def test_malformed_lines_are_counted_with_line_numbers(tmp_path, caplog):
     assert "skipped 3 malformed lines" in caplog.text
 
 
-@pytest.mark.parametrize("content,fmt,message", ids=["wrong-width", "missing-column", "empty", "json-keys"], argvalues=[
-    ("a\tb\n" * 150, "ml-100k", "the first 100 lines do not parse"),
-    ("user_id:token\titem_id:token\trating:float\n1\t2\t5\n", "recbole", "no timestamp column"),
-    ("", "amazon-csv", "the file is empty"),
-    ('{"asin": "x"}\n' * 3, "amazon-json", "no line parses"),
-])
+@pytest.mark.parametrize(
+    "content,fmt,message",
+    ids=["wrong-width", "missing-column", "empty", "json-keys"],
+    argvalues=[
+        ("a\tb\n" * 150, "ml-100k", "the first 100 lines do not parse"),
+        ("user_id:token\titem_id:token\trating:float\n1\t2\t5\n", "recbole", "no timestamp column"),
+        ("", "amazon-csv", "the file is empty"),
+        ('{"asin": "x"}\n' * 3, "amazon-json", "no line parses"),
+    ],
+)
 def test_wrong_columns_fail_naming_the_file(tmp_path, content, fmt, message):
     path = tmp_path / "bad.txt"
     path.write_text(content)
@@ -231,20 +237,23 @@ def _amazon_rows(num_users=40, num_items=12, per_user=6, seed=0):
     return rows
 
 
-@pytest.mark.parametrize("name,layout,forced,read_as", [
-    ("ratings_Clothing.csv", "user,item", None, "amazon-2014-csv"),  # 2014 by name and by ids
-    ("Clothing.csv", "user,item", None, "amazon-2014-csv"),  # named like 2018, laid out like 2014: the ids win
-    ("ratings_Clothing.csv", "item,user", None, "amazon-csv"),  # named like 2014, laid out like 2018
-    ("Clothing.csv", "item,user", "amazon-csv", "amazon-csv"),
-    ("Clothing.csv", "user,item", "amazon-csv", "refused"),  # a --format the ids contradict
-    ("Clothing.csv", "item,user", "amazon-2014-csv", "refused"),
-])
-def test_amazon_2014_and_2018_columns_are_told_apart_by_their_ids(tmp_path, caplog, name, layout, forced,
-                                                                  read_as):
+@pytest.mark.parametrize(
+    "name,layout,forced,read_as",
+    [
+        ("ratings_Clothing.csv", "user,item", None, "amazon-2014-csv"),  # 2014 by name and by ids
+        ("Clothing.csv", "user,item", None, "amazon-2014-csv"),  # named like 2018, laid out like 2014: the ids win
+        ("ratings_Clothing.csv", "item,user", None, "amazon-csv"),  # named like 2014, laid out like 2018
+        ("Clothing.csv", "item,user", "amazon-csv", "amazon-csv"),
+        ("Clothing.csv", "user,item", "amazon-csv", "refused"),  # a --format the ids contradict
+        ("Clothing.csv", "item,user", "amazon-2014-csv", "refused"),
+    ],
+)
+def test_amazon_2014_and_2018_columns_are_told_apart_by_their_ids(tmp_path, caplog, name, layout, forced, read_as):
     rows = _amazon_rows()
     src = tmp_path / name
-    src.write_text("".join((f"{u},{i},{r},{t}\n" if layout == "user,item" else f"{i},{u},{r},{t}\n")
-                           for i, u, r, t in rows))
+    src.write_text(
+        "".join((f"{u},{i},{r},{t}\n" if layout == "user,item" else f"{i},{u},{r},{t}\n") for i, u, r, t in rows)
+    )
     cfg = PrepareConfig(str(src), format=forced, num_negatives=3)
     if read_as == "refused":
         other = "amazon-2014-csv" if forced == "amazon-csv" else "amazon-csv"
@@ -268,9 +277,13 @@ def test_peak_rss_is_the_childs_own_not_its_parents():
     """The benchmarks' peak memory: a child of a large process reports its own peak (getrusage's ru_maxrss would
     start it at the parent's size), and memory the child does touch shows."""
     ballast = np.ones(2**27)  # 1 GiB in this process
-    probe = ("import sys, numpy as np; from slmrec.machine import peak_rss_mb; x = np.ones(int(sys.argv[1])); "
-             "print(peak_rss_mb())")
-    small, large = (float(subprocess.run([sys.executable, "-c", probe, str(n)], check=True, capture_output=True,
-                                         text=True).stdout) for n in (1, 2**26))
+    probe = (
+        "import sys, numpy as np; from slmrec.machine import peak_rss_mb; x = np.ones(int(sys.argv[1])); "
+        "print(peak_rss_mb())"
+    )
+    small, large = (
+        float(subprocess.run([sys.executable, "-c", probe, str(n)], check=True, capture_output=True, text=True).stdout)
+        for n in (1, 2**26)
+    )
     assert ballast[0] == 1 and small < 900, small
     assert 400 < large - small < 700, (small, large)  # the child's 512 MiB

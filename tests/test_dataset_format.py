@@ -16,9 +16,13 @@ from slmrec.prepare import PrepareConfig, convert, prepare
 
 # Fingerprints of these inputs as prepared by the format-1 code (.npz files, int32 tables in memory), before
 # the candidates were written as drawn: the protocol and the draws are unchanged, so they must be the same.
-FORMAT1_FINGERPRINTS = {"amazon-csv": "a589078375aad5e1", "amazon-csv-999": "5a406689ece79b85",
-                        "amazon-csv-wide": "e90416f28e5bc44c", "amazon-json-gz": "55eb55dd8460d3ff",
-                        "ml-100k-format": "2484bda8cde54ac1"}
+FORMAT1_FINGERPRINTS = {
+    "amazon-csv": "a589078375aad5e1",
+    "amazon-csv-999": "5a406689ece79b85",
+    "amazon-csv-wide": "e90416f28e5bc44c",
+    "amazon-json-gz": "55eb55dd8460d3ff",
+    "ml-100k-format": "2484bda8cde54ac1",
+}
 
 
 def _inputs(tmp_path):
@@ -29,11 +33,13 @@ def _inputs(tmp_path):
     lines = [json.dumps({"reviewerID": u, "asin": i, "overall": r, "unixReviewTime": t}) for i, u, r, t in rows]
     (tmp_path / "r.json.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     (tmp_path / "u.data").write_text("".join(f"{u[1:]}\t{i[1:]}\t{int(r)}\t{t}\n" for i, u, r, t in rows))
-    return [("amazon-csv", PrepareConfig(str(src), num_negatives=15)),
-            ("amazon-csv-999", PrepareConfig(str(src))),
-            ("amazon-csv-wide", PrepareConfig(str(wide), num_negatives=50)),
-            ("amazon-json-gz", PrepareConfig(str(tmp_path / "r.json.gz"), num_negatives=50, k_core=3)),
-            ("ml-100k-format", PrepareConfig(str(tmp_path / "u.data"), num_negatives=20))]
+    return [
+        ("amazon-csv", PrepareConfig(str(src), num_negatives=15)),
+        ("amazon-csv-999", PrepareConfig(str(src))),
+        ("amazon-csv-wide", PrepareConfig(str(wide), num_negatives=50)),
+        ("amazon-json-gz", PrepareConfig(str(tmp_path / "r.json.gz"), num_negatives=50, k_core=3)),
+        ("ml-100k-format", PrepareConfig(str(tmp_path / "u.data"), num_negatives=20)),
+    ]
 
 
 def test_every_format_keeps_its_fingerprint_and_the_files_are_memory_mapped(tmp_path):
@@ -51,8 +57,11 @@ def write_format1(data: PreparedData):
     """Rewrite a prepared dataset as the format-1 code wrote it (.npz, int32 ids)."""
     s = data.sequences
     np.savez(data.path / "sequences.npz", items=np.asarray(s.items, np.int32), offsets=np.asarray(s.offsets))
-    np.savez(data.path / "candidates.npz", valid=np.asarray(data.candidates["valid"], np.int32),
-             test=np.asarray(data.candidates["test"], np.int32))
+    np.savez(
+        data.path / "candidates.npz",
+        valid=np.asarray(data.candidates["valid"], np.int32),
+        test=np.asarray(data.candidates["test"], np.int32),
+    )
     for f in ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy"):
         (data.path / f).unlink()
     stats = json.loads((data.path / "stats.json").read_text())

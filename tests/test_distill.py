@@ -7,12 +7,10 @@ import safetensors.torch
 import torch
 
 import distill
-import finetune
 from benchmarks import loss_scales
 from conftest import synthetic_rows, write_amazon_csv
 from slmrec.prepare import PrepareConfig, prepare
-from slmrec.distill import (DistillConfig, DistillTrainer, caches_teacher, distill_loss, student_config,
-                            teacher_states)
+from slmrec.distill import DistillConfig, DistillTrainer, caches_teacher, distill_loss, student_config, teacher_states
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
 from slmrec.model import ELLMRec, load_ellmrec
@@ -20,7 +18,7 @@ from slmrec.metrics import METRICS
 from slmrec.checkpoints import CheckpointError
 from slmrec.training import TrainConfig, training_arguments
 from slmrec.errors import FlagError
-from test_teacher import TINY_TRAIN
+from helpers import TINY_TRAIN, student_and_teacher
 
 
 # ---------------------------------------------------------------- the loss terms, by hand
@@ -28,8 +26,10 @@ from test_teacher import TINY_TRAIN
 
 def fixed_states(blocks, batch=3, dim=5):
     g = torch.Generator().manual_seed(blocks)
-    return ([torch.randn(batch, dim, generator=g) for _ in range(blocks)],
-            [torch.randn(batch, dim, generator=g) for _ in range(blocks)])
+    return (
+        [torch.randn(batch, dim, generator=g) for _ in range(blocks)],
+        [torch.randn(batch, dim, generator=g) for _ in range(blocks)],
+    )
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])
@@ -89,14 +89,6 @@ def test_block_pairs():
 # ---------------------------------------------------------------- on a tiny model
 
 
-@pytest.fixture
-def tiny_teacher(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
-    out = tmp_path / "teacher"
-    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
-                  **{**TINY_TRAIN, "num_layers": 8})
-    return out
-
-
 @pytest.mark.exactness
 def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
     teacher = load_ellmrec(tiny_teacher, tiny_dataset)
@@ -110,8 +102,16 @@ def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_t
 
     monkeypatch.setattr("slmrec.distill.cosine_loss", spy)
     args = training_arguments(TrainConfig(eval_steps=10), tmp_path / "x")
-    trainer = DistillTrainer(model=student, args=args, train_dataset=[0], eval_dataset=[0], data=tiny_dataset,
-                             max_len=6, teacher=teacher, distill=dcfg)
+    trainer = DistillTrainer(
+        model=student,
+        args=args,
+        train_dataset=[0],
+        eval_dataset=[0],
+        data=tiny_dataset,
+        max_len=6,
+        teacher=teacher,
+        distill=dcfg,
+    )
     x = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
     trainer.compute_loss(student.eval(), {"input_ids": x, "labels": torch.tensor([5, 11])})
     with torch.no_grad(), trainer.accelerator.autocast():  # the same precision compute_loss runs in
@@ -124,9 +124,14 @@ def test_pairing_uses_teacher_layer_km_and_student_layer_kn(tiny_dataset, tiny_t
 def test_offline_distillation_trains_student_only(tiny_dataset, tiny_teacher, tmp_path):
     before = {k: v.clone() for k, v in load_ellmrec(tiny_teacher).state_dict().items()}
     out = tmp_path / "student"
-    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(out), num_layers=4, blocks=4,
-                 **{k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction",
-                                                                      "response")})
+    distill.main(
+        str(tiny_teacher),
+        str(tiny_dataset.path),
+        str(out),
+        num_layers=4,
+        blocks=4,
+        **{k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")},
+    )
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert 0 <= metrics["NDCG@10"] <= 1
     # the saved student scores alone and has 4 layers and 3 adapter heads (after layers 1, 2, 3)
@@ -174,8 +179,9 @@ def test_online_and_logit_modes_run(tiny_dataset, tiny_teacher, tmp_path, monkey
     assert (tmp_path / "on" / "teacher" / "model.safetensors").is_file()
     logs = json.loads((tmp_path / "on" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     assert "loss_teacher_ce" in next(e for e in logs if "loss" in e)
-    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "kl"), lambda_kl=1.0, temperature=2.0,
-                 **train)
+    distill.main(
+        str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "kl"), lambda_kl=1.0, temperature=2.0, **train
+    )
     logs = json.loads((tmp_path / "kl" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     assert "loss_kl" in next(e for e in logs if "loss" in e)
 
@@ -196,8 +202,11 @@ def test_bad_setups_are_refused_before_training(tiny_dataset, tiny_teacher, tmp_
 
 def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
     loss_scales.main(str(tiny_teacher), str(tiny_dataset.path), batches=2, batch_size=8)
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| ") and not line.startswith("| term")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line.split(" | ")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith("| term")
+    }
     # A fresh student's heads start at zero: uniform scores, so its item losses are exactly ln|I|.
     for term in ("ce", "ms"):
         assert float(rows[term][1]) == pytest.approx(math.log(tiny_dataset.num_items), rel=1e-3)
@@ -210,18 +219,6 @@ def test_loss_scale_report(tiny_dataset, tiny_teacher, capsys):
 # ---------------------------------------------------------------- the teacher-state cache
 
 
-def _student_and_teacher(tiny_dataset, tiny_teacher, dcfg, num_layers=4):
-    teacher = load_ellmrec(tiny_teacher, tiny_dataset)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(0)
-    student = ELLMRec(student_config(teacher.cfg, num_layers, dcfg), teacher.item_embedding)
-    with torch.no_grad():  # heads away from zero, so every gradient is non-trivial
-        for head in [student.w_out, *student.adapters]:
-            head.weight.normal_(0, 0.1)
-    return teacher, student.train()
-
-
 # fp32 rounding when a batch's sums are taken in another order: the cache is built from other batches (other
 # shapes) than the one a step draws, and CPU matmul kernels block, and so round, by shape. Measured: 1e-7
 # relative on the losses, up to 6e-8 absolute on gradients of norm ~1e-2 (AMD Zen 5); 1e-5 leaves ~100x
@@ -231,8 +228,9 @@ FP32_REL = 1e-5
 
 def agree(a, b, rel=FP32_REL) -> bool:
     """Tensors equal up to rounding: the difference's norm within rel of the reference's norm."""
-    return a.shape == b.shape and bool(torch.linalg.vector_norm((a - b).double()) <=
-                                       rel * torch.linalg.vector_norm(b.double()) + 1e-30)
+    return a.shape == b.shape and bool(
+        torch.linalg.vector_norm((a - b).double()) <= rel * torch.linalg.vector_norm(b.double()) + 1e-30
+    )
 
 
 def _step(student, teacher, dcfg, pairs, x, y, cached):
@@ -241,25 +239,41 @@ def _step(student, teacher, dcfg, pairs, x, y, cached):
     torch.manual_seed(2)  # the same LoRA dropout masks
     loss, terms, _ = distill_loss(student, teacher, dcfg, pairs, x, y, cached)
     loss.backward()
-    return ({"total": loss.detach(), **{k: v.detach() for k, v in terms.items()}},
-            {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None})
+    return (
+        {"total": loss.detach(), **{k: v.detach() for k, v in terms.items()}},
+        {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None},
+    )
 
 
 def _same(a, b, compare) -> bool:
-    return a[0].keys() == b[0].keys() and a[1].keys() == b[1].keys() and all(
-        compare(a[i][k], b[i][k]) for i in range(2) for k in a[i])
+    return (
+        a[0].keys() == b[0].keys()
+        and a[1].keys() == b[1].keys()
+        and all(compare(a[i][k], b[i][k]) for i in range(2) for k in a[i])
+    )
 
 
 @pytest.mark.exactness
-@pytest.mark.parametrize("objective,positions,lambda_kl", [("every_position", "all", 0.0),
-                                                            ("every_position", "final", 0.0),
-                                                            ("every_position", "final", 0.5),
-                                                            ("last_target", "final", 0.0)])
-def test_cached_teacher_states_give_the_live_losses_and_gradients(tiny_dataset, tiny_teacher, tmp_path, objective,
-                                                                  positions, lambda_kl):
-    dcfg = DistillConfig(str(tiny_teacher), blocks=2, feature_positions=positions, lambda_kl=lambda_kl,
-                         state_cache=str(tmp_path / "cache"))
-    teacher, student = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+@pytest.mark.parametrize(
+    "objective,positions,lambda_kl",
+    [
+        ("every_position", "all", 0.0),
+        ("every_position", "final", 0.0),
+        ("every_position", "final", 0.5),
+        ("last_target", "final", 0.0),
+    ],
+)
+def test_cached_teacher_states_give_the_live_losses_and_gradients(
+    tiny_dataset, tiny_teacher, tmp_path, objective, positions, lambda_kl
+):
+    dcfg = DistillConfig(
+        str(tiny_teacher),
+        blocks=2,
+        feature_positions=positions,
+        lambda_kl=lambda_kl,
+        state_cache=str(tmp_path / "cache"),
+    )
+    teacher, student = student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
     examples = training_examples(tiny_dataset, 6, ExampleConfig(objective=objective))
     pairs = block_pairs(8, 4, 2)
     states = teacher_states(dcfg, teacher, tiny_dataset, examples, pairs, "fp32", tmp_path, batch_size=16)
@@ -269,8 +283,10 @@ def test_cached_teacher_states_give_the_live_losses_and_gradients(tiny_dataset, 
     assert caches_teacher(dcfg, ExampleConfig(objective=objective), len(examples), len(examples))
 
     def batch(index):
-        return (torch.stack([examples[int(i)]["input_ids"] for i in index]),
-                torch.stack([examples[int(i)]["labels"] for i in index]))
+        return (
+            torch.stack([examples[int(i)]["input_ids"] for i in index]),
+            torch.stack([examples[int(i)]["labels"] for i in index]),
+        )
 
     # The cache's own first build batch: the teacher runs the same operations on the same shapes live as it did
     # for the cache, so the step is the same bit for bit on any CPU.
@@ -286,8 +302,11 @@ def test_cached_teacher_states_give_the_live_losses_and_gradients(tiny_dataset, 
     # (which moves the tiny random LM's states by ~1e-4 of their size: 10x the tolerance).
     with torch.no_grad():
         teacher.base_lm().layers[0].mlp.up_proj.base_layer.weight.mul_(1.1)
-    assert not _same(_step(student, teacher, dcfg, pairs, *batch(index), None),
-                     _step(student, teacher, dcfg, pairs, *batch(index), states.rows(index)), agree)
+    assert not _same(
+        _step(student, teacher, dcfg, pairs, *batch(index), None),
+        _step(student, teacher, dcfg, pairs, *batch(index), states.rows(index)),
+        agree,
+    )
 
 
 def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_teacher, tmp_path, monkeypatch):
@@ -295,10 +314,11 @@ def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_te
 
     builds = []
     build = teacher_cache.build
-    monkeypatch.setattr(teacher_cache, "build", lambda path, key, *a, **k: builds.append(key) or build(path, key, *a,
-                                                                                                          **k))
+    monkeypatch.setattr(
+        teacher_cache, "build", lambda path, key, *a, **k: builds.append(key) or build(path, key, *a, **k)
+    )
     dcfg = DistillConfig(str(tiny_teacher), blocks=2, state_cache=str(tmp_path / "cache"))
-    teacher, _ = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    teacher, _ = student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
     examples = training_examples(tiny_dataset, 6, ExampleConfig())
     pairs = block_pairs(8, 4, 2)
 
@@ -324,13 +344,15 @@ def test_a_cache_made_for_other_inputs_is_rebuilt_not_read(tiny_dataset, tiny_te
     meta = json.loads((first.path / "meta.json").read_text())
     meta["key"]["rows"] = "final"
     (first.path / "meta.json").write_text(json.dumps(meta))
-    restored = teacher_cache.load_or_build(first.path.parent, first.meta["key"], teacher, examples,
-                                           torch.autocast("cpu", enabled=False))
+    restored = teacher_cache.load_or_build(
+        first.path.parent, first.meta["key"], teacher, examples, torch.autocast("cpu", enabled=False)
+    )
     assert len(builds) == 7 and restored.path == first.path
     with open(first.path / "states.bin", "r+b") as fh:
         fh.truncate(8)
-    teacher_cache.load_or_build(first.path.parent, first.meta["key"], teacher, examples,
-                                torch.autocast("cpu", enabled=False))
+    teacher_cache.load_or_build(
+        first.path.parent, first.meta["key"], teacher, examples, torch.autocast("cpu", enabled=False)
+    )
     assert len(builds) == 8
 
 
@@ -347,8 +369,14 @@ def test_distillation_with_the_cache_trains_as_with_the_live_teacher(tiny_datase
     # Eight steps from gradients equal up to fp32 rounding: the per-step losses agree to rounding, the weights too
     # (AdamW divides by the gradients' own scale, so an entry whose gradient is near zero can move by up to the
     # learning rate times the steps in one run and not the other: the weights are compared as a whole).
-    losses = [[e["loss"] for e in json.loads((tmp_path / d / "checkpoint-8" / "trainer_state.json").read_text())
-               ["log_history"] if "loss" in e] for d in ("live", "cached")]
+    losses = [
+        [
+            e["loss"]
+            for e in json.loads((tmp_path / d / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+            if "loss" in e
+        ]
+        for d in ("live", "cached")
+    ]
     assert len(losses[0]) == len(losses[1]) > 0 and agree(torch.tensor(losses[1]), torch.tensor(losses[0]))
     a, b = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("live", "cached"))
     assert a.keys() == b.keys() and all(agree(b[k], a[k], 1e-4) for k in a)
@@ -356,10 +384,22 @@ def test_distillation_with_the_cache_trains_as_with_the_live_teacher(tiny_datase
     distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "short"), **{**train, "max_steps": 4})
     assert "teacher_states" not in json.loads((tmp_path / "short" / "test_metrics.json").read_text())
     # a cache over its size budget is not built: the live teacher trains the student, as it would without one
-    distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "big"), state_cache_max_gb=0,
-                 state_cache=str(tmp_path / "other_cache"), **train)
+    distill.main(
+        str(tiny_teacher),
+        str(tiny_dataset.path),
+        str(tmp_path / "big"),
+        state_cache_max_gb=0,
+        state_cache=str(tmp_path / "other_cache"),
+        **train,
+    )
     assert "teacher_states" not in json.loads((tmp_path / "big" / "test_metrics.json").read_text())
     assert not (tmp_path / "other_cache").exists()
     with pytest.raises(FlagError, match="teacher_states cache needs offline KD"):
-        distill.main(str(tiny_teacher), str(tiny_dataset.path), str(tmp_path / "x"), teacher_states="cache",
-                     kd_mode="online", **train)
+        distill.main(
+            str(tiny_teacher),
+            str(tiny_dataset.path),
+            str(tmp_path / "x"),
+            teacher_states="cache",
+            kd_mode="online",
+            **train,
+        )

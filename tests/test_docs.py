@@ -18,7 +18,7 @@ def table_lines(text):
 
 def quotes(source, lines):
     """lines stand, in order and together, somewhere among source's table lines."""
-    return any(source[i:i + len(lines)] == lines for i in range(len(source)))
+    return any(source[i : i + len(lines)] == lines for i in range(len(source)))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -47,11 +47,47 @@ def test_links_resolve(page):
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
 
 
-@pytest.mark.parametrize("page", [*PAGES, *sorted((ROOT / "results").glob("*.md")),
-                                  *sorted((ROOT / "results").glob("**/*.json"))],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "page",
+    [*PAGES, *sorted((ROOT / "results").glob("*.md")), *sorted((ROOT / "results").glob("**/*.json"))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_no_machine_paths_or_unresolvable_words(page):
     text = page.read_text()
     assert not re.search(r"(?<![\w.])/(work|root|home|Users)/", text), f"{page.name}: an absolute path of a machine"
     if page.suffix == ".md":
         assert not re.search(r"\b(the issue|this issue|this round|this session|the round)\b", text, re.I), page.name
+
+
+# A figure the README states, and a file of the repository that carries it (the command's output or record):
+# when the file changes, the README must follow.
+FIGURES = [
+    ("8 min 20 s", "results/main_job_check.md"),
+    ("15 min 20 s", "docs/timings.md"),
+    ("7.0x", "results/table5_efficiency.md"),
+    ("7.3x", "results/table5_efficiency.md"),
+    ("−0.0025 ± 0.0030", "results/paired.md"),
+    ("−0.0024 ± 0.0028", "results/paired.md"),
+    ("+0.0037 ± 0.0042", "results/paired.md"),
+    ("9.1 hours", "docs/data.md"),
+]
+
+
+def carried(figure, text) -> bool:
+    """The figure stands in the text, as written or as a table row writes it (sign, then its error's column)."""
+    if figure in text:
+        return True
+    m = re.fullmatch(r"([−+])(\S+) ± (\S+)", figure)
+    return bool(m) and f"{'-' if m[1] == '−' else '+'}{m[2]} | {m[3]}" in text
+
+
+@pytest.mark.parametrize("figure,source", FIGURES)
+def test_readme_figures_are_carried_by_a_file(figure, source):
+    readme = (ROOT / "README.md").read_text()
+    assert figure in readme or figure.replace(" hours", " h") in readme, f"README no longer states {figure}"
+    assert carried(figure, (ROOT / source).read_text()), f"{source} does not carry the README's {figure}"
+
+
+def test_a_figure_a_file_does_not_carry_is_caught():
+    assert carried("−0.0025 ± 0.0030", "| a − b | -0.0025 | 0.0030 | 3 |")
+    assert not carried("−0.0025 ± 0.0031", "| a − b | -0.0025 | 0.0030 | 3 |")

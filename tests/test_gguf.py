@@ -37,13 +37,19 @@ def write_tiny_gguf(path, seed=0):
     tensors = {"token_embd.weight": (len(tokens), HIDDEN), "output_norm.weight": (HIDDEN,)}
     kv = HIDDEN // HEADS * KV_HEADS
     for b in range(LAYERS):
-        tensors.update({
-            f"blk.{b}.attn_norm.weight": (HIDDEN,), f"blk.{b}.ffn_norm.weight": (HIDDEN,),
-            f"blk.{b}.attn_q.weight": (HIDDEN, HIDDEN), f"blk.{b}.attn_k.weight": (kv, HIDDEN),
-            f"blk.{b}.attn_v.weight": (kv, HIDDEN), f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN),
-            f"blk.{b}.ffn_gate.weight": (INTER, HIDDEN), f"blk.{b}.ffn_up.weight": (INTER, HIDDEN),
-            f"blk.{b}.ffn_down.weight": (HIDDEN, INTER),
-        })
+        tensors.update(
+            {
+                f"blk.{b}.attn_norm.weight": (HIDDEN,),
+                f"blk.{b}.ffn_norm.weight": (HIDDEN,),
+                f"blk.{b}.attn_q.weight": (HIDDEN, HIDDEN),
+                f"blk.{b}.attn_k.weight": (kv, HIDDEN),
+                f"blk.{b}.attn_v.weight": (kv, HIDDEN),
+                f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN),
+                f"blk.{b}.ffn_gate.weight": (INTER, HIDDEN),
+                f"blk.{b}.ffn_up.weight": (INTER, HIDDEN),
+                f"blk.{b}.ffn_down.weight": (HIDDEN, INTER),
+            }
+        )
     arrays = {}
     for name, shape in tensors.items():
         a = (np.ones(shape) if name.endswith("norm.weight") else rng.normal(0, 0.05, shape)).astype(np.float32)
@@ -64,8 +70,9 @@ def test_gguf_backbone_loads_truncated_with_its_tokenizer(tmp_path):
     assert np.allclose(lm.layers[1].mlp.up_proj.weight.detach().numpy(), arrays["blk.1.ffn_up.weight"])
     assert tok.decode(tok("Next item:", add_special_tokens=False)["input_ids"]) == "Next item:"
 
-    model = ELLMRec(ELLMRecConfig(base_model=str(tmp_path / "tiny.gguf"), num_layers=2, max_len=5),
-                    torch.randn(11, 8)).eval()
+    model = ELLMRec(
+        ELLMRecConfig(base_model=str(tmp_path / "tiny.gguf"), num_layers=2, max_len=5), torch.randn(11, 8)
+    ).eval()
     scores = model.score(torch.tensor([[0, 0, 1, 2, 3]]))
     assert scores.shape == (1, 11) and torch.isfinite(scores).all()
 

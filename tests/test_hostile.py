@@ -28,8 +28,7 @@ from slmrec.errors import DataError
 from slmrec.prepare import PrepareConfig, prepare
 from slmrec.raw import text_lines
 from slmrec.files import check_writable, save_json
-from test_distill import tiny_teacher  # noqa: F401 (a fixture)
-from test_teacher import TINY_TRAIN
+from helpers import TINY_TRAIN
 
 STUDENT_TRAIN = {k: v for k, v in TINY_TRAIN.items() if k not in ("num_layers", "max_len", "instruction", "response")}
 
@@ -91,11 +90,15 @@ def test_text_lines_reads_bom_and_crlf_and_names_an_undecodable_line(tmp_path):
         list(text_lines(path))
 
 
-@pytest.mark.parametrize("content,message", [
-    (b'{"history": ["I1"]}\n{"history": ["\xff"]}\n', "line 2: not UTF-8 text"),
-    (b'{"history": ["I1"]}\n' + b"[" * 100000 + b"\n", "line 2: not JSON"),
-    (b'\n\n', "no histories in the file"),
-], ids=["undecodable", "deep", "empty"])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b'{"history": ["I1"]}\n{"history": ["\xff"]}\n', "line 2: not UTF-8 text"),
+        (b'{"history": ["I1"]}\n' + b"[" * 100000 + b"\n", "line 2: not JSON"),
+        (b"\n\n", "no histories in the file"),
+    ],
+    ids=["undecodable", "deep", "empty"],
+)
 def test_recommend_input_lines_are_one_line_errors(tiny_dataset, tmp_path, capsys, content, message):
     src = tmp_path / "users.jsonl"
     src.write_bytes(content)
@@ -103,6 +106,28 @@ def test_recommend_input_lines_are_one_line_errors(tiny_dataset, tmp_path, capsy
         cli.run(recommend.main, ["--checkpoint", str(tmp_path), "--data", str(tiny_dataset.path), "--input", str(src)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_ids_on_the_command_line_stay_the_text_typed(tiny_dataset, tmp_path, monkeypatch):
+    """fire reads a value as Python: 1.50 would be the float 1.5, 1e5 100000.0, 007 the int 7. Text flags keep
+    what was typed, so an unknown id is named as given (and a known one like it is not mistaken for it)."""
+    assert cli.keep_text(
+        ["--history", "1.50,1e5", "--k=3", "--user=007", "--", "--x", "1"], {"history", "user", "x"}
+    ) == [
+        "--history",
+        "'1.50,1e5'",
+        "--k=3",
+        "--user='007'",
+        "--",
+        "--x",
+        "1",
+    ]
+    monkeypatch.setenv("SLMREC_DEBUG", "1")  # the error itself, not its one line
+    base = ["--checkpoint", str(tmp_path), "--data", str(tiny_dataset.path)]
+    with pytest.raises(DataError, match=r"item id\(s\) \['1.50', '1e5'\] not in"):
+        cli.run(recommend.main, [*base, "--history", "1.50,1e5"])
+    with pytest.raises(DataError, match="user '007' not in"):
+        cli.run(recommend.main, [*base, "--user", "007"])
 
 
 def test_recommend_input_with_bom_and_crlf_is_read(tiny_dataset, tmp_path):
@@ -118,8 +143,10 @@ def test_recommend_input_with_bom_and_crlf_is_read(tiny_dataset, tmp_path):
 def test_ids_with_tabs_quotes_and_newlines_round_trip(tmp_path):
     rows = synthetic_rows(num_users=12, num_items=10, per_user=8)
     odd = {"I0": 'I"0', "I1": "I\t1", "I2": "I 2,"}  # a quote, a tab; a comma needs the JSON format
-    lines = [json.dumps({"reviewerID": u if u != "U0" else "U\n0", "asin": odd.get(i, i), "overall": r,
-                         "unixReviewTime": t}) for i, u, r, t in rows]
+    lines = [
+        json.dumps({"reviewerID": u if u != "U0" else "U\n0", "asin": odd.get(i, i), "overall": r, "unixReviewTime": t})
+        for i, u, r, t in rows
+    ]
     src = tmp_path / "reviews.jsonl"
     src.write_text("\n".join(lines) + "\n")
     prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
@@ -137,8 +164,12 @@ def test_crlf_lying_compression_names_and_a_huge_line_give_the_same_dataset(tmp_
     import gzip
 
     text = "".join(f"{i},{u},{r},{t}\n" for i, u, r, t in synthetic_rows())
-    variants = {"plain.csv": text.encode(), "crlf.csv": text.replace("\n", "\r\n").encode(),
-                "gzipped.csv": gzip.compress(text.encode()), "plain.csv.gz": text.encode()}
+    variants = {
+        "plain.csv": text.encode(),
+        "crlf.csv": text.replace("\n", "\r\n").encode(),
+        "gzipped.csv": gzip.compress(text.encode()),
+        "plain.csv.gz": text.encode(),
+    }
     fingerprints = set()
     for name, content in variants.items():
         (tmp_path / name).write_bytes(content)
@@ -157,7 +188,7 @@ def test_crlf_lying_compression_names_and_a_huge_line_give_the_same_dataset(tmp_
 # ---------------------------------------------------------------- the student's dataset
 
 
-def test_the_student_trains_on_the_teachers_dataset_by_default(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+def test_the_student_trains_on_the_teachers_dataset_by_default(tiny_dataset, tiny_teacher, tmp_path):
     distill.main(str(tiny_teacher), output_dir=str(tmp_path / "s"), **STUDENT_TRAIN)
     assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
     # the same dataset moved away: the teacher's record names a folder that is gone
@@ -175,11 +206,15 @@ def test_the_student_trains_on_the_teachers_dataset_by_default(tiny_dataset, tin
     assert (tmp_path / "s4" / "test_metrics.json").is_file()
 
 
-def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, tmp_path):
     """The original README's command, with a teacher trained on a dataset other than data/ml-100k."""
     flags = [x for k, v in STUDENT_TRAIN.items() for x in (f"--{k}", str(v))]
-    res = subprocess.run(["bash", "run_distill.sh", str(tiny_teacher), str(tmp_path / "s"), *flags], cwd=ROOT,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", "run_distill.sh", str(tiny_teacher), str(tmp_path / "s"), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
 
@@ -194,8 +229,10 @@ def test_ctrl_c_says_how_to_resume(capsys):
     def prepare():
         raise KeyboardInterrupt
 
-    for fn, hint in ((train, "--resume true continues from the last complete checkpoint"),
-                     (prepare, "run the command again")):
+    for fn, hint in (
+        (train, "--resume true continues from the last complete checkpoint"),
+        (prepare, "run the command again"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             cli.run(fn, [])
         err = capsys.readouterr().err
@@ -227,10 +264,12 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
     src = write_amazon_csv(tmp_path / "r.csv", synthetic_rows(num_users=300, num_items=200, per_user=12))
     prepare(PrepareConfig(str(src), num_negatives=5), tmp_path / "p")
     before = {f.name: f.read_bytes() for f in (tmp_path / "p").iterdir()}
-    code = (f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)); sys.argv = ['prepare_data.py', "
-            f"'--source', {str(src)!r}, '--output_dir', {str(tmp_path / 'p')!r}, '--overwrite', '--num_negatives', "
-            f"'150']; import runpy; runpy.run_path('prepare_data.py', run_name='__main__')")
+    code = (
+        f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)); sys.argv = ['prepare_data.py', "
+        f"'--source', {str(src)!r}, '--output_dir', {str(tmp_path / 'p')!r}, '--overwrite', '--num_negatives', "
+        f"'150']; import runpy; runpy.run_path('prepare_data.py', run_name='__main__')"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "File too large writing" in res.stderr and "nothing half-written is left" in res.stderr
@@ -241,14 +280,29 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
 # ---------------------------------------------------------------- two students of one teacher at once
 
 
-def test_two_students_of_one_teacher_at_once_share_one_cache(tiny_dataset, tiny_teacher, tmp_path):  # noqa: F811
+def test_two_students_of_one_teacher_at_once_share_one_cache(tiny_dataset, tiny_teacher, tmp_path):
     """Two distillations of one teacher started together: both finish, with one cache and nothing left over
     (whether both reach the build at once is up to timing; the race itself is forced in the next test)."""
     flags = [x for k, v in {**STUDENT_TRAIN, "max_steps": 8}.items() for x in (f"--{k}", str(v))]
-    procs = [subprocess.Popen([sys.executable, "distill.py", "--teacher", str(tiny_teacher), "--output_dir",
-                               str(tmp_path / f"s{i}"), *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "distill.py",
+                "--teacher",
+                str(tiny_teacher),
+                "--output_dir",
+                str(tmp_path / f"s{i}"),
+                *flags,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for i in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
     caches = list((tiny_teacher / "state_cache").iterdir())
@@ -257,8 +311,12 @@ def test_two_students_of_one_teacher_at_once_share_one_cache(tiny_dataset, tiny_
     assert used == {str(caches[0])}
 
 
-def test_the_loser_of_a_cache_build_race_reads_the_winners(tiny_dataset, tiny_teacher, tmp_path,  # noqa: F811
-                                                           monkeypatch):
+def test_the_loser_of_a_cache_build_race_reads_the_winners(
+    tiny_dataset,
+    tiny_teacher,
+    tmp_path,
+    monkeypatch,
+):
     """While this process builds a cache in its own temporary folder, another finishes the same cache first: the
     rename into place fails, the temporary folder goes, and the winner's cache is read."""
     from slmrec import teacher_cache
@@ -266,10 +324,10 @@ def test_the_loser_of_a_cache_build_race_reads_the_winners(tiny_dataset, tiny_te
     from slmrec.examples import ExampleConfig, training_examples
     from slmrec.inference import autocast
     from slmrec.losses import block_pairs
-    from test_distill import _student_and_teacher
+    from helpers import student_and_teacher
 
     dcfg = DistillConfig(str(tiny_teacher), blocks=2)
-    teacher, _ = _student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    teacher, _ = student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
     examples = training_examples(tiny_dataset, 6, ExampleConfig())
     key = states_key(dcfg, teacher, tiny_dataset, examples, block_pairs(8, 4, 2), "fp32")
     winner = teacher_cache.load_or_build(tmp_path / "elsewhere", key, teacher, examples, autocast("cpu", None))
@@ -284,3 +342,14 @@ def test_the_loser_of_a_cache_build_race_reads_the_winners(tiny_dataset, tiny_te
     states = teacher_cache.load_or_build(root, key, teacher, examples, autocast("cpu", None))
     assert states.path == root / winner.path.name and [p.name for p in root.iterdir()] == [winner.path.name]
     assert np.array_equal(np.asarray(states.states), np.asarray(winner.states))
+
+
+def test_serve_with_workers_refuses_a_bad_checkpoint_before_starting_any(tiny_dataset, tmp_path, monkeypatch):
+    """Each uvicorn worker would fail to load it and be restarted, a traceback each, forever."""
+    import serve
+
+    started = []
+    monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: started.append(a))
+    with pytest.raises(CheckpointError, match="not a trained model of this project"):
+        serve.main(checkpoint=str(tmp_path / "missing"), data=str(tiny_dataset.path), workers=2)
+    assert not started

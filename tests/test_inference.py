@@ -8,36 +8,18 @@ import torch
 
 import evaluate as evaluate_cli
 import recommend
-from slmrec.backbone import load_backbone
 from slmrec.batches import left_pad
 from slmrec.errors import DataError
 from slmrec.decoder import Decoder
 from slmrec.inference import FastELLMRec, InferenceConfig, TransformersForward, load_scorer
 from slmrec.recommender import Recommender
 from slmrec.metrics import rank_users
-from slmrec.model import ELLMRec, ELLMRecConfig
 from slmrec.seqrec import SeqRecConfig, build_seqrec
 from slmrec.checkpoints import CheckpointError, save_model
 from slmrec.training import ranking
 from slmrec.errors import FlagError
 from slmrec.flags import split_flags
-
-PROMPT = dict(instruction="History: a b", response="Next:")
-
-
-def random_ellmrec(num_items, lm=None, fingerprint="", readout="last_item", num_layers=4, max_len=6):
-    """An E-LLMRec with non-zero LoRA and heads, as after training (random:tiny unless lm names a directory)."""
-    base = str(lm) if lm else "random:tiny"
-    torch.manual_seed(0)  # the biases' initialisation
-    table = torch.randn(num_items + 1, 8, generator=torch.Generator().manual_seed(1))
-    cfg = ELLMRecConfig(base_model=base, num_layers=num_layers, max_len=max_len, readout=readout,
-                        data_fingerprint=fingerprint, lora_dropout=0.0, **PROMPT)
-    model = ELLMRec(cfg, table, backbone=None if lm else load_backbone(base, num_layers))
-    g = torch.Generator().manual_seed(2)
-    for p in model.parameters():
-        if p.requires_grad and p.dim() > 1:
-            torch.nn.init.normal_(p, std=0.3, generator=g)
-    return model.eval()
+from helpers import random_ellmrec
 
 
 def histories():
@@ -148,6 +130,7 @@ def test_validation_path_compiled_under_bf16_autocast_leaves_lora_unmerged():
 def test_training_ranks_through_the_fast_path_and_leaves_the_model_as_it_trains(tiny_dataset):
     """Validation during training (training.ranking): model.score's ranks, and the model trains on unchanged:
     LoRA not merged, its attention kept, the next loss and gradients bit for bit those of an untouched model."""
+
     def step(model):
         x = torch.randint(1, tiny_dataset.num_items + 1, (4, 6), generator=torch.Generator().manual_seed(4))
         loss = model.train()(x, x.roll(-1, 1))["loss"]
@@ -231,8 +214,9 @@ def test_recommend_scores_are_evaluates_and_leave_history_out(tiny_dataset, stud
     # evaluate.py scores with the fast path: the same metrics as the plain one in fp32.
     fast = evaluate_cli.main(str(student_dir), str(tiny_dataset.path), precision="fp32")
     slow = evaluate_cli.main(str(student_dir), str(tiny_dataset.path), precision="fp32", fast="false")
-    assert {k: round(v, 6) for k, v in fast.items() if k != "full"} == \
-        {k: round(v, 6) for k, v in slow.items() if k != "full"}
+    assert {k: round(v, 6) for k, v in fast.items() if k != "full"} == {
+        k: round(v, 6) for k, v in slow.items() if k != "full"
+    }
 
 
 def test_recommend_cli_reads_ids_and_writes_jsonl(tiny_dataset, student_dir, tmp_path, capsys):
@@ -262,7 +246,7 @@ def test_sasrec_run_directory_recommends(tiny_dataset, tmp_path):
     hist = tiny_dataset.history(0, "test")
     with torch.no_grad():
         ref = model.eval().score(torch.from_numpy(left_pad([hist], 6)))[0]
-    (item, score), = rec.recommend([hist.tolist()], k=1)[0]
+    ((item, score),) = rec.recommend([hist.tolist()], k=1)[0]
     ref[torch.from_numpy(hist.astype(np.int64))] = float("-inf")
     ref[0] = float("-inf")
     assert item == int(ref.argmax()) and score == pytest.approx(ref.max().item(), abs=1e-5)
@@ -285,7 +269,7 @@ BAD_REQUESTS = [  # (arguments, input file text or None, error message)
     (dict(history=""), None, "--history: empty history"),
     (dict(input="in.jsonl"), '{"history": ["1"]}\n{"history": [\n', "in.jsonl line 2: not JSON"),
     (dict(input="in.jsonl"), '{"history": []}\n', "in.jsonl line 1: empty history"),
-    (dict(input="in.jsonl"), '[1, 2]\n', 'line 1: give "history" \\(a list of item ids\\) or "user"'),
+    (dict(input="in.jsonl"), "[1, 2]\n", 'line 1: give "history" \\(a list of item ids\\) or "user"'),
     # JSON booleans and floats are no ids and no k (JSON true would otherwise be item, user or k number 1)
     (dict(input="in.jsonl"), '{"history": [true]}\n', 'line 1: "history" must be a list of item ids'),
     (dict(input="in.jsonl"), '{"history": [1.0]}\n', 'line 1: "history" must be a list of item ids'),
@@ -293,7 +277,7 @@ BAD_REQUESTS = [  # (arguments, input file text or None, error message)
     (dict(input="in.jsonl"), '{"history": ["1"], "k": true}\n', r"line 1: k must be an integer in 1..\d+, not True"),
     (dict(input="in.jsonl"), '{"history": ["1"], "keep_seen": 1}\n', "line 1: keep_seen must be true or false"),
     (dict(input="in.jsonl"), '{"user": "no-such-user"}\n', "line 1: user 'no-such-user' not in"),
-    (dict(input="in.jsonl"), '\n', "no histories in the file"),
+    (dict(input="in.jsonl"), "\n", "no histories in the file"),
     (dict(user="1", history="1"), None, "exactly one of --user, --history or --input"),
     (dict(history="1", k=0), None, "--history: k must be an integer in 1.."),
     (dict(history="1", output="FILE/out.jsonl"), None, "not a writable folder"),
@@ -301,8 +285,9 @@ BAD_REQUESTS = [  # (arguments, input file text or None, error message)
 
 
 @pytest.mark.parametrize("args,text,message", BAD_REQUESTS)
-def test_recommend_bad_input_is_a_clear_error_and_writes_nothing(tiny_dataset, student_dir, tmp_path, monkeypatch,
-                                                                 args, text, message):
+def test_recommend_bad_input_is_a_clear_error_and_writes_nothing(
+    tiny_dataset, student_dir, tmp_path, monkeypatch, args, text, message
+):
     monkeypatch.chdir(tmp_path)
     item_ids, _ = tiny_dataset.items()
     if text is not None:
@@ -327,8 +312,9 @@ def test_checkpoint_of_another_dataset_is_refused(tiny_dataset, tiny_lm_dir, tmp
 
 
 def test_flags_take_their_dataclass_types():
-    assert split_flags({"fast": "false", "int8": "True", "batch_size": "32"}, InferenceConfig) == \
-        [{"fast": False, "int8": True, "batch_size": 32}]
+    assert split_flags({"fast": "false", "int8": "True", "batch_size": "32"}, InferenceConfig) == [
+        {"fast": False, "int8": True, "batch_size": 32}
+    ]
     with pytest.raises(FlagError, match="--batch_size: expected int"):
         split_flags({"batch_size": "many"}, InferenceConfig)
     with pytest.raises(FlagError, match="--fast: expected bool"):

@@ -13,11 +13,22 @@ TINY = "--max_steps 2 --eval_steps 2 --batch_size 8 --eval_batch_size 16 --preci
 
 
 def run_main(*args, tmp_path):
-    env = {**os.environ, "SLMREC_SKIP_SETUP": "1", "PYTHON": sys.executable, "SASREC_FLAGS": TINY,
-           "TEACHER_FLAGS": f"--base_model random:tiny --num_layers 4 --max_len 6 --instruction History: "
-                            f"--response Next: {TINY}", "STUDENT_FLAGS": f"--num_layers 2 --blocks 2 {TINY}"}
-    return subprocess.run(["bash", str(ROOT / "run_main.sh"), *args, "--root", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "SLMREC_SKIP_SETUP": "1",
+        "PYTHON": sys.executable,
+        "SASREC_FLAGS": TINY,
+        "TEACHER_FLAGS": f"--base_model random:tiny --num_layers 4 --max_len 6 --instruction History: "
+        f"--response Next: {TINY}",
+        "STUDENT_FLAGS": f"--num_layers 2 --blocks 2 {TINY}",
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "run_main.sh"), *args, "--root", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_run_main_on_your_own_amazon_file(tmp_path):
@@ -30,10 +41,12 @@ def test_run_main_on_your_own_amazon_file(tmp_path):
         assert (out / run / "test_metrics.json").is_file(), run
     table = [line for line in first.stdout.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == ["| sasrec", "| student", "| teacher"]
+    assert (out / "student-export" / "config.json").is_file() and f"wrote {out}/student-export" in first.stdout
 
     again = run_main("--source", str(src), tmp_path=tmp_path)  # everything finished: nothing trains again
     assert again.returncode == 0 and "train_runtime" not in again.stdout + again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
+    assert "the student, exported:" in again.stdout
 
     (tmp_path / "elsewhere").mkdir()
     other = write_amazon_csv(tmp_path / "elsewhere" / "my_ratings.csv", synthetic_rows(seed=1))

@@ -33,7 +33,7 @@ def reference(scores, candidates):
 def random_case(seed, users=64, items=40, negatives=20):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 6, (users, items + 1), generator=g).float()  # few values: many ties
-    candidates = torch.stack([torch.randperm(items, generator=g)[:negatives + 1] + 1 for _ in range(users)])
+    candidates = torch.stack([torch.randperm(items, generator=g)[: negatives + 1] + 1 for _ in range(users)])
     candidates[: users // 4, -5:] = 0  # some users have fewer candidates
     return scores, candidates
 
@@ -78,8 +78,13 @@ def test_full_ranks_equal_the_masked_count_by_hand():
     expected = []
     for b in range(B):
         seen = set(history[b].tolist()) - {0, positives[b].item()}
-        expected.append(sum(1 for i in range(1, items + 1) if i != positives[b].item() and i not in seen
-                            and scores[b, i] >= scores[b, positives[b]]))
+        expected.append(
+            sum(
+                1
+                for i in range(1, items + 1)
+                if i != positives[b].item() and i not in seen and scores[b, i] >= scores[b, positives[b]]
+            )
+        )
     unique = torch.stack([torch.tensor(sorted(set(h.tolist())) + [0] * (12 - len(set(h.tolist())))) for h in history])
     assert full_ranks(scores, positives, unique).tolist() == expected
 
@@ -129,8 +134,7 @@ def test_ranking_from_factors_as_from_all_scores(tiny_dataset, monkeypatch, path
     table, state = integer_factors(tiny_dataset.num_items)
     for split in ("valid", "test"):
         plain = evaluate(lambda h: state(h) @ table.T, tiny_dataset, split, 6, 7, per_user=True)
-        factored = evaluate(None, tiny_dataset, split, 6, 7, per_user=True, user_fn=state, items=table,
-                            by_length=True)
+        factored = evaluate(None, tiny_dataset, split, 6, 7, per_user=True, user_fn=state, items=table, by_length=True)
         alone = evaluate(None, tiny_dataset, split, 6, 7, per_user=True, full=False, user_fn=state, items=table)
         assert factored["ranks"] == plain["ranks"] and factored["full"] == plain["full"]
         assert alone["ranks"]["candidates"] == plain["ranks"]["candidates"] and "full" not in alone

@@ -10,7 +10,7 @@ from slmrec.distill import DistillConfig, distill_loss, student_config
 from slmrec.examples import ExampleConfig, NextItemDataset, UserTargetDataset, WindowDataset, training_examples
 from slmrec.losses import block_pairs, norm_loss
 from slmrec.model import ELLMRec, item_loss
-from test_teacher import tiny_model
+from helpers import tiny_model
 
 WINDOW = torch.tensor([[0, 0, 3, 7, 1, 9], [4, 2, 8, 5, 6, 10]])  # two left-padded windows, max_len 6
 LABELS = torch.tensor([[0, 0, 7, 1, 9, 12], [2, 8, 5, 6, 10, 11]])  # the next item at every position

@@ -13,10 +13,43 @@ from slmrec.raw import DataError, read_columnar, read_interactions, read_lines
 # Values the line reader reads, or refuses, in its own way: spaces it strips, bytes that are not ASCII, numbers
 # that only Python's float() takes (Arabic-Indic digits, underscores, exponents), values past 2**53 or int64.
 ODD_IDS = [" U1", "U1 ", "U\x001", "Ü1", "", "U\x1c", "U\u00a0", "\ufffd", 'U"1', "U'1", "U\t1", "U,1"]
-ODD_RATINGS = ["3", "1", "2.5", "3.0000001", " 4", "4 ", "4e0", "nan", "inf", "-inf", "", "x", "1_0", "-4", "+5",
-               "\u0664", "0x10", "4.", ".5"]
-ODD_TIMES = ["1.5e1", "99999999999999999", "9007199254740993", "", "inf", "nan", " 12", "12 ", "-5", "1e19",
-             "\u0661\u0662", "1_000", "12.0", "9" * 30]
+ODD_RATINGS = [
+    "3",
+    "1",
+    "2.5",
+    "3.0000001",
+    " 4",
+    "4 ",
+    "4e0",
+    "nan",
+    "inf",
+    "-inf",
+    "",
+    "x",
+    "1_0",
+    "-4",
+    "+5",
+    "\u0664",
+    "0x10",
+    "4.",
+    ".5",
+]
+ODD_TIMES = [
+    "1.5e1",
+    "99999999999999999",
+    "9007199254740993",
+    "",
+    "inf",
+    "nan",
+    " 12",
+    "12 ",
+    "-5",
+    "1e19",
+    "\u0661\u0662",
+    "1_000",
+    "12.0",
+    "9" * 30,
+]
 
 
 def _mixed_lines(rng, sep, order, n=3000):
@@ -27,8 +60,12 @@ def _mixed_lines(rng, sep, order, n=3000):
         if kind < 0.03:
             lines.append(rng.choice(["", "  ", sep * 3, "garbage"]) + "\n")
             continue
-        fields = [f"U{rng.integers(40)}", f"I{rng.integers(25)}", str(rng.choice(["4", "5", "4.0", "5.0", "3"])),
-                  str(rng.integers(1000, 1030))]  # few distinct times: ties that the line order breaks
+        fields = [
+            f"U{rng.integers(40)}",
+            f"I{rng.integers(25)}",
+            str(rng.choice(["4", "5", "4.0", "5.0", "3"])),
+            str(rng.integers(1000, 1030)),
+        ]  # few distinct times: ties that the line order breaks
         if kind < 0.3:
             k = rng.integers(4)
             pool = [ODD_IDS, ODD_IDS, ODD_RATINGS, ODD_TIMES][k]
@@ -37,7 +74,7 @@ def _mixed_lines(rng, sep, order, n=3000):
         for value, at in zip(fields, order):
             row[at] = value
         if rng.random() < 0.03:
-            row = row[:rng.integers(1, len(row))]  # too few fields
+            row = row[: rng.integers(1, len(row))]  # too few fields
         elif rng.random() < 0.05:
             row += ["extra", "x"]  # more than the format needs: ignored
         lines.append(sep.join(row) + ("\r\n" if rng.random() < 0.1 else "\n"))
@@ -47,14 +84,25 @@ def _mixed_lines(rng, sep, order, n=3000):
 def _same(a, b):
     for k in ("user", "item", "time", "line"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
-    for k in ("user_names", "item_names", "lines_read", "malformed", "malformed_examples", "rating_filtered",
-              "damaged", "format"):
+    for k in (
+        "user_names",
+        "item_names",
+        "lines_read",
+        "malformed",
+        "malformed_examples",
+        "rating_filtered",
+        "damaged",
+        "format",
+    ):
         assert getattr(a, k) == getattr(b, k), k
 
 
-LAYOUTS = [("amazon-csv", ",", (1, 0, 2, 3), None), ("amazon-2014-csv", ",", (0, 1, 2, 3), None),
-           ("ml-100k", "\t", (0, 1, 2, 3), None),
-           ("recbole", "\t", (1, 0, 3, 2), "item_id:token\tuser_id:token\ttimestamp:float\trating:float\n")]
+LAYOUTS = [
+    ("amazon-csv", ",", (1, 0, 2, 3), None),
+    ("amazon-2014-csv", ",", (0, 1, 2, 3), None),
+    ("ml-100k", "\t", (0, 1, 2, 3), None),
+    ("recbole", "\t", (1, 0, 3, 2), "item_id:token\tuser_id:token\ttimestamp:float\trating:float\n"),
+]
 
 
 @pytest.mark.parametrize("fmt,sep,order,header", LAYOUTS, ids=[x[0] for x in LAYOUTS])
@@ -86,8 +134,10 @@ def test_a_looser_rule_for_plain_fields_is_caught(tmp_path, monkeypatch):
                 _same(read_columnar(path, "amazon-csv", 3.0), expected)
 
 
-@pytest.mark.parametrize("case", ["lone-cr", "lone-cr-in-extra-field", "gzip", "cp1252", "bom", "ml-1m", "json",
-                                  "first-100-bad", "many-not-plain"])
+@pytest.mark.parametrize(
+    "case",
+    ["lone-cr", "lone-cr-in-extra-field", "gzip", "cp1252", "bom", "ml-1m", "json", "first-100-bad", "many-not-plain"],
+)
 def test_files_the_columnar_reader_hands_to_the_line_reader(tmp_path, monkeypatch, case):
     good = "".join(f"I{k % 7},U{k % 11},5,{1000 + k}\n" for k in range(200))
     path, fmt = tmp_path / "r.csv", "amazon-csv"
@@ -127,12 +177,17 @@ def test_both_readers_prepare_the_same_dataset(tmp_path):
     lines = _mixed_lines(np.random.default_rng(2), ",", (1, 0, 2, 3), n=4000)
     path = tmp_path / "r.csv"
     path.write_text("".join(lines), encoding="utf-8", newline="")
-    stats = {reader: prepare(PrepareConfig(str(path), format="amazon-csv", num_negatives=5, reader=reader),
-                             tmp_path / reader) for reader in ("columnar", "lines")}
+    stats = {
+        reader: prepare(
+            PrepareConfig(str(path), format="amazon-csv", num_negatives=5, reader=reader), tmp_path / reader
+        )
+        for reader in ("columnar", "lines")
+    }
     assert stats["columnar"]["reader"] == "columnar" and stats["lines"]["reader"] == "lines"
     assert stats["columnar"]["malformed_lines"] > 100
-    assert {k: v for k, v in stats["columnar"].items() if k != "reader"} == \
-        {k: v for k, v in stats["lines"].items() if k != "reader"}
+    assert {k: v for k, v in stats["columnar"].items() if k != "reader"} == {
+        k: v for k, v in stats["lines"].items() if k != "reader"
+    }
     for name in ("users.tsv", "items.tsv"):
         assert (tmp_path / "columnar" / name).read_bytes() == (tmp_path / "lines" / name).read_bytes()
 

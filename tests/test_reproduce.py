@@ -28,8 +28,19 @@ def flag(cmd, f):
 def test_plan_covers_every_table_and_figure():
     cfg = make_config("quick")
     runs = plan(cfg)
-    sweep = ["e4srec_30", "slmrec_cos", "slmrec_cos_norm", "slmrec_cos_ms", "slmrec_b1", "slmrec_b2",
-             "slmrec_online", "e4srec_1", "e4srec_2", "e4srec_16", "e4srec_30_layers"]
+    sweep = [
+        "e4srec_30",
+        "slmrec_cos",
+        "slmrec_cos_norm",
+        "slmrec_cos_ms",
+        "slmrec_b1",
+        "slmrec_b2",
+        "slmrec_online",
+        "e4srec_1",
+        "e4srec_2",
+        "e4srec_16",
+        "e4srec_30_layers",
+    ]
     assert _keys(runs, 42) == ["sasrec", "gru4rec", "bert4rec", "e4srec_8", "e4srec_4", "slmrec", *sweep]
     # quick: the baselines and the main comparison get three seeds, the sweeps one
     assert _keys(runs, 43) == _keys(runs, 44) == ["sasrec", "gru4rec", "bert4rec", "e4srec_8", "e4srec_4", "slmrec"]
@@ -50,12 +61,21 @@ def test_declarations_feed_the_tables_and_follow_the_depths():
     cfg = make_config("quick", teacher_layers=16, student_layers=8, depths=[2, 8, 16, 30])
     lab = labels(cfg)
     assert lab["slmrec"] == "SLMRec_8<-16" and lab["e4srec_16"] == "E4SRec_16"
-    assert [k for k, _ in rows_of(cfg, "main")] == ["sasrec", "gru4rec", "bert4rec", "e4srec_30", "e4srec_16",
-                                                   "e4srec_8", "slmrec"]
+    assert [k for k, _ in rows_of(cfg, "main")] == [
+        "sasrec",
+        "gru4rec",
+        "bert4rec",
+        "e4srec_30",
+        "e4srec_16",
+        "e4srec_8",
+        "slmrec",
+    ]
     assert dict(rows_of(cfg, "table4"))["e4srec_8"] == "none (E4SRec_8)"
     assert [k for k, _ in rows_of(cfg, "table5")] == ["e4srec_30", "e4srec_16", "e4srec_8", "slmrec"]
-    assert all(len({r.key for r in plan(cfg) if r.seed == s}) == len([r for r in plan(cfg) if r.seed == s])
-               for s in (42, 43, 44))  # one directory per run
+    assert all(
+        len({r.key for r in plan(cfg) if r.seed == s}) == len([r for r in plan(cfg) if r.seed == s])
+        for s in (42, 43, 44)
+    )  # one directory per run
 
 
 def test_preset_and_config_errors():
@@ -92,8 +112,12 @@ def test_finished_run_is_recorded_skipped_and_another_command_refused(tmp_path, 
     monkeypatch.setattr(experiments.subprocess, "run", lambda *a, **k: pytest.fail("should not run"))
     experiments.execute(run, cfg, 1, 1)  # done in <runs>: recorded, not run
     rec = tmp_path / "results" / "runs" / "seed42" / "e4srec_8"
-    assert sorted(p.name for p in rec.iterdir()) == ["command.json", "record.json", "run_config.json",
-                                                      "test_metrics.json"]
+    assert sorted(p.name for p in rec.iterdir()) == [
+        "command.json",
+        "record.json",
+        "run_config.json",
+        "test_metrics.json",
+    ]
     assert json.loads((rec / "record.json").read_text())["hardware"] == "a machine"
     shutil.rmtree(tmp_path / "runs")  # another machine: only the record is left
     experiments.execute(run, cfg, 1, 1)  # recorded: skipped
@@ -131,19 +155,42 @@ def ndcg(r):
 
 
 def test_tables_and_figures_from_runs(tiny_dataset, tmp_path):
-    cfg = make_config("quick", data=str(tiny_dataset.path), runs=str(tmp_path / "runs"),
-                      results=str(tmp_path / "results"))
+    cfg = make_config(
+        "quick", data=str(tiny_dataset.path), runs=str(tmp_path / "runs"), results=str(tmp_path / "results")
+    )
     written = _fake_runs(cfg, tiny_dataset)
-    eff = [{"model": m, "layers": l, "train_step_s": s, "steps_per_epoch": 10, "epoch_s": 10 * s, "inference_s": s,
-            "test_users": 30, "trainable_params": p, "inference_params": 10 * p}
-           for m, l, s, p in [("E4SRec_30", 30, 4.0, 100), ("E4SRec_8", 8, 1.0, 40), ("E4SRec_4", 4, 0.5, 20),
-                              ("SLMRec_4<-8", 4, 0.5, 20)]]
+    eff = [
+        {
+            "model": m,
+            "layers": l,
+            "train_step_s": s,
+            "steps_per_epoch": 10,
+            "epoch_s": 10 * s,
+            "inference_s": s,
+            "test_users": 30,
+            "trainable_params": p,
+            "inference_params": 10 * p,
+        }
+        for m, l, s, p in [
+            ("E4SRec_30", 30, 4.0, 100),
+            ("E4SRec_8", 8, 1.0, 40),
+            ("E4SRec_4", 4, 0.5, 20),
+            ("SLMRec_4<-8", 4, 0.5, 20),
+        ]
+    ]
     eff[-1].update(cache_build_s=3.0, cache_mb=12.0, cache_rows=500)
     write_all(cfg, "python reproduce.py", eff)
     res = tmp_path / "results"
     rows = list(csv.DictReader(open(res / "main_table.csv")))
-    assert [r["model"] for r in rows] == ["SASRec", "GRU4Rec", "BERT4Rec", "E4SRec_30", "E4SRec_8", "E4SRec_4",
-                                          "SLMRec_4<-8"]
+    assert [r["model"] for r in rows] == [
+        "SASRec",
+        "GRU4Rec",
+        "BERT4Rec",
+        "E4SRec_30",
+        "E4SRec_8",
+        "E4SRec_4",
+        "SLMRec_4<-8",
+    ]
     assert list(rows[0]) == ["model", *METRICS, *[f"{k}_se" for k in METRICS], "seeds"]
     vals = [metrics_from_ranks(r)["NDCG@10"] for r in written["slmrec"]]
     assert float(rows[6]["NDCG@10"]) == pytest.approx(np.mean(vals), abs=1e-5)
@@ -156,16 +203,19 @@ def test_tables_and_figures_from_runs(tiny_dataset, tmp_path):
     assert "| +D_cos,D_norm | 1 |" in (res / "table4_ablation.md").read_text()
     t5 = (res / "table5_efficiency.md").read_text()
     # ratios to the full-depth model; whole-run minutes from the student's record (seed 42: 120 s * 42)
-    assert "| SLMRec_4<-8 | 4 | 5 + 3 cache | 0.500 | 8.0x | 60 | 8.0x | 0.00 M | 20% | 0.0 M | 20% | 84.0 | 42.0 |" \
-        in t5
+    assert (
+        "| SLMRec_4<-8 | 4 | 5 + 3 cache | 0.500 | 8.0x | 60 | 8.0x | 0.00 M | 20% | 0.0 M | 20% | 84.0 | 42.0 |" in t5
+    )
     assert "training 6.6x faster per epoch, inference 8.0x faster, 13% of the trainable and 14%" in t5
     assert "500 rows, 12 MB, built in 3 s" in t5
     fig2 = (res / "figure2_depth.md").read_text()
     user_se = lambda r: np.std(ndcg(r), ddof=1) / np.sqrt(len(r))
     direct = written["e4srec_30_layers"]["layer_16"]
-    assert f"| 16 | {metrics_from_ranks(written['e4srec_16'][0])['NDCG@10']:.4f} ± " \
-           f"{user_se(written['e4srec_16'][0]):.4f} (users) | 1 | {metrics_from_ranks(direct)['NDCG@10']:.4f} ± " \
-           f"{user_se(direct):.4f} (users) | 1 |" in fig2
+    assert (
+        f"| 16 | {metrics_from_ranks(written['e4srec_16'][0])['NDCG@10']:.4f} ± "
+        f"{user_se(written['e4srec_16'][0]):.4f} (users) | 1 | {metrics_from_ranks(direct)['NDCG@10']:.4f} ± "
+        f"{user_se(direct):.4f} (users) | 1 |" in fig2
+    )
     for f in ("main_table.md", "table4_ablation.md", "figure2_depth.md", "figure4_blocks.md", "paired.md"):
         text = (res / f).read_text()
         assert "Budget: 'quick'" in text and "every_position objective" in text
@@ -182,10 +232,20 @@ def test_reproduce_end_to_end_tiny(tiny_dataset, tiny_embedding, tiny_lm_dir, tm
     """The real command on a tiny dataset and a random 8-layer LM: every run, Table 5, the tables, a resume."""
     runs, res = tmp_path / "runs", tmp_path / "results"
     shutil.copytree(tiny_dataset.path, tmp_path / "data_copy")
-    args = dict(data=str(tiny_dataset.path), base_model=str(tiny_lm_dir), teacher_layers=2, student_layers=1,
-                blocks=1, depths="1,2", block_sweep="1", seeds=1, runs=str(runs), results=str(res),
-                train={"max_steps": 2, "eval_steps": 2, "batch_size": 4, "eval_batch_size": 16, "precision": "fp32"},
-                baseline_train={"epochs": 2})
+    args = dict(
+        data=str(tiny_dataset.path),
+        base_model=str(tiny_lm_dir),
+        teacher_layers=2,
+        student_layers=1,
+        blocks=1,
+        depths="1,2",
+        block_sweep="1",
+        seeds=1,
+        runs=str(runs),
+        results=str(res),
+        train={"max_steps": 2, "eval_steps": 2, "batch_size": 4, "eval_batch_size": 16, "precision": "fp32"},
+        baseline_train={"epochs": 2},
+    )
     reproduce.main(**args)
     rows = {r["model"]: r for r in csv.DictReader(open(res / "main_table.csv"))}
     assert set(rows) == {"SASRec", "GRU4Rec", "BERT4Rec", "E4SRec_2", "E4SRec_1", "SLMRec_1<-2"}

@@ -11,8 +11,7 @@ from slmrec.metrics import METRICS
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
 from slmrec.checkpoints import CheckpointError
 
-TINY = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, epochs=3, batch_size=8, eval_steps=4,
-            logging_steps=4)
+TINY = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, epochs=3, batch_size=8, eval_steps=4, logging_steps=4)
 
 
 def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
@@ -63,11 +62,12 @@ def test_the_labelled_rows_loss_in_chunks_equals_every_positions_scores(name, mo
 
     torch.manual_seed(0)
     # no dropout: the chunked path drops the batch's all-padding columns, which would draw other dropout masks
-    model = build_seqrec(SeqRecConfig(num_items=300, model=name, max_len=12, hidden_size=16, num_heads=2,
-                                      dropout=0.0)).train()
+    model = build_seqrec(
+        SeqRecConfig(num_items=300, model=name, max_len=12, hidden_size=16, num_heads=2, dropout=0.0)
+    ).train()
     x = torch.randint(1, 301, (16, 12))
     for r in range(16):
-        x[r, :3 + r % 9] = 0  # left padding, lengths 1..9: the chunked path scores 9 columns of 12
+        x[r, : 3 + r % 9] = 0  # left padding, lengths 1..9: the chunked path scores 9 columns of 12
     y = x.roll(-1, 1)
     y[:, -1] = torch.randint(1, 301, (16,))
     y[x == 0] = 0

@@ -12,7 +12,7 @@ import recommend
 import train_sr_trad
 from slmrec.recommender import Recommender
 from slmrec.serving import ServeConfig, create_app
-from test_teacher import TINY_TRAIN
+from helpers import TINY_TRAIN
 
 
 @pytest.fixture(params=["sasrec", "ellmrec"])
@@ -21,14 +21,14 @@ def run_dir(request, tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
     if request.param == "sasrec":
         train_sr_trad.main(str(tiny_dataset.path), str(out), max_steps=2, eval_steps=2)
     else:
-        finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
-                      **TINY_TRAIN)
+        finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir), **TINY_TRAIN)
     return out
 
 
 def client(run_dir, data, **cfg):
-    return TestClient(create_app(Recommender.from_checkpoint(run_dir, data), ServeConfig(**cfg)),
-                      raise_server_exceptions=False)  # a 500 is an answer here, as a client sees it
+    return TestClient(
+        create_app(Recommender.from_checkpoint(run_dir, data), ServeConfig(**cfg)), raise_server_exceptions=False
+    )  # a 500 is an answer here, as a client sees it
 
 
 def test_served_answers_equal_recommend_py(run_dir, tiny_dataset, tmp_path):
@@ -37,8 +37,9 @@ def test_served_answers_equal_recommend_py(run_dir, tiny_dataset, tmp_path):
     history = [item_ids[i] for i in (3, 1, 7)]
     lines = [{"history": history}, {"user": user}, {"history": history[:1], "user": "someone"}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    recommend.main(str(run_dir), str(tiny_dataset.path), input=str(tmp_path / "in.jsonl"), k=5,
-                   output=str(tmp_path / "out.jsonl"))
+    recommend.main(
+        str(run_dir), str(tiny_dataset.path), input=str(tmp_path / "in.jsonl"), k=5, output=str(tmp_path / "out.jsonl")
+    )
     expected = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     with client(run_dir, tiny_dataset) as c:
         assert c.get("/health").json() == {"status": "ok"} and c.get("/ready").json()["ready"] is True
@@ -55,8 +56,11 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(run_dir, t
     item_ids, _ = tiny_dataset.items()
     expected = rec.recommend(histories, k=3)
     with client(run_dir, tiny_dataset, max_wait_ms=50, max_batch=16) as c, ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda h: c.post("/recommend", json={"history": [item_ids[i] for i in h],
-                                                                     "k": 3}).json(), histories))
+        answers = list(
+            pool.map(
+                lambda h: c.post("/recommend", json={"history": [item_ids[i] for i in h], "k": 3}).json(), histories
+            )
+        )
         sizes = c.app.state.batcher.sizes
     assert [[item_ids[i] for i, _ in top] for top in expected] == [[x["item"] for x in a["items"]] for a in answers]
     assert max(sizes) > 1 and max(sizes) <= 16  # batched, within the limit
@@ -88,17 +92,26 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_goes_on(run_dir, ti
             assert "\n" not in r.json()["error"]
         r = c.post("/recommend", content=b'{"history": [', headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON")
-        r = c.post("/recommend", content=json.dumps({"history": ["x" * 3000]}).encode(),
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/recommend",
+            content=json.dumps({"history": ["x" * 3000]}).encode(),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413 and "over 2000 bytes" in r.json()["error"]
         # without a length (chunked): the limit is counted while the body arrives; a small one is served
         big = json.dumps({"history": ["x" * 3000]}).encode()
-        r = c.post("/recommend", content=(big[i:i + 100] for i in range(0, len(big), 100)),
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/recommend",
+            content=(big[i : i + 100] for i in range(0, len(big), 100)),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413 and "over 2000 bytes" in r.json()["error"]
         small = json.dumps(good).encode()
-        r = c.post("/recommend", content=(small[i:i + 5] for i in range(0, len(small), 5)),
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/recommend",
+            content=(small[i : i + 5] for i in range(0, len(small), 5)),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 200 and len(r.json()["items"]) == 2
         # an internal error: a 500 for that request, logged; the next one is served
         real = c.app.state.batcher.fn

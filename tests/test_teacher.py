@@ -11,6 +11,7 @@ import torch
 import evaluate as evaluate_cli
 import finetune
 from conftest import ROOT
+from helpers import TINY_TRAIN, tiny_model
 from slmrec.backbone import BackboneError, decoder_layers, load_backbone
 from slmrec.data import PreparedData
 from slmrec.prepare import PrepareConfig, prepare
@@ -18,19 +19,8 @@ from slmrec.embeddings import EmbeddingFileError
 from slmrec.metrics import METRICS, evaluate
 from slmrec import report
 from slmrec.examples import NextItemDataset, WindowDataset
-from slmrec.model import ELLMRec, ELLMRecConfig, load_ellmrec
+from slmrec.model import load_ellmrec
 from slmrec.checkpoints import CheckpointError
-
-SHORT_PROMPT = dict(instruction="History:", response="Next:")
-# fp32: scores compared across runs must not depend on whether this CPU has bf16.
-TINY_TRAIN = dict(num_layers=4, max_len=6, batch_size=8, eval_batch_size=16, max_steps=4, eval_steps=2,
-                  logging_steps=2, warmup_steps=0, precision="fp32", **SHORT_PROMPT)
-
-
-def tiny_model(lm_dir, num_items=20, num_layers=4, **kw):
-    table = torch.randn(num_items + 1, 8, generator=torch.Generator().manual_seed(1))
-    cfg = ELLMRecConfig(base_model=str(lm_dir), num_layers=num_layers, max_len=6, **SHORT_PROMPT, **kw)
-    return ELLMRec(cfg, table)
 
 
 def test_truncation_keeps_the_first_m_layers(tiny_lm_dir):
@@ -122,16 +112,27 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     assert "| auto |" not in row and "not recorded" not in report.table(tmp_path)
 
     # Resume: continue from checkpoint-4 to step 6.
-    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
-                  resume=True, **{**TINY_TRAIN, "max_steps": 6})
+    finetune.main(
+        str(tiny_dataset.path),
+        str(tiny_embedding),
+        str(out),
+        base_model=str(tiny_lm_dir),
+        resume=True,
+        **{**TINY_TRAIN, "max_steps": 6},
+    )
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and any(e.get("step") == 2 for e in state["log_history"])
 
 
 def test_checkpoint_from_other_data_is_refused(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
     out = tmp_path / "teacher"
-    finetune.main(str(tiny_dataset.path), str(tiny_embedding), str(out), base_model=str(tiny_lm_dir),
-                  **{**TINY_TRAIN, "max_steps": 2})
+    finetune.main(
+        str(tiny_dataset.path),
+        str(tiny_embedding),
+        str(out),
+        base_model=str(tiny_lm_dir),
+        **{**TINY_TRAIN, "max_steps": 2},
+    )
     from conftest import synthetic_rows, write_amazon_csv
 
     other = write_amazon_csv(tmp_path / "other.csv", synthetic_rows(seed=5))
@@ -143,8 +144,13 @@ def test_checkpoint_from_other_data_is_refused(tiny_dataset, tiny_embedding, tin
     with open(tmp_path / "small.pkl", "wb") as fh:
         pickle.dump({"item_embedding": torch.zeros(3, 8)}, fh)
     with pytest.raises(EmbeddingFileError, match="another dataset"):
-        finetune.main(str(tiny_dataset.path), str(tmp_path / "small.pkl"), str(tmp_path / "t"),
-                      base_model=str(tiny_lm_dir), **TINY_TRAIN)
+        finetune.main(
+            str(tiny_dataset.path),
+            str(tmp_path / "small.pkl"),
+            str(tmp_path / "t"),
+            base_model=str(tiny_lm_dir),
+            **TINY_TRAIN,
+        )
 
 
 def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_lm_dir, tmp_path):
@@ -152,9 +158,22 @@ def test_ddp_on_cpu_with_two_gloo_processes(tiny_dataset, tiny_embedding, tiny_l
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           str(ROOT / "finetune.py"), "--data", str(tiny_dataset.path), "--item_embedding", str(tiny_embedding),
-           "--output_dir", str(out), "--base_model", str(tiny_lm_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        str(ROOT / "finetune.py"),
+        "--data",
+        str(tiny_dataset.path),
+        "--item_embedding",
+        str(tiny_embedding),
+        "--output_dir",
+        str(out),
+        "--base_model",
+        str(tiny_lm_dir),
+    ]
     for k, v in TINY_TRAIN.items():
         cmd += [f"--{k}", str(v)]
     env = dict(os.environ, OMP_NUM_THREADS="1")

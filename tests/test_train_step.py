@@ -65,11 +65,12 @@ def far_left_states(model, history, shift=0):
     for r in range(B):
         real = history[r][history[r] != 0]
         pads = L - len(real)
-        embeds = torch.cat([torch.zeros(pads, table.weight.shape[1]), table(model.prefix_ids),
-                            model.w_in(model.item_embedding[real])])
+        embeds = torch.cat(
+            [torch.zeros(pads, table.weight.shape[1]), table(model.prefix_ids), model.w_in(model.item_embedding[real])]
+        )
         mask = torch.tensor([0] * pads + [1] * (P + len(real)))
         positions = (mask.cumsum(0) - 1).clamp(min=0)
-        positions[pads + P:] += shift
+        positions[pads + P :] += shift
         out = model.lm(inputs_embeds=embeds[None], attention_mask=mask[None], position_ids=positions[None])
         rows.append(out.last_hidden_state[0, -L:])
     return torch.stack(rows)
@@ -131,8 +132,10 @@ def test_length_groups_know_each_examples_length_and_stay_random(tiny_dataset):
 def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_dir):
     from slmrec.model import MaskDropout, training_attention
 
-    model = ELLMRec(ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, **PROMPT),
-                    torch.randn(21, 8))
+    model = ELLMRec(
+        ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, **PROMPT),
+        torch.randn(21, 8),
+    )
     masks = [m for m in model.modules() if isinstance(m, MaskDropout)]
     assert len(masks) == 2 * 3 and not any(type(m) is torch.nn.Dropout for m in model.modules())
     torch.manual_seed(0)
@@ -140,7 +143,7 @@ def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_di
     y = masks[0].train()(x)
     dropped = (y == 0).float()
     assert abs(dropped.mean().item() - 0.25) < 4 * (0.25 * 0.75 / len(x)) ** 0.5  # the rate, to 4 sigma
-    assert abs((dropped[:-1] * dropped[1:]).mean().item() - 0.25 ** 2) < 0.003  # neighbours drawn apart
+    assert abs((dropped[:-1] * dropped[1:]).mean().item() - 0.25**2) < 0.003  # neighbours drawn apart
     assert abs(y.mean().item() - 1) < 0.01  # kept elements scaled to keep the mean
     assert torch.equal(masks[0].eval()(x), x)
     assert training_attention("auto", None) == "sdpa" == training_attention("auto", "fp32")
