@@ -17,6 +17,7 @@ only (renumbered 0..V-1), and LoRA's delta zero after the fold.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def export(run, output, dtype="fp32", data=None) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     with written_whole(output / WEIGHTS) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(output / WEIGHTS, 0o666 & ~umask)  # a published file: readable as the others (safetensors writes 0600)
     shutil.copyfile(dataset.path / ITEMS, output / ITEMS)
     config["weights_sha256"] = file_digest(output / WEIGHTS)
     save_json(config, output / CONFIG)
