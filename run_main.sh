@@ -9,43 +9,59 @@
 # (e.g. TEACHER_FLAGS="--base_model /models/llama-7b"). A re-run skips finished stages and resumes an
 # interrupted one from its last checkpoint.
 set -euo pipefail
-cd "$(dirname "$0")"
-SOURCE= GIVEN_DATA=${DATA:-} NAME= ROOT=  # DATA=DIR in the environment is --data DIR
+fail() { echo "error: run_main.sh: $*" >&2; exit 2; }
+here() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # paths as the caller typed them, from where they stand
+SOURCE= GIVEN_DATA=${DATA:+$(here "$DATA")} NAME= ROOT=  # DATA=DIR in the environment is --data DIR
 while [ $# -gt 0 ]; do
   case "$1" in
-    --source) SOURCE=$2; shift 2 ;;
-    --data) GIVEN_DATA=$2; shift 2 ;;
+    --source|--data|--name|--root) [ $# -ge 2 ] && [ -n "$2" ] || fail "$1 needs a value" ;;
+  esac
+  case "$1" in
+    --source) SOURCE=$(here "$2"); shift 2 ;;
+    --data) GIVEN_DATA=$(here "$2"); shift 2 ;;
     --name) NAME=$2; shift 2 ;;
-    --root) ROOT=${2%/}/; shift 2 ;;
-    *) echo "error: run_main.sh: unknown argument $1 (it takes --source FILE, --data DIR, --name NAME, --root DIR)" >&2
-       exit 2 ;;
+    --root) ROOT=$(here "${2%/}")/; shift 2 ;;
+    *) fail "unknown argument $1 (it takes --source FILE, --data DIR, --name NAME, --root DIR)" ;;
   esac
 done
-[ -z "$SOURCE" ] || [ -z "$GIVEN_DATA" ] || { echo "error: run_main.sh: give --source or --data, not both" >&2; exit 2; }
+cd "$(dirname "$0")"
+[ -z "$SOURCE" ] || [ -z "$GIVEN_DATA" ] || fail "give --source or --data, not both"
+[ -z "$ROOT" ] || [ ! -e "${ROOT%/}" ] || [ -d "${ROOT%/}" ] || fail "--root ${ROOT%/} is a file, not a folder"
+if [ -n "$SOURCE" ]; then
+  [ -f "$SOURCE" ] || fail "--source $SOURCE: no such file"
+  NAME=${NAME:-$(basename "$SOURCE" | sed 's/\..*//')}
+  [ -n "$NAME" ] || fail "no folder name can be made from $(basename "$SOURCE"); give --name NAME"
+elif [ -n "$GIVEN_DATA" ]; then
+  NAME=${NAME:-$(basename "$GIVEN_DATA")}
+fi
+# out/<name> and data/<name> must stay under the root: a plain folder name
+[ -z "$NAME" ] || [[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+  fail "'$NAME' is not a plain folder name (letters, digits, . _ -, not starting with a dot); give --name NAME"
 [ "${SLMREC_SKIP_SETUP:-0}" = 1 ] || bash setup.sh  # the tests skip it: their Python is set up already
 PY=$(bash scripts/python.sh)
 if [ -n "$SOURCE" ]; then
-  [ -f "$SOURCE" ] || { echo "error: run_main.sh: --source $SOURCE: no such file" >&2; exit 2; }
-  NAME=${NAME:-$(basename "$SOURCE" | sed 's/\..*//')}
   DATA=${ROOT}data/$NAME
   if [ -f "$DATA/prepare_config.json" ]; then  # prepared once; a folder prepared from another file is refused
-    "$PY" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["source"] != sys.argv[2])' \
-      "$DATA/prepare_config.json" "$SOURCE" ||
-      { echo "error: run_main.sh: $DATA was prepared from another file; name this one with --name" >&2; exit 2; }
+    "$PY" -c 'import json, os, sys; p = os.path.realpath; sys.exit(p(json.load(open(sys.argv[1]))["source"]) != p(sys.argv[2]))' \
+      "$DATA/prepare_config.json" "$SOURCE" || fail "$DATA was prepared from another file; name this one with --name"
   else
     "$PY" prepare_data.py --source "$SOURCE" --output_dir "$DATA"
   fi
 elif [ -n "$GIVEN_DATA" ]; then
-  DATA=$GIVEN_DATA NAME=${NAME:-$(basename "$GIVEN_DATA")}
+  DATA=$GIVEN_DATA
 fi
 if [ -n "$NAME" ]; then OUT=${ROOT}out/$NAME; else OUT=${ROOT}out/main DATA=${ROOT}data/ml-100k; fi
 export DATA EMB_DIR=$OUT/sasrec
 source scripts/common.sh
 ensure_embeddings
+finished() {  # a finished stage is not run again, and flags given for it are said to be unused
+  [ -f "$1/test_metrics.json" ] || return 1
+  [ -z "$2" ] || echo "note: $1 finished already; $3 not used (remove the folder to train it again with them)" >&2
+}
 # shellcheck disable=SC2086  # the *_FLAGS are word lists
-[ -f "$OUT/teacher/test_metrics.json" ] || bash run_finetune.sh "$OUT/teacher" --resume ${TEACHER_FLAGS:-}
+finished "$OUT/teacher" "${TEACHER_FLAGS:-}" TEACHER_FLAGS || bash run_finetune.sh "$OUT/teacher" --resume ${TEACHER_FLAGS:-}
 # shellcheck disable=SC2086
-[ -f "$OUT/student/test_metrics.json" ] || bash run_distill.sh "$OUT/teacher" "$OUT/student" --resume ${STUDENT_FLAGS:-}
+finished "$OUT/student" "${STUDENT_FLAGS:-}" STUDENT_FLAGS || bash run_distill.sh "$OUT/teacher" "$OUT/student" --resume ${STUDENT_FLAGS:-}
 "$PY" -m slmrec.report "$OUT"
 # The student as one self-contained folder (export.py): what to ship.
 if [ -f "$OUT/student-export/config.json" ]; then

@@ -13,9 +13,15 @@ ensure_embeddings() {
     [ "$(basename "$DATA")" = ml-100k ] || { echo "error: no prepared dataset at $DATA (run prepare_data.py)" >&2; exit 2; }
     "$PY" prepare_data.py --source ml-100k --output_dir "$DATA"
   fi
+  if [ -f "$EMB_DIR/test_metrics.json" ]; then  # finished: flags given for it are said to be unused
+    [ -z "${SASREC_FLAGS:-}" ] ||
+      echo "note: $EMB_DIR finished already; SASREC_FLAGS not used (remove the folder to train it again with them)" >&2
+  else
+    [ -f "$EMB" ] && return  # embeddings named by the caller, without a SASRec run here
+    # shellcheck disable=SC2086  # SASREC_FLAGS (run_main.sh): a word list
+    "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume ${SASREC_FLAGS:-}
+  fi
   [ -f "$EMB" ] && return
-  # shellcheck disable=SC2086  # SASREC_FLAGS (run_main.sh): a word list
-  [ -f "$EMB_DIR/test_metrics.json" ] || "$PY" train_sr_trad.py --data "$DATA" --output_dir "$EMB_DIR" --resume ${SASREC_FLAGS:-}
   "$PY" extract_emb.py --checkpoint "$EMB_DIR" --output "$EMB"
 }
 

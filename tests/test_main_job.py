@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import synthetic_rows, write_amazon_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +49,51 @@ def test_run_main_on_your_own_amazon_file(tmp_path):
     assert again.returncode == 0 and "train_runtime" not in again.stdout + again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
     assert "the student, exported:" in again.stdout
+    assert "TEACHER_FLAGS not used" in again.stderr and "SASREC_FLAGS not used" in again.stderr  # said, not silent
 
     (tmp_path / "elsewhere").mkdir()
     other = write_amazon_csv(tmp_path / "elsewhere" / "my_ratings.csv", synthetic_rows(seed=1))
     refused = run_main("--source", str(other), tmp_path=tmp_path)
     assert refused.returncode == 2 and "prepared from another file" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--source", "{tmp}/.ratings.csv"], "no folder name can be made from .ratings.csv"),
+        (["--source", "{tmp}/r.csv", "--name", "../../x"], "'../../x' is not a plain folder name"),
+        (["--source", "{tmp}/r.csv", "--root", "{tmp}/r.csv"], "is a file, not a folder"),
+        (["--source"], "--source needs a value"),
+        (["--source", "{tmp}/missing.csv"], "no such file"),
+        (["--data", "{tmp}/d", "--source", "{tmp}/r.csv"], "give --source or --data, not both"),
+    ],
+    ids=["empty-name", "name-outside-root", "root-is-a-file", "no-value", "missing", "both"],
+)
+def test_run_main_refuses_paths_that_do_not_mean_what_was_said(tmp_path, args, message):
+    (tmp_path / ".ratings.csv").write_text("x")
+    (tmp_path / "r.csv").write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {**os.environ, "SLMREC_SKIP_SETUP": "1"}
+    res = subprocess.run(
+        ["bash", str(ROOT / "run_main.sh"), *[a.format(tmp=tmp_path) for a in args]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_a_relative_source_is_read_from_where_the_user_stands(tmp_path):
+    (tmp_path / "r.csv").write_text("x")
+    res = subprocess.run(
+        ["bash", str(ROOT / "run_main.sh"), "--source", "r.csv", "--name", "bad/name"],
+        cwd=tmp_path,
+        env={**os.environ, "SLMREC_SKIP_SETUP": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # the file was found from tmp_path (not the checkout): the next check, the name, is what refuses
+    assert res.returncode == 2 and "'bad/name' is not a plain folder name" in res.stderr, res.stderr
