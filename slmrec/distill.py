@@ -57,6 +57,10 @@ class DistillConfig:
             raise FlagError("--teacher_states cache needs offline KD: online, the teacher changes at every step")
         if not self.state_cache_max_gb >= 0:
             raise FlagError(f"--state_cache_max_gb must be at least 0, not {self.state_cache_max_gb}")
+        if self.state_cache and Path(self.state_cache).exists() and not Path(self.state_cache).is_dir():
+            raise FlagError(
+                f"--state_cache {self.state_cache} is a file, not a folder (the teacher-state caches go in it)"
+            )
         if min(self.lambda_cos, self.lambda_norm, self.lambda_ms, self.lambda_kl) < 0 or self.temperature <= 0:
             raise FlagError("the lambdas must be >= 0 and the temperature > 0")
 

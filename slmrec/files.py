@@ -153,7 +153,7 @@ def run_lock(folder):
                     f"{folder} is in use by a run on {holder.get('host')} (pid {holder.get('pid')}); if "
                     f"that run is gone, remove {path}"
                 ) from None
-            if holder is not None and _alive(holder.get("pid")):
+            if holder is not None and process_alive(holder.get("pid")):
                 raise FlagError(
                     f"{folder} is in use by another run (pid {holder['pid']}): wait for it to finish, or "
                     f"choose another output folder"
@@ -186,7 +186,7 @@ def _lock_holder(path):
     return holder if isinstance(holder, dict) else None
 
 
-def _alive(pid) -> bool:
+def process_alive(pid) -> bool:
     if pid == "unknown (taking it now)":
         return True
     try:

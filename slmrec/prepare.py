@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import FORMAT, PreparedData, Sequences, _sequence_hash, id_dtype, is_prepared, sequence_digest
 from .errors import DataError
 from .raw import read_interactions, read_titles
-from .files import cache_dir
+from .files import cache_dir, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,24 @@ def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, 
     return short
 
 
+def _running(leftover: Path) -> bool:
+    """A .tmp-/.old- folder of a prepare still running on this machine: its process id is in the name."""
+    pid = leftover.name.rsplit(".", 1)[-1].split("-")[1:2]
+    return bool(pid) and pid[0].isdigit() and process_alive(int(pid[0]))
+
+
 def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
     """Before any work: output_dir must be new, empty, or a prepared dataset to replace with overwrite. Leftovers
     of a run killed mid-replacement are put right first (the old dataset back if the new one never arrived)."""
     parent = output_dir.parent
-    olds = sorted(parent.glob(f".{output_dir.name}.old-*")) if parent.is_dir() else []
+    # Another prepare into the same folder that is running now owns its own: only a dead run's are put right.
+    leftovers = lambda kind: [p for p in sorted(parent.glob(f".{output_dir.name}.{kind}-*")) if not _running(p)]  # noqa: E731
+    olds = leftovers("old") if parent.is_dir() else []
     if olds and not output_dir.exists():
         log.warning("restoring %s from %s, left by an interrupted replacement", output_dir, olds[-1])
         os.replace(olds[-1], output_dir)
     if parent.is_dir():
-        for leftover in [*parent.glob(f".{output_dir.name}.tmp-*"), *parent.glob(f".{output_dir.name}.old-*")]:
+        for leftover in [*leftovers("tmp"), *leftovers("old")]:
             shutil.rmtree(leftover, ignore_errors=True)
     if source is not None and source.resolve().is_relative_to(output_dir.resolve()):
         raise DataError(f"--output_dir {output_dir} holds the source {source}: choose another output directory")
@@ -207,7 +215,7 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
     lengths = np.diff(offsets)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename at the end: an interrupted run leaves no half dataset.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-{os.getpid()}-", dir=output_dir.parent))
     try:
         np.save(tmp / "sequences.npy", items)
         np.save(tmp / "offsets.npy", offsets)
@@ -280,7 +288,7 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
 def _swap_in(tmp: Path, output_dir: Path):
     """Replace output_dir by tmp by renames: the old dataset is whole until the new one is in place
     (check_output_dir restores it if a kill falls between the two renames)."""
-    old = output_dir.parent / f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
     if output_dir.exists():
         os.replace(output_dir, old)
     os.replace(tmp, output_dir)

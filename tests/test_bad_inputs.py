@@ -100,6 +100,7 @@ CATALOGUE = [
         "--teacher_states must be",
     ),
     ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --lambda_cos -1", "the lambdas must be >= 0"),
+    ("distill", "--teacher {tmp} --data {data} --output_dir {tmp}/s --state_cache {src}", "is a file, not a folder"),
     ("distill", "--teacher {tmp} --data {data} --output_dir {data}/../s --blocks 3", "not a checkpoint"),
     (
         "distill",
@@ -278,6 +279,12 @@ def test_replacing_a_dataset_needs_overwrite_and_survives_a_kill(tmp_path):
     prepare(PrepareConfig(str(src), num_negatives=7), out, overwrite=True)
     assert PreparedData(out).fingerprint == kept and not list(tmp_path.glob(".p.*"))
     assert np.array_equal(PreparedData(out).candidates["test"].shape, (30, 8))
+    # Another prepare into the same folder, running now (this process's id): its temporary folder is its own, kept.
+    running = tmp_path / f".p.tmp-{os.getpid()}-abc"
+    running.mkdir()
+    (tmp_path / ".p.tmp-999999999-abc").mkdir()  # a run that is gone
+    prepare(PrepareConfig(str(src), num_negatives=7), out, overwrite=True)
+    assert [p.name for p in tmp_path.glob(".p.*")] == [running.name]
 
 
 SASREC = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, batch_size=8, eval_steps=4, logging_steps=4)
