@@ -38,14 +38,14 @@ def save_model(model, output_dir):
     save_json(model.checkpoint_config(), output_dir / MODEL_CONFIG)
 
 
-def load_checkpoint_config(checkpoint_dir, model_type) -> dict:
-    """The config of a checkpoint written by save_model, checked for its files and model type."""
+def load_checkpoint_config(checkpoint_dir, model_type=None) -> dict:
+    """The config of a checkpoint written by save_model, checked for its files and model type (None: any)."""
     d = Path(checkpoint_dir)
     if not (d / WEIGHTS).is_file() or not (d / MODEL_CONFIG).is_file():
         raise CheckpointError(f"{d}: not a checkpoint of this project (needs {WEIGHTS} and {MODEL_CONFIG})")
     cfg = read_model_config(d)
     found = cfg.pop("model_type", None)
-    if found != model_type:
+    if model_type is not None and found != model_type:
         raise CheckpointError(f"{d}: holds a {found!r} model, expected {model_type!r}")
     return cfg
 

@@ -112,17 +112,20 @@ def read_items(path, num_items) -> tuple:
 
 class Catalog:
     """The items alone (ids and titles from an items.tsv), for scoring histories without a dataset's users: what
-    an exported model ships (slmrec/export.py). A request naming a dataset user needs the prepared dataset."""
+    an exported model ships (slmrec/export.py), and what a prepared dataset (PreparedData) has besides its users
+    and histories. A request naming a dataset user needs the prepared dataset."""
 
     def __init__(self, folder, num_items, fingerprint=""):
         self.path, self.num_items, self.fingerprint = Path(folder), num_items, fingerprint
 
     @functools.cached_property
     def catalog(self) -> tuple:
+        """(original ids, titles), read once."""
         return read_items(self.path / "items.tsv", self.num_items)
 
     @functools.cached_property
     def item_index(self) -> dict:
+        """{original item id: item index 1..|I|}, read once."""
         return {orig: i for i, orig in enumerate(self.catalog[0]) if i}
 
     @property
@@ -130,7 +133,7 @@ class Catalog:
         raise DataError(f"{self.path} holds no users: a request naming a user needs the prepared dataset (--data)")
 
 
-class PreparedData:
+class PreparedData(Catalog):
     """A prepared dataset: user histories plus the fixed evaluation candidates, memory-mapped (format 2): opening
     reads the small files and maps the arrays, and a page of a table is read only when it is used."""
 
@@ -250,16 +253,6 @@ class PreparedData:
     def users(self):
         """Original user ids, a list indexed by user index."""
         return [r[1] for r in self._table("users.tsv")]
-
-    @functools.cached_property
-    def catalog(self) -> tuple:
-        """items(), read once."""
-        return self.items()
-
-    @functools.cached_property
-    def item_index(self) -> dict:
-        """{original item id: item index 1..|I|}, read once."""
-        return {orig: i for i, orig in enumerate(self.catalog[0]) if i}
 
     @functools.cached_property
     def user_index(self) -> dict:

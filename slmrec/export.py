@@ -25,16 +25,14 @@ import safetensors.torch
 import torch
 
 from .backbone import decoder_layers
-from .checkpoints import read_model_config
+from .checkpoints import WEIGHTS, load_checkpoint_config
 from .data import Catalog, PreparedData
-from .decoder import weight
 from .errors import CheckpointError, FlagError
 from .files import file_digest, load_json, save_json, written_whole
 from .model import ELLMRec, ELLMRecConfig, load_ellmrec
 
 EXPORT_TYPE = "slmrec-export"
 EXPORT_FORMAT = 1
-WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 ITEMS = "items.tsv"
 CARD = "README.md"
@@ -76,23 +74,11 @@ class PromptTokens:
 
 
 def _lm_state(model: ELLMRec, vocab) -> dict:
-    """The cut LM's state dict as a plain LlamaModel of the same config would hold it, LoRA folded in and the
-    token table cut to `vocab` (the prompt's token ids, in their new order)."""
-    lm = model.base_lm()
-    out = {}
-    for name in lm.state_dict():
-        if ".lora_" in name:
-            continue
-        plain = name.replace(".base_layer", "")
-        owner, leaf = plain.rsplit(".", 1)
-        module = lm.get_submodule(owner)
-        lora = hasattr(module, "get_delta_weight")  # peft's wrapper in place of a projection
-        if leaf == "weight" and lora:
-            out[plain] = weight(module).detach()  # the update folded in
-        else:
-            out[plain] = getattr(module.get_base_layer() if lora else module, leaf).detach()
-    out["embed_tokens.weight"] = lm.get_input_embeddings().weight.detach()[torch.as_tensor(vocab)]
-    return out
+    """The cut LM's state dict as a plain LlamaModel of the same config holds it: LoRA folded in (merge_lora) and
+    the token table cut to `vocab` (the prompt's token ids, in their new order)."""
+    state = {k: v.detach() for k, v in model.merge_lora().base_lm().state_dict().items()}
+    state["embed_tokens.weight"] = state["embed_tokens.weight"][torch.as_tensor(vocab)]
+    return state
 
 
 def export(run, output, dtype="fp32", data=None) -> dict:
@@ -102,8 +88,7 @@ def export(run, output, dtype="fp32", data=None) -> dict:
     if dtype not in DTYPES:
         raise FlagError(f"--dtype must be fp32 or bf16, not {dtype!r}")
     run, output = Path(run), Path(output)
-    if read_model_config(run).get("model_type") != "ellmrec":
-        raise CheckpointError(f"{run}: not an E-LLMRec run (a teacher or student of finetune.py or distill.py)")
+    load_checkpoint_config(run, "ellmrec")  # a run of finetune.py or distill.py, before anything is read
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FlagError(f"--output {output} exists and is not an empty folder: choose a new one")
     dataset = PreparedData(data or load_json(run / "run_config.json")["data"])

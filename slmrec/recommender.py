@@ -10,7 +10,7 @@ import torch
 from .batches import history_batches
 from .data import Catalog, PreparedData
 from . import export
-from .checkpoints import MODEL_CONFIG, WEIGHTS, read_model_config
+from .checkpoints import load_checkpoint_config
 from .errors import CheckpointError, DataError, FlagError
 from .files import load_json
 from .inference import InferenceConfig, load_scorer
@@ -107,9 +107,7 @@ def check_model(source, data):
     if export.is_export(source):
         fingerprint = load_json(Path(source) / export.CONFIG)["model"].get("data_fingerprint")
     else:
-        if not (Path(source) / MODEL_CONFIG).is_file() or not (Path(source) / WEIGHTS).is_file():
-            raise CheckpointError(f"{source}: not a trained model of this project (no {MODEL_CONFIG} and {WEIGHTS})")
-        fingerprint = read_model_config(source).get("data_fingerprint")
+        fingerprint = load_checkpoint_config(source).get("data_fingerprint")
     if fingerprint and fingerprint != data.fingerprint:
         raise CheckpointError(f"{source} was trained on dataset {fingerprint}, but {data.path} is {data.fingerprint}")
 
@@ -135,7 +133,7 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, data, cfg: InferenceConfig = None, device=None):
-        data = data if isinstance(data, (PreparedData, Catalog)) else PreparedData(data)
+        data = data if isinstance(data, Catalog) else PreparedData(data)
         cfg = cfg or InferenceConfig()
         scorer, max_len = load_scorer(checkpoint, data, cfg, device)
         return cls(scorer, data, max_len, cfg)

@@ -130,7 +130,7 @@ def test_export_refuses_what_it_cannot_make_and_writes_nothing(tiny_dataset, run
         export(run, tmp_path / "x", dtype="fp8")
     sasrec = tmp_path / "sasrec"
     save_model(build_seqrec(SeqRecConfig(tiny_dataset.num_items, max_len=6)), sasrec)
-    with pytest.raises(CheckpointError, match="not an E-LLMRec run"):
+    with pytest.raises(CheckpointError, match="holds a 'seqrec' model, expected 'ellmrec'"):
         export(sasrec, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

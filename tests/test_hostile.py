@@ -350,6 +350,6 @@ def test_serve_with_workers_refuses_a_bad_checkpoint_before_starting_any(tiny_da
 
     started = []
     monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: started.append(a))
-    with pytest.raises(CheckpointError, match="not a trained model of this project"):
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         serve.main(checkpoint=str(tmp_path / "missing"), data=str(tiny_dataset.path), workers=2)
     assert not started
