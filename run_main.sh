@@ -4,6 +4,7 @@
 #   bash run_main.sh                           # the embedded defaults: ml-100k and SmolLM2-135M, into out/main
 #   bash run_main.sh --source ratings.csv      # your ratings file (any prepare_data.py format) -> data/<name>,
 #                                              # out/<name>/{sasrec,teacher,student}; <name>: the file's, or --name
+#   bash run_main.sh --source 5core/last_out_w_his --name beauty   # a folder: a published split used as given
 #   bash run_main.sh --data data/mine          # a dataset prepared already -> out/<its folder's name>
 # --root DIR puts data/ and out/ under DIR. Extra flags for one stage: SASREC_FLAGS, TEACHER_FLAGS, STUDENT_FLAGS
 # (e.g. TEACHER_FLAGS="--base_model /models/llama-7b"). A re-run skips finished stages and resumes an
@@ -28,7 +29,7 @@ cd "$(dirname "$0")"
 [ -z "$SOURCE" ] || [ -z "$GIVEN_DATA" ] || fail "give --source or --data, not both"
 [ -z "$ROOT" ] || [ ! -e "${ROOT%/}" ] || [ -d "${ROOT%/}" ] || fail "--root ${ROOT%/} is a file, not a folder"
 if [ -n "$SOURCE" ]; then
-  [ -f "$SOURCE" ] || fail "--source $SOURCE: no such file"
+  [ -f "$SOURCE" ] || [ -d "$SOURCE" ] || fail "--source $SOURCE: no such file or folder"
   NAME=${NAME:-$(basename "$SOURCE" | sed 's/\..*//')}
   [ -n "$NAME" ] || fail "no folder name can be made from $(basename "$SOURCE"); give --name NAME"
 elif [ -n "$GIVEN_DATA" ]; then
@@ -45,7 +46,8 @@ if [ -n "$SOURCE" ]; then
     "$PY" -c 'import json, os, sys; p = os.path.realpath; sys.exit(p(json.load(open(sys.argv[1]))["source"]) != p(sys.argv[2]))' \
       "$DATA/prepare_config.json" "$SOURCE" || fail "$DATA was prepared from another file; name this one with --name"
   else
-    "$PY" prepare_data.py --source "$SOURCE" --output_dir "$DATA"
+    SPLIT=leave-one-out; [ -d "$SOURCE" ] && SPLIT=given  # a folder holds a split's train/valid/test files
+    "$PY" prepare_data.py --source "$SOURCE" --output_dir "$DATA" --split "$SPLIT"
   fi
 elif [ -n "$GIVEN_DATA" ]; then
   DATA=$GIVEN_DATA

@@ -42,8 +42,13 @@ STAGES = ("prepare", "open", "sasrec_step", "sasrec_valid", "sasrec_test", "ellm
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generate(path, fraction, seed=0, chunk_users=200_000):
-    """An Amazon-18-shaped ratings CSV at `fraction` of Clothing's users and items; returns its line count."""
+LAYOUTS = ("csv", "2023-jsonl")
+
+
+def generate(path, fraction, seed=0, chunk_users=200_000, layout="csv"):
+    """An Amazon-18-shaped ratings file at `fraction` of Clothing's users and items; returns its line count.
+    layout "csv": Amazon 2018's ratings CSV (item,user,rating,seconds); "2023-jsonl": Amazon 2023's review JSON
+    lines (every field of the release, short texts; 28-character user ids, times in milliseconds)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -70,8 +75,27 @@ def generate(path, fraction, seed=0, chunk_users=200_000):
                 }
             )
             frame["item"] = "B" + frame["item"].astype(str).str.zfill(9)
-            frame["user"] = "A" + frame["user"].astype(str).str.zfill(12)
-            frame.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).to_csv(fh, header=False, index=False)
+            frame["user"] = "A" + frame["user"].astype(str).str.zfill(12 if layout == "csv" else 27)
+            frame = frame.sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
+            if layout == "csv":
+                frame.to_csv(fh, header=False, index=False)
+            else:
+                ms = (frame["time"] * 1000 + rng.integers(0, 1000, len(frame))).astype(str)
+                fh.write(
+                    (
+                        '{"rating": '
+                        + frame["rating"].astype(str)
+                        + ', "title": "Fits well", "text": "Bought it for my daughter.", "images": [], "asin": "'
+                        + frame["item"]
+                        + '", "parent_asin": "'
+                        + frame["item"]
+                        + '", "user_id": "'
+                        + frame["user"]
+                        + '", "timestamp": '
+                        + ms
+                        + ', "helpful_vote": 0, "verified_purchase": true}\n'
+                    ).str.cat()
+                )
             lines += len(frame)
     return lines
 
@@ -153,7 +177,7 @@ def stage(name, source, prepared, num_negatives="999", steps=5):
         stats = prepare(PrepareConfig(source, num_negatives=int(num_negatives)), prepared)
         out = {
             "seconds": time.perf_counter() - t,
-            **{k: stats[k] for k in ("users", "items", "interactions", "lines_read")},
+            **{k: stats[k] for k in ("users", "items", "interactions", "lines_read", "reader", "time_unit")},
         }
         out["dataset_mb"] = sum(f.stat().st_size for f in Path(prepared).iterdir()) / 2**20
     elif name == "open":
@@ -206,27 +230,33 @@ def stage(name, source, prepared, num_negatives="999", steps=5):
     print(json.dumps(out))
 
 
-def main(fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, num_negatives: int = 999):
+def main(
+    fractions="0.01,0.1", stages=",".join(STAGES), workdir: str = None, num_negatives: int = 999, layout: str = "csv"
+):
     """fractions: of Clothing's users and items; stages: a subset of STAGES; workdir: a folder that keeps the
     ratings files between runs (each prepared dataset is made afresh), else a temporary one; num_negatives: the
     stored candidates' negatives per user and split (fewer where 1,000 would not fit the disk: 43 GB at 5x
-    Clothing's users)."""
+    Clothing's users); layout: the ratings file's, one of LAYOUTS (2023-jsonl: Amazon 2023's review file)."""
     from slmrec.machine import hardware
 
     wanted = list(stages) if isinstance(stages, (list, tuple)) else [s.strip() for s in stages.split(",") if s.strip()]
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise SystemExit(f"unknown stage(s) {bad}; choose from {STAGES}")
+    if layout not in LAYOUTS:
+        raise SystemExit(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     fracs = [float(f) for f in (fractions if isinstance(fractions, (list, tuple)) else str(fractions).split(","))]
     rows = []
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="slmrec-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         for f in fracs:
-            src, prepared = root / f"ratings-{f:g}.csv", root / f"prepared-{f:g}"
+            suffix = "csv" if layout == "csv" else "jsonl"
+            src = root / f"ratings-{f:g}.{suffix}"
+            prepared = root / (f"prepared-{f:g}" + ("" if layout == "csv" else "-2023"))
             if not src.is_file():
                 t = time.perf_counter()
-                lines = generate(src, f)
+                lines = generate(src, f, layout=layout)
                 print(
                     f"wrote {src} ({lines:,} lines, {src.stat().st_size / 2**20:,.0f} MB) in "
                     f"{time.perf_counter() - t:.0f}s",

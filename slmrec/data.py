@@ -12,6 +12,13 @@ A prepared dataset is a directory (format 2; every array an uncompressed .npy, r
     prepare_config.json      the options used
     stats.json               users, items, interactions, density, ... and the content fingerprint
 
+A dataset of a split made elsewhere (prepare_data.py --split given) has besides, and its candidate tables have a row
+per evaluation row rather than per user:
+
+    train_end.npy            int64 [users]: each user's history holds its training rows first, then validation, test
+    eval_valid.npy           int64 [rows, 2]: (user, position) of each validation row: its target is the user's item
+    eval_test.npy            at that position, its history the items before it
+
 Format 1 (sequences.npz, candidates.npz) still opens; `prepare_data.py --convert DIR` rewrites it as format 2 with
 the same fingerprint.
 """
@@ -78,13 +85,29 @@ def sequence_digest(items, offsets) -> str:
     return _sequence_hash(items, offsets).hexdigest()[:16]
 
 
-def fingerprint(items, offsets, valid, test) -> str:
-    """The dataset's content fingerprint: sha256 of the ids as int32, the offsets as int64 and both candidate
-    tables as int32, whatever types they are stored in (prepare() feeds the same hash as it draws)."""
+def split_hash(h, split_arrays):
+    """Feed h a given split's arrays (train_end, eval_valid, eval_test) as int64; nothing for leave-one-out."""
+    for array in split_arrays:
+        _update(h, array, np.int64)
+    return h
+
+
+def fingerprint(items, offsets, valid, test, split_arrays=()) -> str:
+    """The dataset's content fingerprint: sha256 of the ids as int32, the offsets as int64, both candidate
+    tables as int32, whatever types they are stored in (prepare() feeds the same hash as it draws), and a given
+    split's arrays."""
     h = _sequence_hash(items, offsets)
     _update(h, valid, np.int32)
     _update(h, test, np.int32)
-    return h.hexdigest()[:16]
+    return split_hash(h, split_arrays).hexdigest()[:16]
+
+
+def split_digest(split_arrays) -> str:
+    """A given split's arrays' digest: checked whenever the dataset opens, with the histories'."""
+    return split_hash(hashlib.sha256(), split_arrays).hexdigest()[:16]
+
+
+SPLIT_FILES = ("train_end.npy", "eval_valid.npy", "eval_test.npy")
 
 
 FORMAT = 2
@@ -147,12 +170,18 @@ class PreparedData(Catalog):
             if self.format == 1
             else ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy")
         )
+        try:
+            given = json.loads((self.path / "stats.json").read_text(encoding="utf-8")).get("split") == "given"
+        except (OSError, ValueError, AttributeError):
+            given = False  # read again below, where its error is reported
+        if given:
+            arrays = (*arrays, *SPLIT_FILES)
         missing = [f for f in (*arrays, "stats.json", "items.tsv") if not (self.path / f).is_file()]
         if missing:
             raise DataError(
                 f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); run prepare_data.py first"
             )
-        name = "stats.json"
+        name, self.split_arrays = "stats.json", ()
         try:
             self.stats = json.loads((self.path / name).read_text(encoding="utf-8"))
             self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
@@ -173,7 +202,8 @@ class PreparedData(Catalog):
                 loaded = []
                 for name in arrays:
                     loaded.append(np.load(self.path / name, mmap_mode="r", allow_pickle=False))
-                items, offsets, valid, test = loaded
+                items, offsets, valid, test = loaded[:4]
+                self.split_arrays = tuple(np.asarray(a) for a in loaded[4:])
                 # The histories as plain arrays over the map: a user's history, a slice, is then a plain array
                 # view (100 bytes) rather than a memmap object (500 bytes: 0.5 GB more for a pass over 1 M users).
                 items, offsets = np.asarray(items), np.asarray(offsets)
@@ -185,11 +215,14 @@ class PreparedData(Catalog):
             ) from e
         self.sequences = Sequences(items, offsets)
         self.num_users = len(self.sequences)
+        self.given = bool(self.split_arrays)
         self._check_shapes(items, offsets)
         tables = sum(c.nbytes for c in self.candidates.values())
         if self.format == 1 or tables <= VERIFY_BYTES:
             self.verify()
-        elif sequence_digest(items, offsets) != self.stats.get("sequence_digest"):
+        elif sequence_digest(items, offsets) != self.stats.get("sequence_digest") or (
+            self.given and split_digest(self.split_arrays) != self.stats.get("split_digest")
+        ):
             raise DataError(f"{self.path}: the histories do not match stats.json (edited or corrupt)")
         else:
             log.info(
@@ -200,11 +233,22 @@ class PreparedData(Catalog):
 
     def _check_shapes(self, items, offsets):
         rows = {split: c.shape for split, c in self.candidates.items()}
+        if self.given:
+            train_end, *evals = self.split_arrays
+            lengths = np.diff(offsets) if offsets.ndim == 1 else None
+            fits = lengths is not None and train_end.shape == lengths.shape and (train_end <= lengths).all()
+            for table, rows_ in zip(self.candidates.values(), evals):
+                fits = fits and rows_.ndim == 2 and rows_.shape[1] == 2 and len(rows_) == len(table)
+                fits = fits and ((rows_[:, 0] >= 0) & (rows_[:, 0] < len(lengths))).all()
+                fits = fits and ((rows_[:, 1] >= 1) & (rows_[:, 1] < lengths[rows_[:, 0]])).all()
+            if not fits:
+                rows = {"": (0,)}  # reported below
+            self.eval_rows = dict(zip(("valid", "test"), evals)) if fits else {}
         if (
             offsets.ndim != 1
             or len(offsets) < 2
             or offsets[-1] != len(items)
-            or any(len(r) != 2 or r[0] != self.num_users for r in rows.values())
+            or any(len(r) != 2 or (not self.given and r[0] != self.num_users) for r in rows.values())
         ):
             raise DataError(
                 f"{self.path}: the arrays do not fit together (edited or corrupt); prepare the dataset "
@@ -229,19 +273,40 @@ class PreparedData(Catalog):
 
     def verify(self):
         """Every array against the fingerprint in stats.json (a full read)."""
-        s = self.sequences
-        if fingerprint(s.items, s.offsets, self.candidates["valid"], self.candidates["test"]) != self.fingerprint:
+        s, c = self.sequences, self.candidates
+        if fingerprint(s.items, s.offsets, c["valid"], c["test"], self.split_arrays) != self.fingerprint:
             raise DataError(f"{self.path}: the files do not match the fingerprint in stats.json (edited or corrupt)")
 
     def train_part(self, u):
-        return self.sequences[u][:-2]
+        """User u's training items: all but the last two (leave-one-out), the training rows (a given split)."""
+        return self.sequences[u][: self.split_arrays[0][u]] if self.given else self.sequences[u][:-2]
 
-    def history(self, u, split):
-        """What the model sees before predicting the split's target."""
-        return self.sequences[u][:-2] if split == "valid" else self.sequences[u][:-1]
+    def num_rows(self, split) -> int:
+        """The split's evaluation rows: one per user (leave-one-out), the split file's rows (a given split)."""
+        return len(self.eval_rows[split]) if self.given else self.num_users
 
-    def target(self, u, split):
-        return int(self.sequences[u][-2] if split == "valid" else self.sequences[u][-1])
+    def _row(self, r, split):
+        """(user, position of the target in the user's history) of the split's row r."""
+        if self.given:
+            u, p = self.eval_rows[split][r]
+            return int(u), int(p)
+        return int(r), -2 if split == "valid" else -1
+
+    def history(self, r, split):
+        """What the model sees before predicting the split's row r (leave-one-out: user r)."""
+        u, p = self._row(r, split)
+        return self.sequences[u][:p]
+
+    def target(self, r, split):
+        u, p = self._row(r, split)
+        return int(self.sequences[u][p])
+
+    def seen(self, r, split):
+        """The items left out of row r's full ranking (its target excepted): the user's whole history under
+        leave-one-out (the paper's protocol), the items before the target in a given split (what the user had
+        seen by then: a later row of a time split is not known at that time)."""
+        u, p = self._row(r, split)
+        return self.sequences[u] if not self.given else self.sequences[u][:p]
 
     def _table(self, name):
         return read_table(self.path / name)

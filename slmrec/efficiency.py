@@ -120,7 +120,7 @@ def measure(name, run_dir, data, batch_size=16, precision="auto", device=None):
     evaluate(scorer, data, "test", max_len, InferenceConfig.batch_size, device, by_length=True)
     sync()
     row["inference_s"] = time.perf_counter() - t
-    row["test_users"] = data.num_users
+    row["test_users"] = data.num_rows("test")
     row["trainable_params"], row["inference_params"] = param_counts(model)
     return row
 

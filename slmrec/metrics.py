@@ -185,8 +185,8 @@ def rank_users(
         history = torch.from_numpy(padded).to(device)
         cand = torch.from_numpy(data.candidate_rows(split, us)).to(device)
         seen = None
-        if full:  # the users' whole sequences, left out of their full ranking
-            seqs = [data.sequences[u] for u in us]
+        if full:  # what the users had seen, left out of their full ranking (PreparedData.seen)
+            seqs = [data.seen(u, split) for u in us]
             seen = torch.from_numpy(left_pad(seqs, max(map(len, seqs)))).to(device)
         if user_fn is not None:
             ranked = {None: factored(user_fn(history), cand, seen)}
@@ -221,11 +221,11 @@ def evaluate(
     items=None,
     progress=False,
 ) -> dict:
-    """Metrics on `split` ("valid" or "test") for every user (a dict of them per name when score_fn returns
-    a dict): on the stored candidates, and with `full` under "full" among all items too (rank_users); under
-    torch.distributed each rank scores a share of the users and the ranks are gathered, so every rank returns
-    the same numbers."""
-    users = np.arange(data.num_users)
+    """Metrics on `split` ("valid" or "test") for every user, or every row of a given split (a dict of them per
+    name when score_fn returns a dict): on the stored candidates, and with `full` under "full" among all items too
+    (rank_users); under torch.distributed each rank scores a share of the users and the ranks are gathered, so
+    every rank returns the same numbers."""
+    users = np.arange(data.num_rows(split))
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         users = users[dist.get_rank() :: world]

@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import FORMAT, PreparedData, Sequences, _sequence_hash, id_dtype, is_prepared, sequence_digest
+from .data import (
+    FORMAT,
+    SPLIT_FILES,
+    PreparedData,
+    Sequences,
+    _sequence_hash,
+    id_dtype,
+    is_prepared,
+    sequence_digest,
+    split_digest,
+    split_hash,
+)
 from .errors import DataError
 from .raw import read_interactions, read_titles
 from .files import cache_dir, process_alive
@@ -30,16 +41,71 @@ log = logging.getLogger(__name__)
 RECBOLE_VERSION = "1.2.1"
 
 
+SPLITS = ("leave-one-out", "given")
+
+
 @dataclass
 class PrepareConfig:
-    source: str
+    source: str  # a ratings file, "ml-100k", or (split "given") a folder holding <name>.{train,valid,test}.<ext>
     format: str | None = None  # detected from the file name / first line when None
     metadata: str | None = None  # Amazon metadata JSON lines or RecBole .item file, for titles
-    rating_threshold: float = 3.0  # keep ratings strictly above this
-    k_core: int = 5
+    rating_threshold: float | None = None  # keep ratings strictly above it; None: 3.0 (§5.1), no filter if "given"
+    k_core: int | None = None  # None: 5 (§5.1); for a "given" split no k-core
     num_negatives: int = 999
     seed: int = 42
     reader: str = "columnar"  # "columnar" (Polars, where it reads the file exactly as the line reader) or "lines"
+    item_key: str = "parent_asin"  # Amazon 2023's item: the product (its benchmark's item), or "asin", the variant
+    split: str = "leave-one-out"  # or "given": train/valid/test files made elsewhere, their rows kept as they are
+    train: str | None = None  # a given split's three files, when not found in the source folder
+    valid: str | None = None
+    test: str | None = None
+
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def resolve(cfg: PrepareConfig) -> PrepareConfig:
+    """cfg with its defaults made concrete and checked, before any work: the protocol's filters (none for a given
+    split unless asked) and a given split's three files (named, or the one set in the source folder)."""
+    if cfg.split not in SPLITS:
+        raise DataError(f"--split must be one of {SPLITS}, not {cfg.split!r}")
+    named = [k for k in SPLIT_NAMES if getattr(cfg, k)]
+    if cfg.split == "leave-one-out":
+        if named:
+            raise DataError(f"--{named[0]} names a split's file: it goes with --split given")
+        cfg = dataclasses.replace(
+            cfg,
+            rating_threshold=3.0 if cfg.rating_threshold is None else cfg.rating_threshold,
+            k_core=5 if cfg.k_core is None else cfg.k_core,
+        )
+    elif named and len(named) < 3:
+        raise DataError(f"--split given takes all three of --train, --valid, --test (got {', '.join(named)})")
+    elif not named:
+        cfg = dataclasses.replace(cfg, **dict(zip(SPLIT_NAMES, map(str, split_files(Path(cfg.source))))))
+    if (cfg.k_core is not None and cfg.k_core < 1) or cfg.num_negatives < 1:
+        raise DataError("k_core and num_negatives must be at least 1")
+    return cfg
+
+
+def split_files(folder: Path) -> list:
+    """The one set of <name>.train.<ext>, <name>.valid.<ext>, <name>.test.<ext> in folder (a 2023 benchmark
+    folder holds one per category: --train/--valid/--test choose)."""
+    if not folder.is_dir():
+        raise DataError(f"--split given: {folder} is not a folder; name the files with --train, --valid, --test")
+    sets = collections.defaultdict(dict)
+    for f in folder.iterdir():
+        for k in SPLIT_NAMES:
+            if f".{k}." in f.name and f.is_file():
+                sets[f.name.split(f".{k}.")[0], f.name.split(f".{k}.")[1]][k] = f
+    whole = {key: files for key, files in sets.items() if len(files) == 3}
+    if len(whole) != 1:
+        found = ", ".join(sorted(f"{a}.*.{b}" for a, b in whole)) or "none"
+        raise DataError(
+            f"{folder}: expected one set of <name>.train/.valid/.test files, found {found}; name them with "
+            f"--train, --valid, --test"
+        )
+    files = next(iter(whole.values()))
+    return [files[k] for k in SPLIT_NAMES]
 
 
 # ---------------------------------------------------------------- the protocol
@@ -108,18 +174,19 @@ class NpyRows:
                 raise RuntimeError(f"{self.fh.name}: wrote {self.rows} rows of {self.shape[0]}")
 
 
-def draw_candidates(sequences, num_items, position, num_negatives, rng, writer, block=8192, progress=None):
-    """The positive (each user's item at `position`: -2 valid, -1 test), then num_negatives negatives drawn
-    uniformly from items outside the user's whole prepared history, 0-padded where fewer exist; written to
-    `writer` (NpyRows) a block of users at a time, so memory does not grow with users x candidates. progress:
-    called with each block's number of users. Returns the number of users with fewer negatives available."""
+def draw_candidates(sequences, num_items, users, positions, num_negatives, rng, writer, block=8192, progress=None):
+    """For each evaluation row (a user and the position of its target: -2 valid, -1 test under leave-one-out), the
+    positive, then num_negatives negatives drawn uniformly from items outside the user's whole prepared history,
+    0-padded where fewer exist; written to `writer` (NpyRows) a block of rows at a time, so memory does not grow
+    with rows x candidates. progress: called with each block's number of rows. Returns the number of rows with
+    fewer negatives available."""
     short = 0
     seen = np.zeros(num_items + 1, bool)  # the current user's history, as a lookup (np.isin would sort)
-    for lo in range(0, len(sequences), block):
-        rows = np.zeros((min(block, len(sequences) - lo), 1 + num_negatives), np.int32)
+    for lo in range(0, len(users), block):
+        rows = np.zeros((min(block, len(users) - lo), 1 + num_negatives), np.int32)
         for r in range(len(rows)):
-            seq = sequences[lo + r]
-            rows[r, 0] = seq[position]
+            seq = sequences[users[lo + r]]
+            rows[r, 0] = seq[positions[lo + r]]
             available = num_items - len(seq)
             if available <= num_negatives:
                 neg = np.setdiff1d(np.arange(1, num_items + 1), seq)
@@ -143,7 +210,7 @@ def _running(leftover: Path) -> bool:
     return bool(pid) and pid[0].isdigit() and process_alive(int(pid[0]))
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
+def check_output_dir(output_dir: Path, overwrite: bool, sources=()):
     """Before any work: output_dir must be new, empty, or a prepared dataset to replace with overwrite. Leftovers
     of a run killed mid-replacement are put right first (the old dataset back if the new one never arrived)."""
     parent = output_dir.parent
@@ -156,8 +223,9 @@ def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
     if parent.is_dir():
         for leftover in [*leftovers("tmp"), *leftovers("old")]:
             shutil.rmtree(leftover, ignore_errors=True)
-    if source is not None and source.resolve().is_relative_to(output_dir.resolve()):
-        raise DataError(f"--output_dir {output_dir} holds the source {source}: choose another output directory")
+    for source in sources:
+        if source.resolve().is_relative_to(output_dir.resolve()):
+            raise DataError(f"--output_dir {output_dir} holds the source {source}: choose another output directory")
     if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
         return
     if not output_dir.is_dir() or not is_prepared(output_dir):
@@ -172,19 +240,38 @@ def check_output_dir(output_dir: Path, overwrite: bool, source: Path = None):
         )
 
 
-def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
-    """Run the paper's §5.1 protocol (docs/data.md) on cfg.source and write a prepared dataset to
-    output_dir (new, empty, or a prepared dataset replaced when overwrite)."""
-    if cfg.k_core < 1 or cfg.num_negatives < 1:
-        raise DataError("k_core and num_negatives must be at least 1")
-    output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite, None if cfg.source == "ml-100k" else Path(cfg.source))
-    source, metadata = Path(cfg.source), cfg.metadata
-    if cfg.source == "ml-100k":
-        source, item_file = fetch_ml100k()
-        metadata = metadata or str(item_file)
+@dataclass
+class Built:
+    """The users' histories made from the raw files, before they are written: what both splits hand _write."""
+
+    items: np.ndarray  # every user's items in order, concatenated (ids 1..|I|)
+    offsets: np.ndarray  # int64 [users + 1]
+    user_names: list  # original ids by user index
+    item_names: list  # original ids by item id - 1
+    read: dict  # what reading and the protocol did, for stats.json
+    rows: dict  # {"valid"/"test": (users, positions)}: each evaluation row's user and target position
+    format: str  # the raw format as read (detected, or decided from the ids: raw.resolve_amazon_csv)
+    train_end: np.ndarray | None = None  # a given split's training part of each history
+
+
+def _histories(user, item, *order_keys):
+    """(item ids, offsets, the user codes and item codes kept) of interactions sorted by user and then by
+    order_keys (last key first, as np.lexsort): ids 1..|I| in the order of the codes, 0 is padding."""
+    order = np.lexsort((*order_keys, user))
+    user, item = user[order], item[order]
+    user_codes, user_idx = np.unique(user, return_inverse=True)
+    item_codes, item_idx = np.unique(item, return_inverse=True)
+    items = (item_idx + 1).astype(id_dtype(len(item_codes)))
+    offsets = np.zeros(len(user_codes) + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(user_idx, minlength=len(user_codes)))
+    return items, offsets, user_codes, item_codes, order
+
+
+def _leave_one_out(cfg: PrepareConfig, source: Path) -> Built:
+    """The paper's protocol: ratings above the threshold, each pair's earliest interaction, the k-core, each
+    user's history by time; the last item is the test target, the one before the validation target."""
     log.info("reading %s", source)
-    raw = read_interactions(source, cfg.format, cfg.rating_threshold, cfg.reader)
+    raw = read_interactions(source, cfg.format, cfg.rating_threshold, cfg.reader, cfg.item_key)
     kept = dedupe_earliest(raw.user, raw.item, raw.time, raw.line)
     duplicates = len(raw.user) - len(kept)
     user, item, time, line = raw.user[kept], raw.item[kept], raw.time[kept], raw.line[kept]
@@ -199,58 +286,16 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
             f"{source}: no user is left after keeping ratings > {cfg.rating_threshold} "
             f"and the {cfg.k_core}-core ({len(raw.user)} interactions passed the rating filter)"
         )
-    order = np.lexsort((line, time, user))  # each user's history by time, ties in file order
-    user, item = user[order], item[order]
-    del time, line, order, mask
-    user_codes, user_idx = np.unique(user, return_inverse=True)
-    item_codes, item_idx = np.unique(item, return_inverse=True)
-    num_items = len(item_codes)
-    items = (item_idx + 1).astype(id_dtype(num_items))  # 0 is padding
-    offsets = np.zeros(len(user_codes) + 1, np.int64)
-    offsets[1:] = np.cumsum(np.bincount(user_idx))
-    del user, item, user_idx, item_idx
-    sequences = Sequences(items, offsets)
-    titles = read_titles(metadata) if metadata else {}
-    item_names = [raw.item_names[c] for c in item_codes]
-    lengths = np.diff(offsets)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename at the end: an interrupted run leaves no half dataset.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-{os.getpid()}-", dir=output_dir.parent))
-    try:
-        np.save(tmp / "sequences.npy", items)
-        np.save(tmp / "offsets.npy", offsets)
-        # The fingerprint (see fingerprint()) fed as the candidates are drawn: every dataset keeps the fingerprint
-        # of format 1, and runs trained on it stay valid.
-        h = _sequence_hash(items, offsets)
-        histories = h.hexdigest()[:16]
-        rng = np.random.default_rng(cfg.seed)
-        short = {}
-        for split, position in (("valid", -2), ("test", -1)):  # this order: the draws of format 1
-            log.info("drawing %s candidates for %d users", split, len(sequences))
-            with (
-                NpyRows(
-                    tmp / f"candidates_{split}.npy", (len(sequences), 1 + cfg.num_negatives), id_dtype(num_items), h
-                ) as writer,
-                tqdm(
-                    total=len(sequences),
-                    desc=f"{split} candidates",
-                    unit="user",
-                    mininterval=2,
-                    disable=len(sequences) < 100_000,
-                ) as bar,
-            ):
-                short[split] = draw_candidates(
-                    sequences, num_items, position, cfg.num_negatives, rng, writer, progress=bar.update
-                )
-        stats = {
-            "source": str(cfg.source),  # as given: the project cache's path of ml-100k is one machine's
-            "users": int(len(user_codes)),
-            "items": int(num_items),
-            "interactions": int(len(items)),
-            "density": float(len(items) / (len(user_codes) * num_items)),
-            "avg_sequence_length": float(lengths.mean()),
-            "min_sequence_length": int(lengths.min()),
-            "max_sequence_length": int(lengths.max()),
+    del mask
+    items, offsets, user_codes, item_codes, _ = _histories(user, item, line, time)  # ties in file order
+    del user, item, time, line
+    n = len(user_codes)
+    return Built(
+        items,
+        offsets,
+        [raw.user_names[c] for c in user_codes],
+        [raw.item_names[c] for c in item_codes],
+        {
             "lines_read": raw.lines_read,
             "reader": raw.reader,
             "malformed_lines": raw.malformed,
@@ -258,24 +303,225 @@ def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
             "damaged_input": raw.damaged,
             "ratings_not_above_threshold": raw.rating_filtered,
             "duplicate_pairs_removed": int(duplicates),
+            "time_unit": raw.time_unit,
+        },
+        {"valid": (np.arange(n), np.full(n, -2)), "test": (np.arange(n), np.full(n, -1))},
+        raw.format,
+    )
+
+
+def _given(cfg: PrepareConfig) -> Built:
+    """A split made elsewhere, its rows kept as they are: each user's history is their training rows by time
+    (file order breaking ties), then their validation rows, then their test rows; every validation and test row
+    with at least one item before it is an evaluation row. Only a pair's repeats are dropped (a later repeat would
+    make a target part of its own history), and the rating filter and k-core only when asked."""
+    threshold = -np.inf if cfg.rating_threshold is None else cfg.rating_threshold
+    parts = {
+        k: read_interactions(Path(getattr(cfg, k)), cfg.format, threshold, cfg.reader, cfg.item_key)
+        for k in SPLIT_NAMES
+    }
+    units = {p.time_unit for p in parts.values()} - {"ordinal"}
+    if len(units) > 1:
+        raise DataError(
+            "the split's files count time in different units ("
+            + ", ".join(f"{k}: {p.time_unit}" for k, p in parts.items())
+            + "): write them in one"
+        )
+    # one code space for the three files: users and items by first appearance, train first
+    users, items = {}, {}
+    cols = {k: [] for k in ("user", "item", "time", "line", "split")}
+    for s, (k, p) in enumerate(parts.items()):
+        for codes, names, index in ((p.user, p.user_names, users), (p.item, p.item_names, items)):
+            remap = np.fromiter((index.setdefault(n, len(index)) for n in names), np.int64, len(names))
+            cols["user" if index is users else "item"].append(remap[codes] if len(codes) else codes)
+        cols["time"].append(p.time)
+        cols["line"].append(p.line)
+        cols["split"].append(np.full(len(p.user), s))
+    user, item, time, line, split = (np.concatenate(cols[k]) for k in cols)
+    # a pair's first row in split order, then time, then line: kept; its repeats dropped and counted
+    order = np.lexsort((line, time, split, user * (len(items) + 1) + item))
+    pair = (user * (len(items) + 1) + item)[order]
+    first = np.ones(len(order), bool)
+    first[1:] = pair[1:] != pair[:-1]
+    kept = np.sort(order[first])
+    repeats = {k: int(np.sum(split == s) - np.sum(split[kept] == s)) for s, k in enumerate(SPLIT_NAMES)}
+    user, item, time, line, split = user[kept], item[kept], time[kept], line[kept], split[kept]
+    if cfg.k_core is not None:
+        mask = k_core(user, item, cfg.k_core)
+        user, item, time, line, split = user[mask], item[mask], time[mask], line[mask], split[mask]
+    if not (split == 0).any() or not (split == 2).any():
+        raise DataError(f"the split's training or test file has no usable row ({cfg.train}, {cfg.test})")
+    ids, offsets, user_codes, item_codes, order = _histories(user, item, line, time, split)
+    user_names, item_names = list(users), list(items)
+    split, line, pos_user = split[order], line[order], np.repeat(np.arange(len(user_codes)), np.diff(offsets))
+    position = np.arange(len(split)) - offsets[pos_user]
+    train_end = np.bincount(pos_user[split == 0], minlength=len(user_codes)).astype(np.int64)
+    rows, without_history, checked = {}, {}, {}
+    for s, k in ((1, "valid"), (2, "test")):
+        at = (split == s) & (position >= 1)
+        without_history[k] = int(np.sum((split == s) & (position == 0)))
+        rows[k] = (pos_user[at], position[at])
+        checked[k] = _check_history_column(
+            Path(getattr(cfg, k)), parts[k], line[at], ids, offsets, rows[k], [item_names[c] for c in item_codes]
+        )
+    for k in rows:
+        if not len(rows[k][0]):
+            raise DataError(f"{getattr(cfg, k)}: no {k} row has an item before it to predict from")
+    in_train = np.zeros(len(item_codes), bool)
+    in_train[ids[split == 0].astype(np.int64) - 1] = True
+    per_user = {k: np.bincount(rows[k][0], minlength=len(user_codes)) for k in rows}
+    return Built(
+        ids,
+        offsets,
+        [user_names[c] for c in user_codes],
+        [item_names[c] for c in item_codes],
+        {
+            "split_files": {k: str(getattr(cfg, k)) for k in SPLIT_NAMES},
+            "split_kind": "last_out" if all(c.max() <= 1 for c in per_user.values()) else "timestamp",
+            **{f"{k}_rows": int(len(rows[k][0])) for k in rows},
+            **{f"users_in_{k}": int(np.sum(per_user[k] > 0)) for k in rows},
+            "rows_without_history": without_history,
+            "repeated_pairs_removed": repeats,
+            "items_only_in_valid_or_test": int(np.sum(~in_train)),
+            "history_column": checked,
+            "files": {
+                k: {
+                    "format": p.format,
+                    "reader": p.reader,
+                    "lines_read": p.lines_read,
+                    "malformed_lines": p.malformed,
+                    "malformed_examples": p.malformed_examples,
+                    "damaged_input": p.damaged,
+                    "ratings_not_above_threshold": p.rating_filtered,
+                }
+                for k, p in parts.items()
+            },
+            "time_unit": (units or {"ordinal"}).pop(),
+        },
+        rows,
+        parts["train"].format,
+        train_end,
+    )
+
+
+def _check_history_column(path, raw, lines, ids, offsets, rows, item_names) -> str:
+    """A benchmark file's own `history` column (the 2023 *_w_his files: space-separated items before the row)
+    against the history this split gives the row: equal, or its last items where the column was cut short.
+    Returns "checked" or "absent"; a row whose column says otherwise is a one-line DataError."""
+    if raw.format != "amazon-2023-csv":
+        return "absent"
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        header = fh.readline().rstrip("\r\n").split(",")
+        if "history" not in header:
+            return "absent"
+        at, wanted = header.index("history"), dict(zip(lines.tolist(), range(len(lines))))
+        for n, line in enumerate(fh, 2):
+            r = wanted.get(n)
+            if r is None:
+                continue
+            given = line.rstrip("\r\n").split(",")[at].split() if line.count(",") >= at else []
+            u, p = int(rows[0][r]), int(rows[1][r])
+            ours = (
+                [item_names[i - 1] for i in ids[offsets[u] : offsets[u] + p][-len(given) :].tolist()] if given else []
+            )
+            if given != ours:
+                raise DataError(
+                    f"{path} line {n}: its history column ({len(given)} items) is not the items before this row in "
+                    f"the split's files ({p} items): the files do not belong together"
+                )
+    return "checked"
+
+
+def prepare(cfg: PrepareConfig, output_dir, overwrite=False) -> dict:
+    """Run the paper's §5.1 protocol (docs/data.md) on cfg.source, or keep a split made elsewhere (split
+    "given"), and write a prepared dataset to output_dir (new, empty, or a prepared dataset replaced when
+    overwrite)."""
+    cfg = resolve(cfg)
+    output_dir = Path(output_dir)
+    sources = [Path(getattr(cfg, k)) for k in SPLIT_NAMES] if cfg.split == "given" else []
+    if cfg.source != "ml-100k" and cfg.source:
+        sources.append(Path(cfg.source))
+    check_output_dir(output_dir, overwrite, sources)
+    source, metadata = Path(cfg.source), cfg.metadata
+    if cfg.source == "ml-100k":
+        source, item_file = fetch_ml100k()
+        metadata = metadata or str(item_file)
+    built = _given(cfg) if cfg.split == "given" else _leave_one_out(cfg, source)
+    titles = read_titles(metadata) if metadata else {}
+    return _write(built, cfg, titles, output_dir)
+
+
+def _write(built: Built, cfg: PrepareConfig, titles: dict, output_dir: Path) -> dict:
+    """The prepared dataset's files, written beside output_dir and renamed into place at the end (an
+    interrupted run leaves no half dataset); the candidates drawn as they are written."""
+    items, offsets, num_items = built.items, built.offsets, len(built.item_names)
+    sequences = Sequences(items, offsets)
+    lengths = np.diff(offsets)
+    split_arrays = ()
+    if built.train_end is not None:
+        split_arrays = (built.train_end, *(np.stack(built.rows[k], 1).astype(np.int64) for k in ("valid", "test")))
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-{os.getpid()}-", dir=output_dir.parent))
+    try:
+        np.save(tmp / "sequences.npy", items)
+        np.save(tmp / "offsets.npy", offsets)
+        for name, array in zip(SPLIT_FILES, split_arrays):
+            np.save(tmp / name, array)
+        # The fingerprint (see fingerprint()) fed as the candidates are drawn: every dataset keeps the fingerprint
+        # of format 1, and runs trained on it stay valid.
+        h = _sequence_hash(items, offsets)
+        histories = h.hexdigest()[:16]
+        rng = np.random.default_rng(cfg.seed)
+        short = {}
+        for split in ("valid", "test"):  # this order: the draws of format 1
+            users, positions = built.rows[split]
+            log.info("drawing %s candidates for %d rows", split, len(users))
+            with (
+                NpyRows(
+                    tmp / f"candidates_{split}.npy", (len(users), 1 + cfg.num_negatives), id_dtype(num_items), h
+                ) as writer,
+                tqdm(
+                    total=len(users),
+                    desc=f"{split} candidates",
+                    unit="row",
+                    mininterval=2,
+                    disable=len(users) < 100_000,
+                ) as bar,
+            ):
+                short[split] = draw_candidates(
+                    sequences, num_items, users, positions, cfg.num_negatives, rng, writer, progress=bar.update
+                )
+        split_hash(h, split_arrays)
+        stats = {
+            "source": str(cfg.source),  # as given: the project cache's path of ml-100k is one machine's
+            "split": cfg.split,
+            "users": int(len(built.user_names)),
+            "items": int(num_items),
+            "interactions": int(len(items)),
+            "density": float(len(items) / (len(built.user_names) * num_items)),
+            "avg_sequence_length": float(lengths.mean()),
+            "min_sequence_length": int(lengths.min()),
+            "max_sequence_length": int(lengths.max()),
+            **built.read,
             "num_negatives": cfg.num_negatives,
             "users_with_fewer_negatives": short,
-            "items_with_title": int(sum(n in titles for n in item_names)),
+            "items_with_title": int(sum(n in titles for n in built.item_names)),
             "format": FORMAT,
             "sequence_digest": histories,
+            **({"split_digest": split_digest(split_arrays)} if split_arrays else {}),
             "fingerprint": h.hexdigest()[:16],
         }
         with open(tmp / "users.tsv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(["user_index", "original_id"])
-            w.writerows((u, raw.user_names[c]) for u, c in enumerate(user_codes))
+            w.writerows(enumerate(built.user_names))
         with open(tmp / "items.tsv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(["item_id", "original_id", "title"])
-            w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(item_names))
-        # the format as read (detected, or decided from the ids: resolve_amazon_csv)
+            w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(built.item_names))
+        # the options as used: defaults made concrete, the format as read
         (tmp / "prepare_config.json").write_text(
-            json.dumps(dataclasses.asdict(dataclasses.replace(cfg, format=raw.format)), indent=2)
+            json.dumps(dataclasses.asdict(dataclasses.replace(cfg, format=built.format)), indent=2)
         )
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private

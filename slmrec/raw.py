@@ -22,7 +22,17 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("amazon-csv", "amazon-2014-csv", "amazon-json", "ml-100k", "ml-1m", "recbole")
+FORMATS = (
+    "amazon-csv",
+    "amazon-2014-csv",
+    "amazon-json",
+    "amazon-2023-json",
+    "amazon-2023-csv",
+    "ml-100k",
+    "ml-1m",
+    "recbole",
+)
+ITEM_KEYS = ("parent_asin", "asin")  # Amazon 2023's two item ids: the product (its benchmark's item) and a variant
 CHUNK_LINES = 1_000_000
 
 
@@ -92,20 +102,32 @@ def _id(value) -> str:
     return str(value).strip()
 
 
+def _first_line(path: Path) -> str:
+    """The file's first line that is not blank ("" if none in its first thousand)."""
+    with _open_text(path) as fh:
+        try:
+            for line in itertools.islice(fh, 1000):
+                if line.strip():
+                    return line
+        except DAMAGED:  # read_interactions reports it
+            pass
+    return ""
+
+
 def detect_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".inter"):
         return "recbole"
-    if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
-        return "amazon-json"
     if name.startswith("u.data"):
         return "ml-100k"
     if name.startswith("ratings.dat"):
         return "ml-1m"
-    with _open_text(path) as fh:
-        first = fh.readline()
-    if first.lstrip().startswith("{"):
-        return "amazon-json"
+    first = _first_line(path)
+    if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")) or first.lstrip().startswith("{"):
+        # Amazon 2023 names its reviewer user_id and adds parent_asin; 2014 and 2018 have reviewerID
+        return "amazon-2023-json" if '"user_id"' in first or '"parent_asin"' in first else "amazon-json"
+    if first.lstrip("\ufeff").startswith("user_id,"):  # the 2023 benchmark CSVs' header
+        return "amazon-2023-csv"
     if "::" in first:
         return "ml-1m"
     if "\t" in first:
@@ -116,7 +138,7 @@ def detect_format(path: Path) -> str:
 
 
 ASIN = re.compile(r"(B[0-9A-Z]{9}|[0-9]{9}[0-9X])")  # an Amazon product id: B + 9, or an ISBN-10
-REVIEWER = re.compile(r"A[0-9A-Z]{9,20}")  # an Amazon reviewer id
+REVIEWER = re.compile(r"A[0-9A-Z]{9,40}")  # an Amazon reviewer id (2023's have 28 characters)
 
 
 def amazon_layout(path: Path, sample=10_000):
@@ -177,28 +199,52 @@ def _split_parser(sep, order):
     return parse
 
 
-def _amazon_json(line):
-    d = json.loads(line)
-    return d["reviewerID"], d["asin"], d["overall"], d["unixReviewTime"]
+def _json_parser(keys):
+    """Parser for JSON lines holding user, item, rating and time under `keys`."""
+
+    def parse(line):
+        d = json.loads(line)
+        return tuple(d[k] for k in keys)
+
+    return parse
 
 
-def _recbole_order(header: str, path: Path):
-    """The field index of user, item, rating and time in a RecBole .inter file, from its header."""
-    cols = [c.split(":")[0] for c in header.rstrip("\r\n").split("\t")]
-    missing = [c for c in ("user_id", "item_id", "rating", "timestamp") if c not in cols]
+def json_keys(fmt, item_key="parent_asin"):
+    """The keys of user, item, rating and time in a JSON-lines format."""
+    if fmt == "amazon-json":
+        return ("reviewerID", "asin", "overall", "unixReviewTime")
+    return ("user_id", item_key, "rating", "timestamp")
+
+
+# The delimited formats whose first line is a header naming the columns: the separator, and the names of user,
+# item (None: the item key), rating and time.
+HEADERS = {
+    "recbole": ("\t", ("user_id", "item_id", "rating", "timestamp")),
+    "amazon-2023-csv": (",", ("user_id", None, "rating", "timestamp")),
+}
+
+
+def header_order(header: str, path: Path, fmt: str, item_key="parent_asin"):
+    """The field index of user, item, rating and time in a file with a header (HEADERS); RecBole's names carry
+    a type (user_id:token)."""
+    sep, names = HEADERS[fmt]
+    names = [item_key if n is None else n for n in names]
+    cols = [c.split(":")[0] for c in header.lstrip("\ufeff").rstrip("\r\n").split(sep)]
+    missing = [c for c in names if c not in cols]
     if missing:
         raise DataError(f"{path}: the header has no {', '.join(missing)} column (found: {', '.join(cols)})")
-    return tuple(cols.index(c) for c in ("user_id", "item_id", "rating", "timestamp"))
+    return tuple(cols.index(c) for c in names)
 
 
 # The separator and the field index of user, item, rating and time of each delimited format (RecBole's from its
-# header: _recbole_order).
+# header: header_order).
 LAYOUTS = {
     "amazon-csv": (",", (1, 0, 2, 3)),
     "amazon-2014-csv": (",", (0, 1, 2, 3)),
     "ml-100k": ("\t", (0, 1, 2, 3)),
     "ml-1m": ("::", (0, 1, 2, 3)),
     "recbole": ("\t", None),
+    "amazon-2023-csv": (",", None),
 }
 
 
@@ -206,6 +252,8 @@ EXPECTED = {
     "amazon-csv": "4 comma-separated fields: item,user,rating,timestamp (Amazon 2018's ratings-only CSV)",
     "amazon-2014-csv": "4 comma-separated fields: user,item,rating,timestamp (Amazon 2014's ratings_*.csv)",
     "amazon-json": "JSON objects with reviewerID, asin, overall, unixReviewTime",
+    "amazon-2023-json": "JSON objects with user_id, parent_asin (or --item_key), rating, timestamp (Amazon 2023)",
+    "amazon-2023-csv": "a comma-separated header with user_id, parent_asin (or --item_key), rating, timestamp",
     "ml-100k": "4 tab-separated fields: user item rating timestamp",
     "ml-1m": "4 '::'-separated fields: user::item::rating::timestamp",
     "recbole": "a tab-separated header with user_id, item_id, rating, timestamp",
@@ -241,15 +289,16 @@ class Interactions:
     damaged: str | None = None  # what went wrong reading damaged compressed input, if it was
     format: str = ""  # the format the file was read as
     reader: str = "lines"  # which reader read it (read_interactions)
+    time_unit: str = ""  # "s", "ms" or "ordinal" (time_unit)
 
 
 READERS = ("columnar", "lines")
 
 
-def read_interactions(path, fmt=None, rating_threshold=3.0, reader="columnar") -> Interactions:
+def read_interactions(path, fmt=None, rating_threshold=3.0, reader="columnar", item_key="parent_asin") -> Interactions:
     """Read a raw file, keeping ratings > rating_threshold; malformed lines are counted and skipped. reader
     "columnar": Polars, wherever it gives the line reader's result exactly (read_columnar), else the line reader;
-    "lines": the line reader only."""
+    "lines": the line reader only. item_key: Amazon 2023's item (parent_asin, or asin for the variant)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -259,32 +308,67 @@ def read_interactions(path, fmt=None, rating_threshold=3.0, reader="columnar") -
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if item_key not in ITEM_KEYS:
+        raise DataError(f"unknown item key {item_key!r}; choose one of {ITEM_KEYS}")
     if fmt in ("amazon-csv", "amazon-2014-csv"):
         fmt = resolve_amazon_csv(path, fmt, forced)
-    raw = read_columnar(path, fmt, rating_threshold) if reader == "columnar" else None
+    raw = read_columnar(path, fmt, rating_threshold, item_key) if reader == "columnar" else None
     if raw is None:
-        raw = read_lines(path, fmt, rating_threshold)
+        raw = read_lines(path, fmt, rating_threshold, item_key)
     if raw.malformed:
         log.warning("%s: skipped %d malformed lines (first: %s)", path, raw.malformed, raw.malformed_examples)
+    raw.time_unit = time_unit(raw.time, raw.line, path)
     return raw
+
+
+# Times from 1e8 (1973 in seconds) are read as a unit: seconds below 1e11 (the year 5138), milliseconds from
+# there (1973 in milliseconds). Below 1e8 they are ordinal numbers (1, 2, 3...), which order as well as any.
+SECONDS_FROM, MILLISECONDS_FROM = 10**8, 10**11
+
+
+def time_unit(time, line, path) -> str:
+    """The unit of a file's times, "s", "ms" or "ordinal"; a file holding both seconds and milliseconds is a
+    one-line DataError naming a line of each (its order by time would put every millisecond after every
+    second: Amazon 2014/2018 files count in seconds, 2023's in milliseconds)."""
+    ms = time >= MILLISECONDS_FROM
+    s = (time >= SECONDS_FROM) & ~ms
+    if ms.any() and s.any():
+        a, b = int(np.argmax(s)), int(np.argmax(ms))
+        raise DataError(
+            f"{path}: times in seconds and in milliseconds in one file (line {line[a]}: {time[a]}, line "
+            f"{line[b]}: {time[b]}; {int(s.sum())} and {int(ms.sum())} of them): ordered together they would be "
+            f"wrong; write them in one unit"
+        )
+    return "ms" if ms.any() else "s" if s.any() else "ordinal"
 
 
 def parse_line(parse, line):
     """(user, item, rating, time) of a line that is not blank, by `parse` (the format's field split); raises one
     of BAD_LINE when the line cannot be used."""
-    if "\ufffd" in line:  # bytes the file's encoding cannot decode (read with errors="replace")
-        raise ValueError("undecodable bytes")
     u, i, r, t = parse(line)
     u, i = _id(u), _id(i)
     if not u or not i:
         raise ValueError("empty user or item")
+    # Bytes the file's encoding cannot decode (read with errors="replace") matter only where they are used: an id
+    # (a rating or a time holding one does not parse). Elsewhere (a review's text) both readers pass them.
+    if "\ufffd" in u or "\ufffd" in i:
+        raise ValueError("undecodable bytes in an id")
     r, t = float(r), int(float(t))
     if not -(2**63) <= t < 2**63:  # stored as int64: a value beyond it is as unusable as "inf"
         raise OverflowError("timestamp out of range")
     return u, i, r, t
 
 
-def read_lines(path: Path, fmt: str, rating_threshold: float) -> Interactions:
+def _parser(fmt, fh, path, item_key):
+    """The line parser of a format, and how many header lines it read from fh."""
+    if fmt in HEADERS:
+        return _split_parser(HEADERS[fmt][0], header_order(fh.readline(), path, fmt, item_key)), 1
+    if fmt in ("amazon-json", "amazon-2023-json"):
+        return _json_parser(json_keys(fmt, item_key)), 0
+    return _split_parser(*LAYOUTS[fmt]), 0
+
+
+def read_lines(path: Path, fmt: str, rating_threshold: float, item_key="parent_asin") -> Interactions:
     """The line reader: a Python pass over the file's lines in its own encoding, plain or gzip, every format; a
     line that cannot be used is counted (the first five by number), damaged compressed input keeps what came
     before it, and a file whose first hundred lines all fail stops at once."""
@@ -292,11 +376,7 @@ def read_lines(path: Path, fmt: str, rating_threshold: float) -> Interactions:
     out = {k: [] for k in ("user", "item", "time", "line")}
     malformed, examples, filtered, n, damaged = 0, [], 0, 0, None
     with _open_text(path) as fh:
-        if fmt == "recbole":
-            parse = _split_parser("\t", _recbole_order(fh.readline(), path))
-            n = 1
-        else:
-            parse = _amazon_json if fmt == "amazon-json" else _split_parser(*LAYOUTS[fmt])
+        parse, n = _parser(fmt, fh, path, item_key)
         first_line = n + 1
         buf = {k: [] for k in out}
         lines = iter(fh)
@@ -379,69 +459,101 @@ PLAIN_TIME = r"^[0-9]{1,15}$"
 MAX_NOT_PLAIN = 100_000
 
 
-def _has_lone_cr(path: Path, block=1 << 24) -> bool:
-    """Whether the file has a "\r" not followed by "\n": a line break to the line reader (universal newlines),
-    none to the engine, so the two would number the lines differently."""
+# An id the JSON engine reads as a string although the line reader would not take it as one (a number, true,
+# false, null, a list or an object: the engine writes 5.0 as "5"): such a line is read by the line reader.
+JSON_NOT_STRING = r"^([-+0-9.eE]+|true|false|null)$|^[\[{]"
+
+
+def _line_breaks(path: Path, block=1 << 24):
+    """(whether the file has a "\r" not followed by "\n", its number of lines). A lone "\r" is a line break to
+    the line reader (universal newlines) and none to the engine, so the two would number the lines differently."""
+    lone, lines, last = False, 0, b"\n"
     with open(path, "rb") as fh:
         cr_at_end = False
         while chunk := fh.read(block):
             if cr_at_end and not chunk.startswith(b"\n"):
-                return True
+                lone = True
             cr_at_end = chunk.endswith(b"\r")
             body = chunk[:-1] if cr_at_end else chunk
             if body.count(b"\r") != body.count(b"\r\n"):
-                return True
-    return cr_at_end
+                lone = True
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lone or cr_at_end, lines + (last != b"\n")
 
 
-def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions | None:
+def _scan(pl, path, fmt, item_key, skip, order, width):
+    """The engine's lazy frame of the file's lines: user, item, time (Int64), line number, rating above the
+    threshold or not, and whether the line is plain (read exactly as the line reader reads it)."""
+    if fmt in ("amazon-json", "amazon-2023-json"):
+        u, i, r, t = json_keys(fmt, item_key)
+        # a value of another type is null (ignore_errors), and its line read again by the line reader
+        frame = pl.scan_ndjson(
+            path, schema={u: pl.String, i: pl.String, r: pl.Float64, t: pl.Int64}, ignore_errors=True
+        )
+        u, i, r, t = (pl.col(k) for k in (u, i, r, t))
+        plain = (
+            u.str.contains(PLAIN_ID)
+            & i.str.contains(PLAIN_ID)
+            & ~u.str.contains(JSON_NOT_STRING)
+            & ~i.str.contains(JSON_NOT_STRING)
+            & r.is_not_null()
+            & (t.abs() < 2**53)  # int(float(t)) is t
+        )
+        return frame, u, i, r, t, plain
+    sep = LAYOUTS[fmt][0]
+    frame = pl.scan_csv(
+        path,
+        has_header=False,
+        separator=sep,
+        quote_char=None,
+        skip_rows=skip,
+        schema={f"f{k}": pl.String for k in range(width)},
+        truncate_ragged_lines=True,
+        missing_columns="insert",
+        encoding="utf8-lossy",
+    )
+    u, i, r, t = (pl.col(f"f{k}") for k in order)
+    plain = u.str.contains(PLAIN_ID) & i.str.contains(PLAIN_ID) & r.str.contains(PLAIN_RATING)
+    plain = plain & t.str.contains(PLAIN_TIME)
+    return frame, u, i, r.cast(pl.Float64, strict=False), t.cast(pl.Int64, strict=False), plain
+
+
+def read_columnar(path: Path, fmt: str, rating_threshold: float, item_key="parent_asin") -> Interactions | None:
     """The line reader's Interactions, read with Polars' streaming engine: the engine splits every line into
     fields and parses the plain ones (PLAIN_*), which is every line of a clean file; the others (blank, short,
     malformed, or merely unusual) are read again by number and parsed by the line reader's own parse_line, so
     counts, line numbers and ids come out the same. None, and the line reader reads the file, where that cannot
-    be exact: a format without a one-character separator (JSON, ml-1m's "::"), gzip or not-UTF-8 input (the line
-    reader's decoding and damaged-input accounting), a lone "\r", more than MAX_NOT_PLAIN other lines, a file
-    whose first hundred lines or every line fail (the line reader's errors), or a file the engine refuses."""
+    be exact: ml-1m's "::" separator, gzip or not-UTF-8 input (the line reader's decoding and damaged-input
+    accounting), a lone "\r", more than MAX_NOT_PLAIN other lines, a file whose first hundred lines or every
+    line fail (the line reader's errors), a file the engine refuses, and JSON lines whose lines the engine does
+    not number as the line reader does (a blank line, which it skips) or cannot read (a line that is not JSON)."""
     # Polars' allocator (jemalloc) keeps freed pages for its own reuse; preparation goes on in numpy, so have it
     # return them at once (read when Polars loads): at Clothing's shape a third of the memory resident after the read.
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
     import polars as pl  # here: only preparation reads raw files, and every script imports this module
 
     sep, order = LAYOUTS.get(fmt, (None, None))
-    if sep is None or len(sep) != 1:
+    json_lines = fmt in ("amazon-json", "amazon-2023-json")
+    if not json_lines and (sep is None or len(sep) != 1):
         return None
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
-    if head[:2] == b"\x1f\x8b" or text_encoding(head) != "utf-8" or _has_lone_cr(path):
+    if head[:2] == b"\x1f\x8b" or text_encoding(head) != "utf-8":
         return None
-    skip = 0
-    if fmt == "recbole":
-        with open(path, "rb") as fh:
-            order = _recbole_order(fh.readline().decode("utf-8", "replace"), path)
-        skip = 1
+    lone_cr, line_count = _line_breaks(path)
+    if lone_cr:
+        return None
+    skip, width = 0, None if json_lines else max(order or (0,)) + 1
+    if fmt in HEADERS:  # every column the header names (the engine refuses a first row wider than its schema)
+        header = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+        order, skip, width = header_order(header, path, fmt, item_key), 1, header.count(HEADERS[fmt][0]) + 1
     first_line = skip + 1
-    width = max(order) + 1
-    u, i, r, t = (pl.col(f"f{k}") for k in order)
-    plain = (
-        u.str.contains(PLAIN_ID) & i.str.contains(PLAIN_ID) & r.str.contains(PLAIN_RATING) & t.str.contains(PLAIN_TIME)
-    ).fill_null(False)
-    above = r.cast(pl.Float64, strict=False) > rating_threshold
+    frame, u, i, r, t, plain = _scan(pl, path, fmt, item_key, skip, order, width)
+    rows = frame.with_row_index("line", offset=first_line).select(
+        user=u, item=i, time=t, line=pl.col("line"), plain=plain.fill_null(False), above=r > rating_threshold
+    )
     try:
-        rows = (
-            pl.scan_csv(
-                path,
-                has_header=False,
-                separator=sep,
-                quote_char=None,
-                skip_rows=skip,
-                schema={f"f{k}": pl.String for k in range(width)},
-                truncate_ragged_lines=True,
-                missing_columns="insert",
-                encoding="utf8-lossy",
-            )
-            .with_row_index("line", offset=first_line)
-            .select(user=u, item=i, time=t.cast(pl.Int64, strict=False), line=pl.col("line"), plain=plain, above=above)
-        )
         kept, others, counts = pl.collect_all(
             [
                 rows.filter(pl.col("plain") & pl.col("above")).select("user", "item", "time", "line"),
@@ -457,8 +569,10 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float) -> Interactions
     if len(others) > MAX_NOT_PLAIN:
         return None
     lines_read, filtered = int(counts["lines"][0]) + skip, int(counts["filtered"][0])
+    if json_lines and lines_read != line_count:  # the engine skipped blank lines: its numbers are not the lines'
+        return None
     # The lines that are not plain, parsed as the line reader parses them.
-    parse = _split_parser(sep, order)
+    parse = _json_parser(json_keys(fmt, item_key)) if json_lines else _split_parser(sep, order)
     extra = {"user": [], "item": [], "time": [], "line": []}
     malformed, examples = 0, []
     with open(path, "rb") as fh:
@@ -526,7 +640,8 @@ def _first_appearance_codes(ids):
 
 
 def read_titles(path) -> dict:
-    """Item titles from Amazon metadata JSON lines (asin, title) or a RecBole .item file."""
+    """Item titles from Amazon metadata JSON lines (2014/2018: asin, title; 2023: parent_asin, title) or a RecBole
+    .item file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such metadata file")
@@ -548,7 +663,7 @@ def read_titles(path) -> dict:
                 for line in fh:
                     try:
                         d = json.loads(line)
-                        titles[_id(d["asin"])] = str(d.get("title", ""))
+                        titles[_id(d["parent_asin"] if "parent_asin" in d else d["asin"])] = str(d.get("title", ""))
                     except BAD_LINE:
                         bad += 1
         except DAMAGED as e:

@@ -1,5 +1,6 @@
-"""Print the test metrics of every finished run under a directory as one Markdown table, with what each
-run was (model, training budget, best step) and the machine.
+"""Print the test metrics of every finished run under a directory as Markdown tables (the stored candidates, and
+full ranking over all items), with what each run was (model, training budget, best step), the data and how it
+was split, and the machine.
 
     python -m slmrec.report out/main
 """
@@ -26,11 +27,29 @@ def describe(run_config) -> tuple:
     return name, objective, budget, run_config.get("precision", "not recorded")
 
 
+def describe_data(path) -> str:
+    """A dataset and the protocol that split it, from its stats.json."""
+    stats = Path(path) / "stats.json"
+    if not stats.is_file():
+        return f"{path} (no stats.json)"
+    s = load_json(stats)
+    size = f"{s['users']} users, {s['items']} items"
+    if s.get("split") == "given":
+        files = ", ".join(Path(f).name for f in s["split_files"].values())
+        how = f"a given {s['split_kind']} split ({files}), {s['test_rows']} test rows"
+    else:
+        how = "leave-one-out (§5.1: ratings > 3, 5-core, last item to test)"
+    return f"{path}: {size}; {how}; stored candidates 1 + {s['num_negatives']} per row"
+
+
 def table(root) -> str:
-    rows, machines = [], set()
+    rows, full_rows, machines, data = [], [], set(), set()
     for f in sorted(Path(root).glob("*/test_metrics.json")):
         m, run_config = load_json(f), load_json(f.parent / "run_config.json")
         machines.add(run_config.get("hardware", "not recorded"))
+        data.add(run_config.get("data", "not recorded"))
+        if "full" in m:
+            full_rows.append(f"| {f.parent.name} | " + " | ".join(f"{m['full'][k]:.4f}" for k in METRICS) + " |")
         to_best, peak = m.get("seconds_to_best"), m.get("peak_rss_mb")
         rows.append(
             f"| {f.parent.name} | "
@@ -49,8 +68,24 @@ def table(root) -> str:
         + " |\n|---|---|---|---|---|---|---|---|"
         + "---|" * len(METRICS)
     )
+    full_head = "| run | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
     return "\n".join(
-        [f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:", head, *rows]
+        [
+            f"Data: {'; '.join(describe_data(d) for d in sorted(data))}",
+            f"Test metrics (stored candidates) under {root}, trained on {'; '.join(sorted(machines))}:",
+            head,
+            *rows,
+            *(
+                [
+                    "",
+                    "Test metrics (full ranking over all items, the user's seen items left out):",
+                    full_head,
+                    *full_rows,
+                ]
+                if full_rows
+                else []
+            ),
+        ]
     )
 
 

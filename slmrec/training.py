@@ -254,7 +254,7 @@ class RecTrainer(SmallCheckpoints):
                 device=self.args.device,
                 full=self.full_ranking_valid,
                 progress=True,
-                **ranking(model, self.precision, self.args.device, self.data.num_users),
+                **ranking(model, self.precision, self.args.device, self.data.num_rows("valid")),
             )
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten(result).items()}
@@ -361,7 +361,7 @@ def _fit_and_test(
             device=args.device,
             per_user=True,
             progress=True,
-            **ranking(model, trainer.precision, args.device, data.num_users),
+            **ranking(model, trainer.precision, args.device, data.num_rows("test")),
         )
     ranks = test.pop("ranks")
     test["best_step"] = _best_step(trainer)

@@ -1,6 +1,8 @@
+
 """run_main.sh on one's own ratings file: prepared into data/<name>, SASRec, the teacher and the student trained
 into out/<name>, one results table; a re-run trains nothing; another file under the same name is refused."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +44,9 @@ def test_run_main_on_your_own_amazon_file(tmp_path):
     for run in ("sasrec", "teacher", "student"):
         assert (out / run / "test_metrics.json").is_file(), run
     table = [line for line in first.stdout.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in table[1:]] == ["| sasrec", "| student", "| teacher"]
+    # the stored candidates' table, then full ranking's, under a line naming the data and its protocol
+    assert [line.split(" | ")[0] for line in table] == ["| run", "| sasrec", "| student", "| teacher"] * 2
+    assert "leave-one-out" in next(line for line in first.stdout.splitlines() if line.startswith("Data: "))
     assert (out / "student-export" / "config.json").is_file() and f"wrote {out}/student-export" in first.stdout
 
     again = run_main("--source", str(src), tmp_path=tmp_path)  # everything finished: nothing trains again
@@ -55,6 +59,23 @@ def test_run_main_on_your_own_amazon_file(tmp_path):
     other = write_amazon_csv(tmp_path / "elsewhere" / "my_ratings.csv", synthetic_rows(seed=1))
     refused = run_main("--source", str(other), tmp_path=tmp_path)
     assert refused.returncode == 2 and "prepared from another file" in refused.stderr
+
+
+def test_run_main_on_a_published_split_folder(tmp_path):
+    """Amazon 2023's benchmark layout (a folder of train/valid/test files with histories): prepared as given, then
+    every stage, and the table says which split produced it."""
+    from test_amazon2023 import rating_only, write_split
+
+    write_split(tmp_path / "last_out_w_his", rating_only(num_users=40, num_items=20, seed=4), "last_out", True)
+    done = run_main("--source", str(tmp_path / "last_out_w_his"), "--name", "beauty", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((tmp_path / "data" / "beauty" / "stats.json").read_text())
+    assert (
+        stats["split"] == "given" and stats["split_kind"] == "last_out" and stats["history_column"]["test"] == "checked"
+    )
+    data_line = next(line for line in done.stdout.splitlines() if line.startswith("Data: "))
+    assert "a given last_out split (Beauty.train.csv, Beauty.valid.csv, Beauty.test.csv)" in data_line
+    assert (tmp_path / "out" / "beauty" / "student-export" / "config.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,10 @@ def test_finetune_end_to_end_and_reload(tiny_dataset, tiny_embedding, tiny_lm_di
     layers = evaluate_cli.main(str(out), str(tiny_dataset.path), layers="2,4", precision="fp32")
     assert {k: layers["layer_4"][k] for k in METRICS} == {k: metrics[k] for k in METRICS}
     # The main job's summary names the model, budget and resolved precision beside the same numbers.
-    row = report.table(tmp_path).splitlines()[-1]
+    lines = report.table(tmp_path).splitlines()
+    row = next(line for line in lines if line.startswith("| teacher | "))  # the stored candidates' table first
+    assert lines[0].startswith(f"Data: {tiny_dataset.path}: 30 users") and "leave-one-out" in lines[0]
+    assert lines[-1] == "| teacher | " + " | ".join(f"{metrics['full'][k]:.4f}" for k in METRICS) + " |"
     assert row.startswith(f"| teacher | {tiny_lm_dir}, 4 layers, last_item readout | every_position | 4 steps of")
     assert f"{metrics['MRR']:.4f} |" in row
     assert 0 < metrics["seconds_to_best"] <= metrics["train_seconds"]
