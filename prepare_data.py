@@ -33,8 +33,9 @@ def main(
     with --train, --valid, --test): its rows are kept as they are (no rating filter or k-core unless asked).
     OUTPUT_DIR must be new or empty; an existing prepared dataset is replaced only with --overwrite. Other
     flags are PrepareConfig's fields (slmrec/prepare.py): --format, --metadata, --rating_threshold, --k_core,
-    --num_negatives, --seed, --item_key (Amazon 2023: parent_asin, or asin), --split, --reader (columnar: Polars wherever it reads the file exactly as the line reader
-    does, the line reader elsewhere; lines: the line reader only). --convert DIR rewrites a dataset prepared in
+    --num_negatives, --seed, --item_key (Amazon 2023: parent_asin, or asin), --split, --reader (columnar: Polars
+    wherever it reads the file exactly as the line reader does, the line reader elsewhere; lines: the line reader
+    only). --convert DIR rewrites a dataset prepared in
     the .npz format (format 1) as memory-mapped .npy files, same fingerprint; --verify DIR reads every array of
     DIR against its fingerprint."""
     setup_logging()

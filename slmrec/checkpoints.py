@@ -7,6 +7,7 @@ the source the config names. The model modules and the trainers both use this mo
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import safetensors
@@ -148,8 +149,14 @@ def settings_changed(previous: dict, current: dict) -> list:
 
 def trained_on(checkpoint_dir) -> str:
     """The prepared dataset a run trained on, as its run_config.json names it (the path given to the training
-    command, relative to where it ran), for the commands that default to it."""
+    command, relative to where it ran), for the commands that default to it. A checkpoint-N folder inside a run
+    (what the original's users pass as the teacher) is its run's: the run's run_config.json says."""
     path = Path(checkpoint_dir) / "run_config.json"
+    run = Path(checkpoint_dir).resolve().parent
+    if not path.is_file() and re.fullmatch(r"checkpoint-\d+", Path(checkpoint_dir).resolve().name):
+        if (run / "run_config.json").is_file():
+            log.info("%s is a checkpoint of the run %s: the dataset its run_config.json names", checkpoint_dir, run)
+            path = run / "run_config.json"
     try:
         data = load_json(path).get("data")  # a damaged file is its own one-line error (errors.DamagedFile)
     except (OSError, AttributeError):

@@ -24,6 +24,7 @@ from .errors import EXPECTED, FlagError
 from .flags import coerce
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
+READ_ONLY = (errno.EROFS,)  # a read-only file system (a folder without write permission is a PermissionError)
 
 
 def flag_names(argv):
@@ -146,8 +147,14 @@ def run(fn, argv=None, configs=(), defaults=None):
         print("(SLMREC_DEBUG=1 shows where)", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        if e.errno not in FULL or os.environ.get("SLMREC_DEBUG"):
+        if e.errno not in FULL + READ_ONLY or os.environ.get("SLMREC_DEBUG"):
             raise
+        if e.errno in READ_ONLY:
+            print(
+                f"error: {e.strerror}: cannot write {e.filename or 'an output'}; choose a writable folder",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         # Every output is written to a temporary name first (files.written_whole, prepare's folder): the
         # temporary file is removed and what was there before is untouched.
         print(

@@ -122,14 +122,26 @@ def read_table(path) -> list:
     if not path.is_file():
         raise DataError(f"{path} is missing; prepare the dataset again with prepare_data.py")
     # csv's own quoting, as prepare() writes them: an id or title holding a tab, a quote or a newline round-trips.
-    return list(csv.reader((line for _, line in text_lines(path)), delimiter="\t"))[1:]
+    lines = text_lines(path)
+    try:
+        return list(csv.reader((line for _, line in lines), delimiter="\t"))[1:]
+    except csv.Error as e:  # a carriage return left unquoted (datasets prepared before prepare.write_tsv)
+        raise DataError(
+            f"{path}: cannot be read as a tab-separated table ({e}); prepare the dataset again with prepare_data.py"
+        ) from None
 
 
 def read_items(path, num_items) -> tuple:
-    """items.tsv as (original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty)."""
+    """items.tsv as (original ids, titles), lists indexed by item id 1..|I| (entry 0, padding, is empty); a file
+    that does not name each item 1..num_items once (edited, or another dataset's) is a DataError."""
     ids, titles = [""] * (num_items + 1), [""] * (num_items + 1)
-    for r in read_table(path):
+    rows = read_table(path)
+    for n, r in enumerate(rows, 2):
+        if len(r) < 2 or not r[0].isdigit() or not 1 <= int(r[0]) <= num_items or ids[int(r[0])]:
+            raise DataError(f"{path} line {n}: not an item id in 1..{num_items} named once, with its original id")
         ids[int(r[0])], titles[int(r[0])] = r[1], r[2] if len(r) > 2 else ""
+    if len(rows) != num_items:
+        raise DataError(f"{path} names {len(rows)} items, the dataset has {num_items} (edited or corrupt)")
     return ids, titles
 
 
@@ -217,6 +229,7 @@ class PreparedData(Catalog):
         self.num_users = len(self.sequences)
         self.given = bool(self.split_arrays)
         self._check_shapes(items, offsets)
+        self._check_counts(items)
         tables = sum(c.nbytes for c in self.candidates.values())
         if self.format == 1 or tables <= VERIFY_BYTES:
             self.verify()
@@ -255,12 +268,23 @@ class PreparedData(Catalog):
                 f"again: prepare_data.py --output_dir {self.path} --overwrite"
             )
 
+    def _check_counts(self, items):
+        """stats.json's counts against the arrays: the catalogue is the items the histories hold, so an edited
+        item count (which would shift every id past it) is caught here, not by a crash or a wrong answer."""
+        actual = {"users": self.num_users, "items": int(items.max(initial=0)), "interactions": len(items)}
+        for k, v in actual.items():
+            if self.stats.get(k) != v:
+                raise DataError(
+                    f"{self.path / 'stats.json'} says {k} = {self.stats.get(k)!r}, the arrays hold {v} (edited or "
+                    f"corrupt); prepare the dataset again: prepare_data.py --output_dir {self.path} --overwrite"
+                )
+
     def candidate_rows(self, split, users) -> np.ndarray:
         """int64 [len(users), 1 + negatives]: the split's stored candidates of these users. Read from the file
         (one pread per run of consecutive users), not through the memory map: a pass over every user would
         otherwise leave the whole table resident (4.3 GB at Clothing's shape)."""
         table, users = self.candidates[split], np.asarray(users, np.int64)
-        if not isinstance(table, np.memmap):
+        if not isinstance(table, np.memmap):  # read whole, and checked against the fingerprint at open
             return np.asarray(table[users], np.int64)
         row = table.shape[1] * table.itemsize
         out = np.empty((len(users), table.shape[1]), np.int64)
@@ -268,8 +292,20 @@ class PreparedData(Catalog):
         with open(table.filename, "rb") as fh:
             for lo, hi in zip(starts, [*starts[1:], len(users)]):
                 raw = os.pread(fh.fileno(), (hi - lo) * row, table.offset + int(users[lo]) * row)
-                out[lo:hi] = np.frombuffer(raw, table.dtype).reshape(hi - lo, -1)
+                block = np.frombuffer(raw, table.dtype).reshape(hi - lo, -1)
+                # A table too large to check at open is checked as it is read (on the stored type, before
+                # widening): an id past the catalogue would index past the scores.
+                if block.max(initial=0) > self.num_items:
+                    self._past_the_catalogue(split, users[lo:hi], block)
+                out[lo:hi] = block
         return out
+
+    def _past_the_catalogue(self, split, users, rows):
+        r = int(np.argmax(rows.max(1) > self.num_items))
+        raise DataError(
+            f"{self.path}/candidates_{split}.npy row {users[r]}: item {rows[r].max()} is past the catalogue's "
+            f"{self.num_items} items (edited or corrupt); prepare_data.py --verify {self.path} checks every array"
+        )
 
     def verify(self):
         """Every array against the fingerprint in stats.json (a full read)."""
@@ -317,7 +353,10 @@ class PreparedData(Catalog):
 
     def users(self):
         """Original user ids, a list indexed by user index."""
-        return [r[1] for r in self._table("users.tsv")]
+        users = [r[1] for r in self._table("users.tsv")]
+        if len(users) != self.num_users:
+            raise DataError(f"{self.path / 'users.tsv'} names {len(users)} users, the dataset has {self.num_users}")
+        return users
 
     @functools.cached_property
     def user_index(self) -> dict:

@@ -5,6 +5,8 @@ ties count against the positive, so a model that scores everything equal gets HR
 below everything (as -inf, and ties count against it): a broken model can never look good.
 """
 
+import logging
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -13,6 +15,8 @@ from tqdm.auto import tqdm
 
 from .batches import history_batches, left_pad
 from .machine import empty_huge
+
+log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -180,10 +184,12 @@ def rank_users(
     batches = history_batches([data.history(u, split) for u in users], max_len, batch_size, by_length)
     bar = tqdm(total=len(users), desc=f"ranking {split}", unit="user", disable=not progress, leave=False)
     factored = FactoredRanking(items) if user_fn is not None else None
+    trivial = 0  # rows whose candidates hold no negative: ranked first whatever the model
     for idx, padded in batches:
         us = users[idx]
         history = torch.from_numpy(padded).to(device)
         cand = torch.from_numpy(data.candidate_rows(split, us)).to(device)
+        trivial += int((cand[:, 1:] == 0).all(1).sum())
         seen = None
         if full:  # what the users had seen, left out of their full ranking (PreparedData.seen)
             seqs = [data.seen(u, split) for u in us]
@@ -204,6 +210,15 @@ def rank_users(
                     out[idx] = r
         bar.update(len(us))
     bar.close()
+    if trivial:
+        log.warning(
+            "%s: %d of %d %s rows have no negative candidate (their users have seen every other item): their "
+            "positive ranks first whatever the model, raising every metric",
+            data.path,
+            trivial,
+            len(users),
+            split,
+        )
     return ranks
 
 

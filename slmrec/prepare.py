@@ -179,8 +179,8 @@ def draw_candidates(sequences, num_items, users, positions, num_negatives, rng, 
     positive, then num_negatives negatives drawn uniformly from items outside the user's whole prepared history,
     0-padded where fewer exist; written to `writer` (NpyRows) a block of rows at a time, so memory does not grow
     with rows x candidates. progress: called with each block's number of rows. Returns the number of rows with
-    fewer negatives available."""
-    short = 0
+    fewer negatives available and the number with none (their positive ranks first whatever the model)."""
+    short = none = 0
     seen = np.zeros(num_items + 1, bool)  # the current user's history, as a lookup (np.isin would sort)
     for lo in range(0, len(users), block):
         rows = np.zeros((min(block, len(users) - lo), 1 + num_negatives), np.int32)
@@ -191,6 +191,7 @@ def draw_candidates(sequences, num_items, users, positions, num_negatives, rng, 
             if available <= num_negatives:
                 neg = np.setdiff1d(np.arange(1, num_items + 1), seq)
                 short += 1
+                none += len(neg) == 0
             else:
                 # A random ordered sample, minus the history, keeps a uniform subset of the complement.
                 draw = rng.choice(num_items, size=num_negatives + len(seq), replace=False) + 1
@@ -201,7 +202,7 @@ def draw_candidates(sequences, num_items, users, positions, num_negatives, rng, 
         writer.write(rows)
         if progress is not None:
             progress(len(rows))
-    return short
+    return short, none
 
 
 def _running(leftover: Path) -> bool:
@@ -472,7 +473,7 @@ def _write(built: Built, cfg: PrepareConfig, titles: dict, output_dir: Path) -> 
         h = _sequence_hash(items, offsets)
         histories = h.hexdigest()[:16]
         rng = np.random.default_rng(cfg.seed)
-        short = {}
+        short, none = {}, {}
         for split in ("valid", "test"):  # this order: the draws of format 1
             users, positions = built.rows[split]
             log.info("drawing %s candidates for %d rows", split, len(users))
@@ -488,8 +489,21 @@ def _write(built: Built, cfg: PrepareConfig, titles: dict, output_dir: Path) -> 
                     disable=len(users) < 100_000,
                 ) as bar,
             ):
-                short[split] = draw_candidates(
+                short[split], none[split] = draw_candidates(
                     sequences, num_items, users, positions, cfg.num_negatives, rng, writer, progress=bar.update
+                )
+            if none[split] == len(users):
+                raise DataError(
+                    f"every {split} row's user has seen every other item: no row has a negative candidate, so any "
+                    f"model would rank every target first; this data cannot evaluate a recommender"
+                )
+            if none[split]:
+                log.warning(
+                    "%d of %d %s rows have no negative candidate (their users have seen every other item): they "
+                    "rank first whatever the model",
+                    none[split],
+                    len(users),
+                    split,
                 )
         split_hash(h, split_arrays)
         stats = {
@@ -505,20 +519,19 @@ def _write(built: Built, cfg: PrepareConfig, titles: dict, output_dir: Path) -> 
             **built.read,
             "num_negatives": cfg.num_negatives,
             "users_with_fewer_negatives": short,
+            "rows_without_negatives": none,
             "items_with_title": int(sum(n in titles for n in built.item_names)),
             "format": FORMAT,
             "sequence_digest": histories,
             **({"split_digest": split_digest(split_arrays)} if split_arrays else {}),
             "fingerprint": h.hexdigest()[:16],
         }
-        with open(tmp / "users.tsv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(["user_index", "original_id"])
-            w.writerows(enumerate(built.user_names))
-        with open(tmp / "items.tsv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(["item_id", "original_id", "title"])
-            w.writerows((i + 1, n, titles.get(n, "")) for i, n in enumerate(built.item_names))
+        write_tsv(tmp / "users.tsv", ["user_index", "original_id"], enumerate(built.user_names))
+        write_tsv(
+            tmp / "items.tsv",
+            ["item_id", "original_id", "title"],
+            ((i + 1, n, titles.get(n, "")) for i, n in enumerate(built.item_names)),
+        )
         # the options as used: defaults made concrete, the format as read
         (tmp / "prepare_config.json").write_text(
             json.dumps(dataclasses.asdict(dataclasses.replace(cfg, format=built.format)), indent=2)
@@ -529,6 +542,18 @@ def _write(built: Built, cfg: PrepareConfig, titles: dict, output_dir: Path) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
+
+
+def write_tsv(path, header, rows):
+    """A tab-separated file in csv's quoting, as data.read_table reads it back. A row with a field holding a
+    carriage return (a JSON id may) is quoted whole: csv quotes a line break only when it is in the line
+    terminator, and an unquoted one would end the row when read."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        plain = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        quoted = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_ALL)
+        plain.writerow(header)
+        for row in rows:
+            (quoted if any("\r" in x for x in row if isinstance(x, str)) else plain).writerow(row)
 
 
 def _swap_in(tmp: Path, output_dir: Path):

@@ -482,16 +482,17 @@ def _line_breaks(path: Path, block=1 << 24):
     return lone or cr_at_end, lines + (last != b"\n")
 
 
-def _scan(pl, path, fmt, item_key, skip, order, width):
-    """The engine's lazy frame of the file's lines: user, item, time (Int64), line number, rating above the
-    threshold or not, and whether the line is plain (read exactly as the line reader reads it)."""
+JSON_BLOCK = 1 << 27  # bytes of JSON lines the engine reads at a time
+
+
+def _frames(pl, path, fmt, item_key, skip, order, width):
+    """The engine's lazy frames of the file's lines, with the expressions of user, item, rating (Float64), time
+    (Int64) and whether a line is plain (read exactly as the line reader reads it). One frame for a delimited
+    file (a streaming scan); for JSON lines one frame per block of JSON_BLOCK bytes ending at a line's end:
+    Polars' JSON scan maps the whole file, whose resident pages alone would pass Clothing's memory bound."""
     if fmt in ("amazon-json", "amazon-2023-json"):
-        u, i, r, t = json_keys(fmt, item_key)
-        # a value of another type is null (ignore_errors), and its line read again by the line reader
-        frame = pl.scan_ndjson(
-            path, schema={u: pl.String, i: pl.String, r: pl.Float64, t: pl.Int64}, ignore_errors=True
-        )
-        u, i, r, t = (pl.col(k) for k in (u, i, r, t))
+        keys = json_keys(fmt, item_key)
+        u, i, r, t = (pl.col(k) for k in keys)
         plain = (
             u.str.contains(PLAIN_ID)
             & i.str.contains(PLAIN_ID)
@@ -500,7 +501,13 @@ def _scan(pl, path, fmt, item_key, skip, order, width):
             & r.is_not_null()
             & (t.abs() < 2**53)  # int(float(t)) is t
         )
-        return frame, u, i, r, t, plain
+        schema = dict(zip(keys, (pl.String, pl.String, pl.Float64, pl.Int64)))
+        with open(path, "rb") as fh:
+            while block := fh.read(JSON_BLOCK):
+                block += fh.readline()
+                # a value of another type is null (ignore_errors), and its line read again by the line reader
+                yield pl.read_ndjson(block, schema=schema, ignore_errors=True).lazy(), u, i, r, t, plain
+        return
     sep = LAYOUTS[fmt][0]
     frame = pl.scan_csv(
         path,
@@ -516,7 +523,7 @@ def _scan(pl, path, fmt, item_key, skip, order, width):
     u, i, r, t = (pl.col(f"f{k}") for k in order)
     plain = u.str.contains(PLAIN_ID) & i.str.contains(PLAIN_ID) & r.str.contains(PLAIN_RATING)
     plain = plain & t.str.contains(PLAIN_TIME)
-    return frame, u, i, r.cast(pl.Float64, strict=False), t.cast(pl.Int64, strict=False), plain
+    yield frame, u, i, r.cast(pl.Float64, strict=False), t.cast(pl.Int64, strict=False), plain
 
 
 def read_columnar(path: Path, fmt: str, rating_threshold: float, item_key="parent_asin") -> Interactions | None:
@@ -549,26 +556,34 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float, item_key="paren
         header = head.split(b"\n", 1)[0].decode("utf-8", "replace")
         order, skip, width = header_order(header, path, fmt, item_key), 1, header.count(HEADERS[fmt][0]) + 1
     first_line = skip + 1
-    frame, u, i, r, t, plain = _scan(pl, path, fmt, item_key, skip, order, width)
-    rows = frame.with_row_index("line", offset=first_line).select(
-        user=u, item=i, time=t, line=pl.col("line"), plain=plain.fill_null(False), above=r > rating_threshold
-    )
+    kept, others, lines_read, filtered = [], [], skip, 0
     try:
-        kept, others, counts = pl.collect_all(
-            [
-                rows.filter(pl.col("plain") & pl.col("above")).select("user", "item", "time", "line"),
-                rows.filter(~pl.col("plain")).select("line"),
-                rows.select(lines=pl.len(), filtered=(pl.col("plain") & ~pl.col("above")).sum()),
-            ],
-            engine="streaming",
-        )
+        for frame, u, i, r, t, plain in _frames(pl, path, fmt, item_key, skip, order, width):
+            rows = frame.with_row_index("line", offset=lines_read + 1).select(
+                user=u, item=i, time=t, line=pl.col("line"), plain=plain.fill_null(False), above=r > rating_threshold
+            )
+            part, odd, counts = pl.collect_all(
+                [
+                    rows.filter(pl.col("plain") & pl.col("above")).select("user", "item", "time", "line"),
+                    rows.filter(~pl.col("plain")).select("line"),
+                    rows.select(lines=pl.len(), filtered=(pl.col("plain") & ~pl.col("above")).sum()),
+                ],
+                engine="streaming",
+            )
+            kept.append(part)
+            others.append(odd["line"].to_numpy())
+            lines_read, filtered = lines_read + int(counts["lines"][0]), filtered + int(counts["filtered"][0])
     except pl.exceptions.PolarsError as e:
         log.info("%s: the columnar reader cannot read it (%s); reading it line by line", path, str(e)[:200])
         return None
-    others = np.sort(others["line"].to_numpy())  # ascending, as the pass below reads forward
+    kept = (
+        pl.concat(kept)
+        if kept
+        else pl.DataFrame(schema={"user": pl.String, "item": pl.String, "time": pl.Int64, "line": pl.UInt32})
+    )
+    others = np.sort(np.concatenate(others)) if others else np.zeros(0, np.int64)  # ascending: read forward
     if len(others) > MAX_NOT_PLAIN:
         return None
-    lines_read, filtered = int(counts["lines"][0]) + skip, int(counts["filtered"][0])
     if json_lines and lines_read != line_count:  # the engine skipped blank lines: its numbers are not the lines'
         return None
     # The lines that are not plain, parsed as the line reader parses them.

@@ -10,7 +10,10 @@ go to disk, memory-mapped, in the compute dtype. A step reads its examples' rows
 A cache lives in a folder named by a digest of everything its states depend on (cache_key): the teacher's
 weights, its base LM, the dataset, the examples, the aligned layers, the rows kept, the precision and the
 torch version. A changed input gives another folder, so stale states can never be read; a folder whose
-recorded key or file sizes do not match is rebuilt.
+recorded key, file sizes or offsets do not match is rebuilt. What the build wrote is checked when it is read
+back: each example's rows against their CRC-32 (checks.npy), so states changed on disk (overwritten, zeroed,
+a NaN) stop training with an error naming the cache rather than training a student on them; the teacher's own
+states are checked finite as they are built.
 """
 
 import hashlib
@@ -19,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +31,12 @@ from tqdm.auto import tqdm
 
 from .backbone import SMOLLM2, smollm2_path
 from .checkpoints import MODEL_CONFIG, WEIGHTS
+from .errors import DataError, NonFiniteError
 from .files import file_digest, load_json, save_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the layout of the files changes
+FORMAT = 2  # bump when the layout of the files changes (2: checks.npy, the offsets' digest)
 # numpy has no bf16: bf16 states are stored as their raw 16 bits
 STORAGE = {
     torch.float32: ("float32", np.float32),
@@ -97,14 +102,31 @@ def rows_per_example(example, readout, rows) -> int:
     return int((labels != 0).sum()) + (readout == "response")
 
 
+def array_digest(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def example_checks(states, final, offsets, lo, hi) -> np.ndarray:
+    """uint32 [hi - lo]: the CRC-32 of each example's rows (its states, then its final states), examples lo..hi
+    of a cache whose rows states[offsets[lo]:] (and final's) hold."""
+    base, out = offsets[lo], np.empty(hi - lo, np.uint32)
+    for k, i in enumerate(range(lo, hi)):
+        a, b = offsets[i] - base, offsets[i + 1] - base
+        crc = zlib.crc32(np.ascontiguousarray(states[a:b]))
+        out[k] = zlib.crc32(np.ascontiguousarray(final[a:b]), crc) if final is not None else crc
+    return out
+
+
 class TeacherStates:
     """A built cache, memory-mapped. rows(index) gives the states of a batch of example indices, in the order
-    ELLMRec.supervised gives them for that batch (example by example, position by position)."""
+    ELLMRec.supervised gives them for that batch (example by example, position by position), each example's
+    rows checked against the CRC-32 recorded when they were written."""
 
     def __init__(self, path):
         self.path = Path(path)
         self.meta = load_json(self.path / "meta.json")
-        self.offsets = np.load(self.path / "offsets.npy")
+        self.offsets = np.load(self.path / "offsets.npy", allow_pickle=False)
+        self.checks = np.load(self.path / "checks.npy", allow_pickle=False)
         total, B, d = self.meta["total_rows"], len(self.meta["key"]["teacher_layers"]), self.meta["hidden_size"]
         name = self.meta["key"]["dtype"]
         self.dtype = dtype_named(name)
@@ -125,10 +147,19 @@ class TeacherStates:
         whether the rows are each example's final (readout) row alone}, in fp32."""
         index = index.tolist()
         take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
-        states = self._tensor(self.states[take]).to(device)
+        raw_states = self.states[take]
+        raw_final = self.final[take] if self.final is not None else None
+        starts = np.concatenate([[0], np.cumsum([self.offsets[i + 1] - self.offsets[i] for i in index])])
+        bad = np.flatnonzero(example_checks(raw_states, raw_final, starts, 0, len(index)) != self.checks[index])
+        if len(bad):
+            raise DataError(
+                f"teacher state cache {self.path}: the states of example {index[bad[0]]} do not match the checksum "
+                f"written with them (changed on disk since it was built): delete the folder and it is built again"
+            )
+        states = self._tensor(raw_states).to(device)
         return {
             "states": list(states.unbind(1)),
-            "final": self._tensor(self.final[take]).to(device) if self.final is not None else None,
+            "final": self._tensor(raw_final).to(device) if raw_final is not None else None,
             "final_only": self.meta["key"]["rows"] == "final",
         }
 
@@ -141,7 +172,14 @@ def _complete(path: Path, key: dict) -> bool:
         return False
     if meta.get("key") != key:
         return False
-    return (path / "offsets.npy").is_file() and all(
+    try:
+        offsets, checks = (np.load(path / f, allow_pickle=False) for f in ("offsets.npy", "checks.npy"))
+    except (OSError, ValueError):
+        return False
+    if array_digest(offsets) != meta.get("offsets_digest") or array_digest(checks) != meta.get("checks_digest"):
+        log.warning("teacher states: %s has offsets or checksums other than it was built with", path)
+        return False
+    return all(
         (path / f).is_file() and (path / f).stat().st_size == n
         for f, n in file_sizes(key, meta["total_rows"], meta["hidden_size"]).items()
     )
@@ -168,8 +206,9 @@ def row_offsets(examples, readout, rows) -> np.ndarray:
 
 @torch.no_grad()
 def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device="cpu"):
-    """Run the teacher once over the examples, in order, and write their states (see TeacherStates); offsets:
-    row_offsets of the examples."""
+    """Run the teacher once over the examples, in order, and write their states (see TeacherStates) and each
+    example's checksum; offsets: row_offsets of the examples. States that are not finite stop the build: the
+    teacher itself is broken."""
     path = Path(path)
     rows = key["rows"]
     total, d = int(offsets[-1]), teacher.lm.config.hidden_size
@@ -183,6 +222,7 @@ def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device
         t = t.to(dtype)
         return (t.view(torch.int16) if dtype == torch.bfloat16 else t).cpu().numpy()
 
+    checks = np.empty(len(examples), np.uint32)
     teacher.eval()
     start = 0
     for lo in tqdm(range(0, len(examples), batch_size), desc="teacher states", unit="batch"):
@@ -199,15 +239,25 @@ def build(path, key, teacher, examples, offsets, autocast, batch_size=64, device
                 f"teacher cache: batch at example {lo} gave {block.shape[0]} rows, expected "
                 f"{offsets[lo + len(batch)] - start}"
             )
+        if not torch.isfinite(block).all() or (final is not None and not torch.isfinite(out["h"][keep]).all()):
+            raise NonFiniteError(
+                f"teacher state cache: the teacher gives states that are not finite for examples {lo}.."
+                f"{lo + len(batch) - 1}: the teacher checkpoint is broken; retrain or choose another"
+            )
         states[start:end] = store(block)
         if final is not None:
             final[start:end] = store(out["h"][keep])
+        hi = lo + len(batch)
+        checks[lo:hi] = example_checks(
+            states[start:end], final[start:end] if final is not None else None, offsets, lo, hi
+        )
         start = end
     states.flush()
     if final is not None:
         final.flush()
     np.save(path / "offsets.npy", offsets)
-    return total, d
+    np.save(path / "checks.npy", checks)
+    return total, d, array_digest(offsets), array_digest(checks)
 
 
 def load_or_build(
@@ -247,9 +297,16 @@ def load_or_build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t = time.time()
-    total, d = build(tmp, key, teacher, examples, offsets, autocast, batch_size, device)
-    seconds = time.time() - t
-    save_json({"key": key, "total_rows": total, "hidden_size": d, "build_seconds": seconds}, tmp / "meta.json")
+    try:
+        total, d, offsets_digest, checks_digest = build(
+            tmp, key, teacher, examples, offsets, autocast, batch_size, device
+        )
+        seconds = time.time() - t
+        meta = {"key": key, "total_rows": total, "hidden_size": d, "build_seconds": seconds}
+        save_json({**meta, "offsets_digest": offsets_digest, "checks_digest": checks_digest}, tmp / "meta.json")
+    except BaseException:  # a full disk, a file-size limit, Ctrl-C: no partial cache is left for later runs
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(path)
     except OSError:  # another process (a DDP rank) finished the same cache first: use theirs

@@ -314,6 +314,12 @@ def _fit_and_test(
     if checkpoint is not None:
         previous = output_dir / "run_config.json"
         changes = settings_changed(load_json(previous) if previous.is_file() else {}, run_config)
+        other_data = [c for c in changes if c.split(":")[0].endswith(("data_fingerprint", "num_items"))]
+        if other_data:  # its weights are another catalogue's: nothing can continue them, force or not
+            raise CheckpointError(
+                f"{output_dir}: {checkpoint.name} was trained on another dataset ({other_data[0]}); "
+                f"train this one in a new --output_dir"
+            )
         if changes and mode != "force":
             raise CheckpointError(
                 f"{output_dir}: cannot resume {checkpoint.name} with other settings ("
@@ -324,7 +330,44 @@ def _fit_and_test(
             log.warning("resuming %s with changed settings (--resume force): %s", checkpoint, "; ".join(changes))
             run_config["resumed_with_changes"] = changes
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_json(run_config, output_dir / "run_config.json")
+    config_file = output_dir / "run_config.json"
+    before = config_file.read_bytes() if checkpoint is not None and config_file.is_file() else None
+    save_json(run_config, config_file)
+    try:
+        return _train_and_test(
+            model,
+            data,
+            train_dataset,
+            cfg,
+            output_dir,
+            max_len,
+            run_config,
+            checkpoint,
+            trainer_cls,
+            extra_metrics,
+            **trainer_kwargs,
+        )
+    except BaseException:
+        # A resume that fails before saving a checkpoint of its own leaves the run's settings as they were, so
+        # the run's own flags still resume it.
+        if before is not None and newest_complete_checkpoint(output_dir) == checkpoint:
+            config_file.write_bytes(before)
+        raise
+
+
+def _train_and_test(
+    model,
+    data,
+    train_dataset,
+    cfg,
+    output_dir,
+    max_len,
+    run_config,
+    checkpoint,
+    trainer_cls,
+    extra_metrics,
+    **trainer_kwargs,
+) -> dict:
     args = training_arguments(cfg, output_dir, len(train_dataset))
     callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
     # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.

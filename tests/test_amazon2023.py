@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+import evaluate as evaluate_cli
+import recommend
 import train_sr_trad
 from conftest import synthetic_rows, write_amazon_csv
 from slmrec import raw
@@ -332,6 +334,13 @@ def test_training_and_both_rankings_run_on_a_given_split(tmp_path):
     )
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert 0 <= metrics["HR@10"] <= 1 and 0 <= metrics["full"]["HR@10"] <= 1
+    assert len(np.load(out / "test_ranks.npz")["candidates"]) == d.num_rows("test")  # a rank per test row
+    # evaluate.py and recommend.py on it: the same numbers again, and a user's list from their whole history
+    assert evaluate_cli.main(str(out), str(d.path))["MRR"] == pytest.approx(metrics["MRR"], abs=1e-6)
+    recommend.main(str(out), str(d.path), user=d.users()[0], k=3, output=str(tmp_path / "rec.jsonl"))
+    row = json.loads((tmp_path / "rec.jsonl").read_text())
+    assert row["user"] == d.users()[0] and len(row["items"]) == 3
+    assert not {it["item"] for it in row["items"]} & {d.items()[0][i] for i in d.sequences[0]}  # seen ones left out
 
     g = torch.Generator().manual_seed(0)
     table = torch.randn(d.num_items + 1, generator=g)

@@ -53,11 +53,12 @@ def test_rating_filter_dedupe_and_stable_time_order(tmp_path):
             rows.append((f"I{i}", f"U{u}", 5, 100))  # all at the same time: file order decides
     rows.append(("I0", "U0", 5, 50))  # a repeat of (U0, I0), earlier in time: it wins
     rows.append(("I9", "U0", 3, 10))  # rating 3 is not > 3: dropped
+    rows += [(f"I{i}", "U6", 5, 200) for i in range(5)]  # a user with an unseen item: something to rank against
     src = write_amazon_csv(tmp_path / "r.csv", rows)
     stats = prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
     d = PreparedData(tmp_path / "p")
     assert stats["ratings_not_above_threshold"] == 1 and stats["duplicate_pairs_removed"] == 1
-    assert (stats["users"], stats["items"], stats["interactions"]) == (6, 6, 36)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (7, 6, 41)
     names = {int(r.split("\t")[0]): r.split("\t")[1] for r in (tmp_path / "p/items.tsv").read_text().splitlines()[1:]}
     assert [names[i] for i in d.sequences[0]] == ["I0", "I1", "I2", "I3", "I4", "I5"]
     assert [names[i] for i in d.sequences[1]] == ["I0", "I1", "I2", "I3", "I4", "I5"]
@@ -131,7 +132,7 @@ def test_same_data_in_every_format(tmp_path):
 
 
 def test_malformed_lines_are_counted_with_line_numbers(tmp_path, caplog):
-    rows = synthetic_rows(num_users=10, num_items=6, per_user=6)
+    rows = synthetic_rows(num_users=10, num_items=6, per_user=6) + [(f"I{i}", "U10", 5, 999) for i in range(5)]
     lines = [f"{i},{u},{r},{t}\n" for i, u, r, t in rows]
     lines.insert(2, "garbage\n")
     lines.insert(5, "I1,U1,five,100\n")
@@ -140,7 +141,7 @@ def test_malformed_lines_are_counted_with_line_numbers(tmp_path, caplog):
     raw = read_interactions(tmp_path / "r.csv")
     assert raw.malformed == 3 and raw.malformed_examples == [3, 6, 8]
     stats = prepare(PrepareConfig(str(tmp_path / "r.csv"), num_negatives=3), tmp_path / "p")
-    assert stats["malformed_lines"] == 3 and stats["interactions"] == 60
+    assert stats["malformed_lines"] == 3 and stats["interactions"] == 65
     assert "skipped 3 malformed lines" in caplog.text
 
 

@@ -219,6 +219,25 @@ def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, t
     assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
 
 
+def test_run_distill_sh_takes_a_checkpoint_of_the_teacher_as_the_original_users_pass_it(
+    tiny_dataset, tiny_teacher, tmp_path
+):
+    """A teacher's checkpoint-N folder (its weights at step N) belongs to the run around it: the dataset is the
+    one the run's run_config.json names."""
+    checkpoint = sorted(tiny_teacher.glob("checkpoint-*"))[0]
+    flags = [x for k, v in STUDENT_TRAIN.items() for x in (f"--{k}", str(v))]
+    res = subprocess.run(
+        ["bash", "run_distill.sh", str(checkpoint), str(tmp_path / "s"), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"is a checkpoint of the run {tiny_teacher}" in res.stderr
+    config = json.loads((tmp_path / "s" / "run_config.json").read_text())
+    assert config["data"] == str(tiny_dataset.path) and config["distill"]["teacher"] == str(checkpoint)
+
+
 # ---------------------------------------------------------------- Ctrl-C
 
 
@@ -353,3 +372,216 @@ def test_serve_with_workers_refuses_a_bad_checkpoint_before_starting_any(tiny_da
     with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         serve.main(checkpoint=str(tmp_path / "missing"), data=str(tiny_dataset.path), workers=2)
     assert not started
+
+
+# ---------------------------------------------------------------- files the project wrote, then changed (class 1)
+
+
+@pytest.mark.parametrize("key,delta", [("items", 1), ("items", -1), ("users", 1), ("interactions", -1)])
+def test_an_edited_count_in_stats_json_is_refused_at_open(tiny_dataset, key, delta):
+    """One more item would make training index past the table, one fewer would recommend an item with no id."""
+    stats_file = tiny_dataset.path / "stats.json"
+    stats = json.loads(stats_file.read_text())
+    stats[key] += delta
+    stats_file.write_text(json.dumps(stats))
+    with pytest.raises(DataError, match=f"says {key} = {stats[key]}, the arrays hold {stats[key] - delta}"):
+        PreparedData(tiny_dataset.path)
+
+
+@pytest.mark.parametrize("edit", ["drop-row", "duplicate-id", "id-out-of-range"])
+def test_an_edited_items_tsv_is_refused_where_it_is_read(tiny_dataset, edit):
+    path = tiny_dataset.path / "items.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    if edit == "drop-row":
+        del lines[5]
+    elif edit == "duplicate-id":
+        lines[5] = lines[4]
+    else:
+        lines[5] = f"{tiny_dataset.num_items + 1}\tX\t\n"
+    path.write_text("".join(lines))
+    with pytest.raises(DataError, match="items.tsv"):
+        PreparedData(tiny_dataset.path).items()
+
+
+def test_a_candidate_id_past_the_catalogue_in_a_table_too_large_to_check_at_open(tiny_dataset, monkeypatch):
+    """Above VERIFY_BYTES the candidates are checked by --verify only; an id flipped past the catalogue is caught
+    as its row is read (it would index past the scores)."""
+    from slmrec import data as data_module
+    from slmrec.metrics import evaluate
+
+    table = np.load(tiny_dataset.path / "candidates_test.npy")
+    table[7, 3] = tiny_dataset.num_items + 5
+    np.save(tiny_dataset.path / "candidates_test.npy", table)
+    monkeypatch.setattr(data_module, "VERIFY_BYTES", 0)
+    d = PreparedData(tiny_dataset.path)  # opens: the histories are checked, the tables are too large to be
+    with pytest.raises(DataError, match=r"candidates_test.npy row 7: item 30 is past the catalogue's 25 items"):
+        evaluate(lambda h: np.zeros(0), d, "test")
+    with pytest.raises(DataError, match="do not match the fingerprint"):
+        d.verify()
+
+
+@pytest.fixture
+def built_cache(tiny_dataset, tiny_teacher, tmp_path):
+    from slmrec import teacher_cache
+    from slmrec.distill import DistillConfig, states_key
+    from slmrec.examples import ExampleConfig, training_examples
+    from slmrec.inference import autocast
+    from slmrec.losses import block_pairs
+    from helpers import student_and_teacher
+
+    dcfg = DistillConfig(str(tiny_teacher), blocks=2)
+    teacher, _ = student_and_teacher(tiny_dataset, tiny_teacher, dcfg)
+    examples = training_examples(tiny_dataset, 6, ExampleConfig())
+    key = states_key(dcfg, teacher, tiny_dataset, examples, block_pairs(8, 4, 2), "fp32")
+
+    def load():
+        return teacher_cache.load_or_build(tmp_path / "cache", key, teacher, examples, autocast("cpu", None))
+
+    return load, len(examples)
+
+
+@pytest.mark.parametrize("change", ["zeros", "nan", "one-bit"])
+def test_teacher_states_changed_on_disk_stop_training_naming_the_cache(built_cache, change):
+    """A cache overwritten at its own size (zeros, a NaN, one flipped bit) is still complete by its sizes; its
+    rows are checked against the checksums written with them as they are read."""
+    load, n = built_cache
+    states = load()
+    before = states.rows(np.arange(n))["states"][0].clone()
+    raw = np.memmap(states.path / "states.bin", np.uint8, "r+")
+    if change == "zeros":
+        raw[:] = 0
+    elif change == "nan":
+        raw[:4] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+    else:
+        raw[len(raw) // 2] ^= 1
+    raw.flush()
+    states = load()  # sizes, key and offsets as built: read, not rebuilt
+    with pytest.raises(DataError, match=f"teacher state cache {states.path}: the states of example .* do not match"):
+        states.rows(np.arange(n))
+    shutil.rmtree(states.path)
+    assert load().rows(np.arange(n))["states"][0].equal(before)  # deleted as told: built again, the same
+
+
+def test_teacher_cache_offsets_changed_on_disk_are_rebuilt_not_read(built_cache, caplog):
+    load, n = built_cache
+    states = load()
+    offsets = np.load(states.path / "offsets.npy")
+    offsets[1:-1] = offsets[1:-1][::-1].copy()  # same size, same total: a damaged index
+    np.save(states.path / "offsets.npy", offsets)
+    again = load()
+    assert "has offsets or checksums other than it was built with" in caplog.text
+    assert np.array_equal(again.offsets, np.sort(offsets))
+    again.rows(np.arange(n))
+
+
+# ---------------------------------------------------------------- half-finished work, failures in one line
+
+
+def test_a_failed_teacher_cache_build_leaves_no_temporary_folder(built_cache, monkeypatch, tmp_path):
+    """A build stopped by a file-size limit (or a full disk, or Ctrl-C) takes its temporary folder with it."""
+    import errno
+
+    from slmrec import teacher_cache
+
+    def stopped(path, *args, **kwargs):
+        (path / "states.bin").write_bytes(b"partial")
+        raise OSError(errno.EFBIG, "File too large", str(path / "states.bin"))
+
+    monkeypatch.setattr(teacher_cache, "build", stopped)
+    load, _ = built_cache
+    with pytest.raises(OSError, match="File too large"):
+        load()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_failed_resume_force_leaves_the_runs_settings_as_they_were(tiny_dataset, tmp_path):
+    """--resume force with a model of another size fails loading the checkpoint: run_config.json is the run's
+    own again, so its own flags still resume it."""
+    import train_sr_trad
+
+    tiny = dict(num_layers=1, num_heads=2, max_len=8, batch_size=8, eval_steps=4, logging_steps=4)
+    out = tmp_path / "s"
+    train_sr_trad.main(str(tiny_dataset.path), str(out), max_steps=4, hidden_size=16, **tiny)
+    before = (out / "run_config.json").read_bytes()
+    with pytest.raises((CheckpointError, RuntimeError)):
+        train_sr_trad.main(str(tiny_dataset.path), str(out), resume="force", max_steps=8, hidden_size=32, **tiny)
+    assert (out / "run_config.json").read_bytes() == before
+    train_sr_trad.main(str(tiny_dataset.path), str(out), resume="true", max_steps=8, hidden_size=16, **tiny)
+    assert json.loads((out / "test_metrics.json").read_text())["best_step"] in (4, 8)
+
+
+def test_resume_force_onto_another_dataset_is_one_line(tiny_dataset, tmp_path):
+    import train_sr_trad
+
+    tiny = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, batch_size=8, eval_steps=4)
+    out = tmp_path / "s"
+    train_sr_trad.main(str(tiny_dataset.path), str(out), max_steps=4, **tiny)
+    other = tmp_path / "other"
+    prepare(PrepareConfig(str(write_amazon_csv(tmp_path / "o.csv", synthetic_rows(seed=4))), num_negatives=15), other)
+    with pytest.raises(CheckpointError, match="checkpoint-4 was trained on another dataset .*new --output_dir"):
+        train_sr_trad.main(str(other), str(out), resume="force", max_steps=8, **tiny)
+
+
+def test_ids_holding_a_carriage_return_round_trip(tmp_path):
+    """A JSON id may hold a carriage return; csv quotes one only when it is in the line terminator, so the row
+    is quoted whole and read back as written."""
+    rows = synthetic_rows(num_users=12, num_items=10, per_user=6)
+    src = tmp_path / "r.json"
+    src.write_text(
+        "".join(
+            json.dumps({"reviewerID": u + "\rx", "asin": i + "\r1", "overall": r, "unixReviewTime": t}) + "\n"
+            for i, u, r, t in rows
+        )
+    )
+    prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
+    d = PreparedData(tmp_path / "p")
+    assert all(i.endswith("\r1") for i in d.items()[0][1:]) and all(u.endswith("\rx") for u in d.users())
+    assert d.item_index["I3\r1"] >= 1 and "U0\rx" in d.user_index
+
+
+def test_an_unquoted_carriage_return_from_an_older_dataset_is_one_line(tiny_dataset):
+    path = tiny_dataset.path / "items.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("\t", "\tA\rB", 1)
+    path.write_text("".join(lines), newline="")
+    with pytest.raises(DataError, match="items.tsv: cannot be read as a tab-separated table"):
+        PreparedData(tiny_dataset.path).items()
+
+
+def test_a_read_only_file_system_is_one_line(capsys):
+    import errno
+
+    def main():
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/data/.p.tmp-1")
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, [])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert (
+        err.splitlines()[0]
+        == "error: Read-only file system: cannot write /mnt/ro/data/.p.tmp-1; choose a writable folder"
+    )
+
+
+# ---------------------------------------------------------------- results that look fine and mean nothing (class 7)
+
+
+def test_users_who_saw_every_item_cannot_make_a_result(tmp_path, caplog):
+    """Every user saw every other item: no negative candidate anywhere, HR@1 = 1.00 for any model: refused.
+    Some users so: counted, and said at preparation and at every evaluation."""
+    from slmrec.metrics import evaluate
+
+    everything = [(f"I{i}", f"U{u}", 5.0, 1000 + 10 * i + u) for u in range(8) for i in range(6)]
+    with pytest.raises(DataError, match="no row has a negative candidate"):
+        prepare(PrepareConfig(str(write_amazon_csv(tmp_path / "all.csv", everything)), num_negatives=3), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    some = [(f"I{i}", f"U{u}", 5.0, 1000 + 10 * i + u) for u in range(16) for i in range(12 if u < 8 else 6)]
+    stats = prepare(PrepareConfig(str(write_amazon_csv(tmp_path / "some.csv", some)), num_negatives=3), tmp_path / "s")
+    assert stats["rows_without_negatives"] == {"valid": 8, "test": 8}
+    assert "8 of 16 valid rows have no negative candidate" in caplog.text
+    caplog.clear()
+    import torch
+
+    evaluate(lambda h: torch.zeros(len(h), 13), PreparedData(tmp_path / "s"), "test")
+    assert "8 of 16 test rows have no negative candidate" in caplog.text

@@ -1,6 +1,6 @@
-
-"""run_main.sh on one's own ratings file: prepared into data/<name>, SASRec, the teacher and the student trained
-into out/<name>, one results table; a re-run trains nothing; another file under the same name is refused."""
+"""run_main.sh on one's own ratings file (or a folder holding a published split): prepared into data/<name>,
+SASRec, the teacher and the student trained into out/<name>, the results tables; a re-run trains nothing;
+another file under the same name is refused."""
 
 import json
 import os
