@@ -28,6 +28,7 @@ FORMATS = (
     "amazon-json",
     "amazon-2023-json",
     "amazon-2023-csv",
+    "amazon-2023-parquet",
     "ml-100k",
     "ml-1m",
     "recbole",
@@ -122,6 +123,8 @@ def detect_format(path: Path) -> str:
         return "ml-100k"
     if name.startswith("ratings.dat"):
         return "ml-1m"
+    if name.endswith(".parquet"):
+        return "amazon-2023-parquet"
     first = _first_line(path)
     if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")) or first.lstrip().startswith("{"):
         # Amazon 2023 names its reviewer user_id and adds parent_asin; 2014 and 2018 have reviewerID
@@ -254,6 +257,7 @@ EXPECTED = {
     "amazon-json": "JSON objects with reviewerID, asin, overall, unixReviewTime",
     "amazon-2023-json": "JSON objects with user_id, parent_asin (or --item_key), rating, timestamp (Amazon 2023)",
     "amazon-2023-csv": "a comma-separated header with user_id, parent_asin (or --item_key), rating, timestamp",
+    "amazon-2023-parquet": "Parquet columns user_id, parent_asin (or --item_key), rating, timestamp",
     "ml-100k": "4 tab-separated fields: user item rating timestamp",
     "ml-1m": "4 '::'-separated fields: user::item::rating::timestamp",
     "recbole": "a tab-separated header with user_id, item_id, rating, timestamp",
@@ -312,7 +316,10 @@ def read_interactions(path, fmt=None, rating_threshold=3.0, reader="columnar", i
         raise DataError(f"unknown item key {item_key!r}; choose one of {ITEM_KEYS}")
     if fmt in ("amazon-csv", "amazon-2014-csv"):
         fmt = resolve_amazon_csv(path, fmt, forced)
-    raw = read_columnar(path, fmt, rating_threshold, item_key) if reader == "columnar" else None
+    if fmt == "amazon-2023-parquet":  # no lines to read one by one: the engine reads it, whichever reader
+        raw = read_parquet(path, rating_threshold, item_key)
+    else:
+        raw = read_columnar(path, fmt, rating_threshold, item_key) if reader == "columnar" else None
     if raw is None:
         raw = read_lines(path, fmt, rating_threshold, item_key)
     if raw.malformed:
@@ -499,6 +506,7 @@ def _frames(pl, path, fmt, item_key, skip, order, width):
             & ~u.str.contains(JSON_NOT_STRING)
             & ~i.str.contains(JSON_NOT_STRING)
             & r.is_not_null()
+            & r.is_not_nan()  # Polars orders NaN above every rating; Python's comparison is false
             & (t.abs() < 2**53)  # int(float(t)) is t
         )
         schema = dict(zip(keys, (pl.String, pl.String, pl.Float64, pl.Int64)))
@@ -634,6 +642,81 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float, item_key="paren
         filtered,
         None,
         fmt,
+        "columnar",
+    )
+
+
+def read_parquet(path: Path, rating_threshold: float, item_key="parent_asin") -> Interactions:
+    """Amazon 2023 reviews saved as Parquet (the Hugging Face hub's conversion, or a `datasets` export): the four
+    columns read by the engine, a row numbered as a line (its index + 1). A row the line reader would not take
+    from the same review as JSON (an id that is not a non-empty string or integer, a rating or time that is
+    missing or not a number) is malformed, counted and named, as in the other formats."""
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")  # as read_columnar
+    import polars as pl
+
+    keys = json_keys("amazon-2023-json", item_key)
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise DataError(f"{path}: not a Parquet file the engine can read ({str(e)[:200]})") from None
+    missing = [k for k in keys if k not in schema]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} column (found: {', '.join(schema)})")
+    ids_ok = [schema[k] == pl.String or schema[k].is_integer() for k in keys[:2]]
+    if not all(ids_ok) or not schema[keys[2]].is_numeric() or not schema[keys[3]].is_numeric():
+        raise DataError(f"{path}: {', '.join(f'{k} is {schema[k]}' for k in keys)}: not ids, a rating and a time")
+    u, i, r, t = (pl.col(k) for k in keys)
+    frame = (
+        pl.scan_parquet(path)
+        .select(keys)
+        .with_row_index("line", offset=1)
+        .select(
+            user=u.cast(pl.String).str.strip_chars(),
+            item=i.cast(pl.String).str.strip_chars(),
+            rating=r.cast(pl.Float64),
+            time=t.cast(pl.Float64),
+            line=pl.col("line"),
+        )
+    )
+    ok = (
+        (pl.col("user").str.len_chars() > 0)
+        & (pl.col("item").str.len_chars() > 0)
+        & pl.col("rating").is_not_null()  # a NaN rating is not above the threshold: filtered, as by the line reader
+        & pl.col("time").is_finite()
+        & (pl.col("time").abs() < 2**63)
+    ).fill_null(False)
+    above = pl.col("rating").is_not_nan() & (pl.col("rating") > rating_threshold)  # Polars orders NaN above all
+    kept, bad, counts = pl.collect_all(
+        [
+            frame.filter(ok & above).select("user", "item", pl.col("time").cast(pl.Int64), "line"),
+            frame.filter(~ok).select("line").head(5),
+            frame.select(lines=pl.len(), malformed=(~ok).sum(), filtered=(ok & ~above).sum()),
+        ],
+        engine="streaming",
+    )
+    lines, malformed = int(counts["lines"][0]), int(counts["malformed"][0])
+    if lines - malformed <= 0:
+        raise DataError(f"{path}: no row holds a usable user, item, rating and time ({lines} rows)")
+    coded = [_first_appearance_codes(kept[col]) for col in ("user", "item")]
+    if None in coded:  # two ids sharing a 64-bit hash: the line reader's coding
+        coded = []
+        for col in ("user", "item"):
+            codes = _Codes()
+            coded.append((codes.encode(kept[col].to_list()), codes.names()))
+    (user, user_names), (item, item_names) = coded
+    return Interactions(
+        user,
+        item,
+        kept["time"].to_numpy().astype(np.int64),
+        kept["line"].to_numpy().astype(np.int64),
+        user_names,
+        item_names,
+        lines,
+        malformed,
+        bad["line"].to_list(),
+        int(counts["filtered"][0]),
+        None,
+        "amazon-2023-parquet",
         "columnar",
     )
 

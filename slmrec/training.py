@@ -282,26 +282,38 @@ def fit_and_test(
     output_dir/test_metrics.json (candidates at top level, full ranking under "full", and extra_metrics: what
     the caller measured before training). run: the output folder and resume mode, as open_run_dir checked
     them before the caller loaded anything."""
-    output_dir, mode = run.path, run.resume
+    output_dir = run.path
     with run_lock(output_dir):  # one run per folder
-        return _fit_and_test(
-            model,
-            data,
-            train_dataset,
-            cfg,
-            output_dir,
-            max_len,
-            run_config,
-            mode,
-            trainer_cls,
-            extra_metrics,
-            **trainer_kwargs,
-        )
+        run_config, checkpoint = _resume_point(cfg, output_dir, run_config, run.resume)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_file = output_dir / "run_config.json"
+        before = config_file.read_bytes() if checkpoint is not None and config_file.is_file() else None
+        save_json(run_config, config_file)
+        try:
+            return _train_and_test(
+                model,
+                data,
+                train_dataset,
+                cfg,
+                output_dir,
+                max_len,
+                run_config,
+                checkpoint,
+                trainer_cls,
+                extra_metrics,
+                **trainer_kwargs,
+            )
+        except BaseException:
+            # A resume that fails before saving a checkpoint of its own leaves the run's settings as they were,
+            # so the run's own flags still resume it.
+            if before is not None and newest_complete_checkpoint(output_dir) == checkpoint:
+                config_file.write_bytes(before)
+            raise
 
 
-def _fit_and_test(
-    model, data, train_dataset, cfg, output_dir, max_len, run_config, mode, trainer_cls, extra_metrics, **trainer_kwargs
-) -> dict:
+def _resume_point(cfg, output_dir, run_config, mode) -> tuple:
+    """(the run_config to record, the checkpoint to resume from or None): a resume with other settings is
+    refused unless forced (then the changes are recorded), and one onto another dataset always."""
     # What "auto" became on this machine, and the machine, so results can say how they were made.
     run_config = json.loads(
         json.dumps(
@@ -329,30 +341,7 @@ def _fit_and_test(
         if changes:
             log.warning("resuming %s with changed settings (--resume force): %s", checkpoint, "; ".join(changes))
             run_config["resumed_with_changes"] = changes
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_file = output_dir / "run_config.json"
-    before = config_file.read_bytes() if checkpoint is not None and config_file.is_file() else None
-    save_json(run_config, config_file)
-    try:
-        return _train_and_test(
-            model,
-            data,
-            train_dataset,
-            cfg,
-            output_dir,
-            max_len,
-            run_config,
-            checkpoint,
-            trainer_cls,
-            extra_metrics,
-            **trainer_kwargs,
-        )
-    except BaseException:
-        # A resume that fails before saving a checkpoint of its own leaves the run's settings as they were, so
-        # the run's own flags still resume it.
-        if before is not None and newest_complete_checkpoint(output_dir) == checkpoint:
-            config_file.write_bytes(before)
-        raise
+    return run_config, checkpoint
 
 
 def _train_and_test(

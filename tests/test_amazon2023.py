@@ -360,3 +360,32 @@ def test_training_and_both_rankings_run_on_a_given_split(tmp_path):
         target = d.target(r, "test")
         others = [i for i in range(1, d.num_items + 1) if i != target and i not in seen]
         assert got["full"][r] == int((table[others] > table[target]).sum())
+
+
+def test_2023_reviews_as_parquet_give_the_dataset_of_their_json_lines(tmp_path):
+    """The hub's Parquet conversion of a review file: the same dataset as the JSON lines, odd rows counted."""
+    import polars as pl
+
+    rows = [(i, u, r, t + 1_500_000_000) for i, u, r, t in synthetic_rows(num_users=12, num_items=10, per_user=6)]
+    reviews = write_reviews(tmp_path / "Beauty.jsonl", rows)
+    frame = pl.read_ndjson(reviews).select("rating", "asin", "parent_asin", "user_id", "timestamp")
+    odd = pl.DataFrame(
+        {
+            "rating": [5.0, None, 5.0, float("nan")],
+            "asin": ["V1"] * 4,
+            "parent_asin": ["I1", "I2", " ", "I3"],
+            "user_id": ["U99", "U98", "U97", "U96"],
+            "timestamp": [1, 2, 3, 4],
+        }
+    )
+    pl.concat([frame, odd]).write_parquet(tmp_path / "Beauty.parquet")
+    assert detect_format(tmp_path / "Beauty.parquet") == "amazon-2023-parquet"
+    a = prepare(PrepareConfig(str(reviews), num_negatives=5), tmp_path / "a")
+    b = prepare(PrepareConfig(str(tmp_path / "Beauty.parquet"), num_negatives=5, reader="lines"), tmp_path / "b")
+    assert a["fingerprint"] == b["fingerprint"] and b["reader"] == "columnar"
+    n = len(rows)
+    assert (b["malformed_lines"], b["malformed_examples"]) == (2, [n + 2, n + 3])  # no rating, an empty item
+    assert b["ratings_not_above_threshold"] == a["ratings_not_above_threshold"] + 1  # NaN is not above 3
+    pl.DataFrame({"user_id": ["U1"], "rating": [5.0]}).write_parquet(tmp_path / "x.parquet")
+    with pytest.raises(DataError, match=r"x.parquet: no parent_asin, timestamp column \(found: user_id, rating\)"):
+        read_interactions(tmp_path / "x.parquet")

@@ -206,17 +206,19 @@ def test_the_student_trains_on_the_teachers_dataset_by_default(tiny_dataset, tin
     assert (tmp_path / "s4" / "test_metrics.json").is_file()
 
 
-def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, tmp_path):
-    """The original README's command, with a teacher trained on a dataset other than data/ml-100k."""
+def run_distill_sh(teacher, out):
     flags = [x for k, v in STUDENT_TRAIN.items() for x in (f"--{k}", str(v))]
     res = subprocess.run(
-        ["bash", "run_distill.sh", str(tiny_teacher), str(tmp_path / "s"), *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ["bash", "run_distill.sh", str(teacher), str(out), *flags], cwd=ROOT, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads((tmp_path / "s" / "run_config.json").read_text())["data"] == str(tiny_dataset.path)
+    return res, json.loads((out / "run_config.json").read_text())
+
+
+def test_run_distill_sh_takes_the_teachers_dataset(tiny_dataset, tiny_teacher, tmp_path):
+    """The original README's command, with a teacher trained on a dataset other than data/ml-100k."""
+    _, config = run_distill_sh(tiny_teacher, tmp_path / "s")
+    assert config["data"] == str(tiny_dataset.path)
 
 
 def test_run_distill_sh_takes_a_checkpoint_of_the_teacher_as_the_original_users_pass_it(
@@ -225,16 +227,8 @@ def test_run_distill_sh_takes_a_checkpoint_of_the_teacher_as_the_original_users_
     """A teacher's checkpoint-N folder (its weights at step N) belongs to the run around it: the dataset is the
     one the run's run_config.json names."""
     checkpoint = sorted(tiny_teacher.glob("checkpoint-*"))[0]
-    flags = [x for k, v in STUDENT_TRAIN.items() for x in (f"--{k}", str(v))]
-    res = subprocess.run(
-        ["bash", "run_distill.sh", str(checkpoint), str(tmp_path / "s"), *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    res, config = run_distill_sh(checkpoint, tmp_path / "s")
     assert f"is a checkpoint of the run {tiny_teacher}" in res.stderr
-    config = json.loads((tmp_path / "s" / "run_config.json").read_text())
     assert config["data"] == str(tiny_dataset.path) and config["distill"]["teacher"] == str(checkpoint)
 
 
