@@ -23,7 +23,7 @@ from slmrec.errors import DataError, FlagError
 from slmrec.files import check_writable, written_whole
 from slmrec.flags import coerce, split_flags
 from slmrec.inference import InferenceConfig
-from slmrec.raw import text_lines
+from slmrec.formats import text_lines
 from slmrec.recommender import Recommender, answer_row, model_and_data, read_request
 from slmrec.runtime import setup_logging
 

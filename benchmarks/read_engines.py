@@ -1,5 +1,5 @@
 """The first step of preparation (read an Amazon ratings CSV, keep ratings > 3, each (user, item) pair once at
-its earliest time) by the project's two readers (slmrec/raw.py: the line reader, and the columnar one that
+its earliest time) by the project's two readers (slmrec/raw.py: the line reader, and slmrec/columnar.py, the one that
 prepare_data.py uses, on Polars) and by Polars and DuckDB alone, each in a fresh process with its time and peak
 RSS; the pair counts must agree.
 
@@ -49,7 +49,7 @@ def child(engine, path):
             WHERE rating > 3 GROUP BY user, item""").fetchnumpy()  # the pairs in memory, as the others hold them
         pairs = len(frame["time"])
     else:
-        from slmrec.prepare import dedupe_earliest
+        from slmrec.splits import dedupe_earliest
         from slmrec.raw import read_interactions
 
         raw = read_interactions(path, "amazon-csv", reader=engine)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .raw import text_lines
+from .formats import text_lines
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,14 @@ import evaluate as evaluate_cli
 import recommend
 import train_sr_trad
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec import raw
+from slmrec import columnar
 from slmrec.data import PreparedData
 from slmrec.errors import DataError
 from slmrec.metrics import evaluate
 from slmrec.prepare import PrepareConfig, prepare
-from slmrec.raw import detect_format, read_columnar, read_interactions, read_lines
+from slmrec.columnar import read_columnar
+from slmrec.formats import detect_format
+from slmrec.raw import read_interactions, read_lines
 from test_readers import _same
 
 T1, T2 = 1628643414042, 1658002729837  # the 2023 benchmark's split times (milliseconds)
@@ -115,7 +117,7 @@ def test_a_looser_json_id_rule_is_caught(tmp_path, monkeypatch):
     path = tmp_path / "r.jsonl"
     path.write_text("".join(_odd_review_lines(np.random.default_rng(0))), encoding="utf-8", newline="")
     expected = read_lines(path, "amazon-2023-json", 3.0)
-    monkeypatch.setattr(raw, "JSON_NOT_STRING", r"^$x")  # matches nothing
+    monkeypatch.setattr(columnar, "JSON_NOT_STRING", r"^$x")  # matches nothing
     with pytest.raises(AssertionError):
         _same(read_columnar(path, "amazon-2023-json", 3.0), expected)
 

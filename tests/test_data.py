@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_rows, write_amazon_csv
-from slmrec import prepare as P, raw
+from slmrec import formats, prepare as P
 from slmrec.data import PreparedData
 from slmrec.errors import DataError
-from slmrec.prepare import PrepareConfig, k_core, prepare
+from slmrec.prepare import PrepareConfig, prepare
+from slmrec.splits import k_core
 from slmrec.raw import read_interactions
 from slmrec.examples import WindowDataset
 
@@ -264,12 +265,12 @@ def test_amazon_2014_and_2018_columns_are_told_apart_by_their_ids(tmp_path, capl
     stats = prepare(cfg, tmp_path / "p")
     assert stats["users"] == 40 and stats["items"] == 12  # never swapped
     assert json.loads((tmp_path / "p" / "prepare_config.json").read_text())["format"] == read_as
-    assert ("its ids are laid out" in caplog.text) == (raw.detect_format(src) != read_as)
+    assert ("its ids are laid out" in caplog.text) == (formats.detect_format(src) != read_as)
 
 
 def test_ids_of_another_shape_keep_the_named_format(tmp_path):
     src = write_amazon_csv(tmp_path / "ratings_Books.csv", synthetic_rows())  # item,user but ids I1, U1
-    assert raw.amazon_layout(src) is None
+    assert formats.amazon_layout(src) is None
     prepare(PrepareConfig(str(src), num_negatives=3), tmp_path / "p")
     assert json.loads((tmp_path / "p" / "prepare_config.json").read_text())["format"] == "amazon-2014-csv"
 

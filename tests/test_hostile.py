@@ -1,7 +1,7 @@
 """Hostile and unlucky inputs beyond the flag catalogue (tests/test_bad_inputs.py), one test per class:
 
 - outputs that are not regular files: devices, named pipes, symlinks are written in place, never replaced;
-- text inputs: one decoding policy (slmrec.raw.text_lines), a bad line is one line of error naming file and
+- text inputs: one decoding policy (slmrec.formats.text_lines), a bad line is one line of error naming file and
   line; byte-order marks and CRLF endings are read;
 - ids that hold tabs, quotes or newlines round-trip through the prepared dataset's own files;
 - a student's dataset: the teacher's by default, a teacher whose dataset is gone or changed is refused.
@@ -26,7 +26,7 @@ from slmrec.checkpoints import CheckpointError
 from slmrec.data import PreparedData
 from slmrec.errors import DataError
 from slmrec.prepare import PrepareConfig, prepare
-from slmrec.raw import text_lines
+from slmrec.formats import text_lines
 from slmrec.files import check_writable, save_json
 from helpers import TINY_TRAIN
 

@@ -6,9 +6,11 @@ import gzip
 import numpy as np
 import pytest
 
-from slmrec import raw
+from slmrec import columnar
 from slmrec.prepare import PrepareConfig, prepare
-from slmrec.raw import DataError, read_columnar, read_interactions, read_lines
+from slmrec.columnar import read_columnar
+from slmrec.errors import DataError
+from slmrec.raw import read_interactions, read_lines
 
 # Values the line reader reads, or refuses, in its own way: spaces it strips, bytes that are not ASCII, numbers
 # that only Python's float() takes (Arabic-Indic digits, underscores, exponents), values past 2**53 or int64.
@@ -129,7 +131,7 @@ def test_a_looser_rule_for_plain_fields_is_caught(tmp_path, monkeypatch):
     expected = read_lines(path, "amazon-csv", 3.0)
     for name, loose in (("PLAIN_ID", r"^[^,]+$"), ("PLAIN_RATING", r"^.+$"), ("PLAIN_TIME", r"^[-0-9.e]+$")):
         with monkeypatch.context() as m:
-            m.setattr(raw, name, loose)
+            m.setattr(columnar, name, loose)
             with pytest.raises(AssertionError):
                 _same(read_columnar(path, "amazon-csv", 3.0), expected)
 
@@ -173,7 +175,7 @@ def test_files_the_columnar_reader_hands_to_the_line_reader(tmp_path, monkeypatc
     elif case == "first-100-bad":
         path.write_text("a,b\n" * 150 + good)
     elif case == "many-not-plain":
-        monkeypatch.setattr(raw, "MAX_NOT_PLAIN", 10)
+        monkeypatch.setattr(columnar, "MAX_NOT_PLAIN", 10)
         path.write_text(good.replace(",5,", ", 5,"))
     assert read_columnar(path, fmt, 3.0) is None
     if case == "first-100-bad":
