@@ -391,3 +391,20 @@ def test_2023_reviews_as_parquet_give_the_dataset_of_their_json_lines(tmp_path):
     pl.DataFrame({"user_id": ["U1"], "rating": [5.0]}).write_parquet(tmp_path / "x.parquet")
     with pytest.raises(DataError, match=r"x.parquet: no parent_asin, timestamp column \(found: user_id, rating\)"):
         read_interactions(tmp_path / "x.parquet")
+
+
+def test_a_given_split_filters_only_when_asked(tmp_path):
+    rows = rating_only(seed=5)
+    write_split(tmp_path / "s", rows, "last_out", history=False)
+    kept = prepare(PrepareConfig(str(tmp_path / "s"), split="given", num_negatives=5), tmp_path / "kept")
+    asked = prepare(
+        PrepareConfig(str(tmp_path / "s"), split="given", num_negatives=5, rating_threshold=3.0, k_core=2),
+        tmp_path / "asked",
+    )
+    low = sum(r[2] <= 3 for r in rows)
+    assert kept["interactions"] == len(rows) and low > 0
+    assert sum(asked["files"][k]["ratings_not_above_threshold"] for k in ("train", "valid", "test")) == low
+    assert asked["interactions"] <= len(rows) - low
+    config = json.loads((tmp_path / "kept" / "prepare_config.json").read_text())
+    assert (config["split"], config["rating_threshold"], config["k_core"]) == ("given", None, None)
+    assert config["train"].endswith("Beauty.train.csv")
