@@ -195,25 +195,7 @@ def read_columnar(path: Path, fmt: str, rating_threshold: float, item_key="paren
         kept = pl.concat([kept, pl.DataFrame(extra, schema=kept.schema)]).sort("line")
     elif not kept["line"].is_sorted():
         kept = kept.sort("line")
-    coded = [_first_appearance_codes(kept[col]) for col in ("user", "item")]
-    if None in coded:
-        return None
-    (user, user_names), (item, item_names) = coded
-    return Interactions(
-        user,
-        item,
-        kept["time"].to_numpy().astype(np.int64),
-        kept["line"].to_numpy().astype(np.int64),
-        user_names,
-        item_names,
-        lines_read,
-        malformed,
-        examples,
-        filtered,
-        None,
-        fmt,
-        "columnar",
-    )
+    return _interactions(kept, lines_read, malformed, examples, filtered, fmt)
 
 
 def read_parquet(path: Path, rating_threshold: float, item_key="parent_asin") -> Interactions:
@@ -267,8 +249,18 @@ def read_parquet(path: Path, rating_threshold: float, item_key="parent_asin") ->
     lines, malformed = int(counts["lines"][0]), int(counts["malformed"][0])
     if lines - malformed <= 0:
         raise DataError(f"{path}: no row holds a usable user, item, rating and time ({lines} rows)")
-    coded = [_first_appearance_codes(kept[col]) for col in ("user", "item")]
-    if None in coded:  # two ids sharing a 64-bit hash: the line reader's coding
+    args = (kept, lines, malformed, bad["line"].to_list(), int(counts["filtered"][0]), "amazon-2023-parquet")
+    return _interactions(*args) or _interactions(*args, by_hash=False)
+
+
+def _interactions(kept, lines_read, malformed, examples, filtered, fmt, by_hash=True) -> Interactions | None:
+    """The engine's kept rows (user, item, time, line, in line order) as Interactions, ids coded in order of
+    first appearance: by their hashes (None if two ids share one), or by the line reader's coding."""
+    if by_hash:
+        coded = [_first_appearance_codes(kept[col]) for col in ("user", "item")]
+        if None in coded:
+            return None
+    else:
         coded = []
         for col in ("user", "item"):
             codes = Codes()
@@ -281,12 +273,12 @@ def read_parquet(path: Path, rating_threshold: float, item_key="parent_asin") ->
         kept["line"].to_numpy().astype(np.int64),
         user_names,
         item_names,
-        lines,
+        lines_read,
         malformed,
-        bad["line"].to_list(),
-        int(counts["filtered"][0]),
+        examples,
+        filtered,
         None,
-        "amazon-2023-parquet",
+        fmt,
         "columnar",
     )
 

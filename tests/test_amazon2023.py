@@ -408,3 +408,17 @@ def test_a_given_split_filters_only_when_asked(tmp_path):
     config = json.loads((tmp_path / "kept" / "prepare_config.json").read_text())
     assert (config["split"], config["rating_threshold"], config["k_core"]) == ("given", None, None)
     assert config["train"].endswith("Beauty.train.csv")
+
+
+def test_a_hash_collision_in_parquet_codes_the_ids_the_line_readers_way(tmp_path, monkeypatch):
+    """Parquet has no line reader to hand over to: two ids sharing a hash are coded as the line reader codes."""
+    import polars as pl
+
+    rows = [(i, u, r, t + 1_500_000_000) for i, u, r, t in synthetic_rows(num_users=12, num_items=10, per_user=6)]
+    frame = pl.read_ndjson(write_reviews(tmp_path / "r.jsonl", rows))
+    frame.select("rating", "parent_asin", "user_id", "timestamp").write_parquet(tmp_path / "r.parquet")
+    expected = read_interactions(tmp_path / "r.parquet")
+    monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: pl.Series([0] * len(self), dtype=pl.UInt64))
+    collided = read_interactions(tmp_path / "r.parquet")
+    _same(collided, expected)
+    assert len(collided.user_names) == 12
