@@ -53,7 +53,7 @@ def child(engine, path):
         from slmrec.raw import read_interactions
 
         raw = read_interactions(path, "amazon-csv", reader=engine)
-        pairs = len(dedupe_earliest(raw.user, raw.item, raw.time, raw.line))
+        pairs = len(dedupe_earliest(raw.user, raw.item, raw.line, raw.time))
     print(json.dumps({"seconds": time.perf_counter() - t, "pairs": int(pairs), "peak_rss_mb": peak_rss_mb()}))
 
 

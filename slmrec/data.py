@@ -182,20 +182,18 @@ class PreparedData(Catalog):
             if self.format == 1
             else ("sequences.npy", "offsets.npy", "candidates_valid.npy", "candidates_test.npy")
         )
-        try:
-            given = json.loads((self.path / "stats.json").read_text(encoding="utf-8")).get("split") == "given"
-        except (OSError, ValueError, AttributeError):
-            given = False  # read again below, where its error is reported
-        if given:
-            arrays = (*arrays, *SPLIT_FILES)
         missing = [f for f in (*arrays, "stats.json", "items.tsv") if not (self.path / f).is_file()]
+        if not missing:
+            self.stats = self._read_stats()
+            if self.stats.get("split") == "given":  # a split made elsewhere has its rows' arrays besides
+                arrays = (*arrays, *SPLIT_FILES)
+                missing = [f for f in SPLIT_FILES if not (self.path / f).is_file()]
         if missing:
             raise DataError(
                 f"{self.path} is not a prepared dataset (missing {', '.join(missing)}); run prepare_data.py first"
             )
         name, self.split_arrays = "stats.json", ()
         try:
-            self.stats = json.loads((self.path / name).read_text(encoding="utf-8"))
             self.num_items, self.fingerprint = int(self.stats["items"]), self.stats["fingerprint"]
             if self.format == 1:
                 log.info(
@@ -243,6 +241,19 @@ class PreparedData(Catalog):
                 self.path,
                 tables / 1e9,
             )
+
+    def _read_stats(self) -> dict:
+        path = self.path / "stats.json"
+        try:
+            stats = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            stats = e
+        if not isinstance(stats, dict):
+            raise DataError(
+                f"{path}: damaged or incomplete ({stats!r:.100}); prepare the dataset again: prepare_data.py "
+                f"--output_dir {self.path} --overwrite"
+            )
+        return stats
 
     def _check_shapes(self, items, offsets):
         rows = {split: c.shape for split, c in self.candidates.items()}

@@ -42,12 +42,13 @@ def split_files(folder: Path) -> list:
 # ---------------------------------------------------------------- the protocol
 
 
-def dedupe_earliest(user, item, time, line):
-    """Index of each (user, item) pair's earliest interaction (file order breaks time ties)."""
-    # One key for the pair (codes are below the number of rows, so it fits int64): a sort on three keys instead
-    # of four, which at Clothing's size is most of this function's time.
+def dedupe_earliest(user, item, *order_keys):
+    """Index, in input order, of each (user, item) pair's first interaction by order_keys (last key first, as
+    np.lexsort: (line, time) is the earliest time, file order breaking ties)."""
+    # One key for the pair (codes are below the number of rows, so it fits int64): a sort on one key fewer,
+    # which at Clothing's size is most of this function's time.
     pair = user * (int(item.max(initial=-1)) + 1) + item
-    order = np.lexsort((line, time, pair))
+    order = np.lexsort((*order_keys, pair))
     p = pair[order]
     first = np.ones(len(order), bool)
     first[1:] = p[1:] != p[:-1]
@@ -80,6 +81,18 @@ class Built:
     train_end: np.ndarray | None = None  # a given split's training part of each history
 
 
+def read_stats(raw) -> dict:
+    """What reading a file did, for stats.json."""
+    return {
+        "lines_read": raw.lines_read,
+        "reader": raw.reader,
+        "malformed_lines": raw.malformed,
+        "malformed_examples": raw.malformed_examples,
+        "damaged_input": raw.damaged,
+        "ratings_not_above_threshold": raw.rating_filtered,
+    }
+
+
 def histories(user, item, *order_keys):
     """(item ids, offsets, the user codes and item codes kept) of interactions sorted by user and then by
     order_keys (last key first, as np.lexsort): ids 1..|I| in the order of the codes, 0 is padding."""
@@ -98,7 +111,7 @@ def leave_one_out(cfg, source: Path) -> Built:
     user's history by time; the last item is the test target, the one before the validation target."""
     log.info("reading %s", source)
     raw = read_interactions(source, cfg.format, cfg.rating_threshold, cfg.reader, cfg.item_key)
-    kept = dedupe_earliest(raw.user, raw.item, raw.time, raw.line)
+    kept = dedupe_earliest(raw.user, raw.item, raw.line, raw.time)
     duplicates = len(raw.user) - len(kept)
     user, item, time, line = raw.user[kept], raw.item[kept], raw.time[kept], raw.line[kept]
     mask = k_core(user, item, cfg.k_core)
@@ -122,12 +135,7 @@ def leave_one_out(cfg, source: Path) -> Built:
         [raw.user_names[c] for c in user_codes],
         [raw.item_names[c] for c in item_codes],
         {
-            "lines_read": raw.lines_read,
-            "reader": raw.reader,
-            "malformed_lines": raw.malformed,
-            "malformed_examples": raw.malformed_examples,
-            "damaged_input": raw.damaged,
-            "ratings_not_above_threshold": raw.rating_filtered,
+            **read_stats(raw),
             "duplicate_pairs_removed": int(duplicates),
             "time_unit": raw.time_unit,
         },
@@ -164,12 +172,7 @@ def given(cfg) -> Built:
         cols["line"].append(p.line)
         cols["split"].append(np.full(len(p.user), s))
     user, item, time, line, split = (np.concatenate(cols[k]) for k in cols)
-    # a pair's first row in split order, then time, then line: kept; its repeats dropped and counted
-    order = np.lexsort((line, time, split, user * (len(items) + 1) + item))
-    pair = (user * (len(items) + 1) + item)[order]
-    first = np.ones(len(order), bool)
-    first[1:] = pair[1:] != pair[:-1]
-    kept = np.sort(order[first])
+    kept = dedupe_earliest(user, item, line, time, split)  # a pair's first row in train, valid, test order
     repeats = {k: int(np.sum(split == s) - np.sum(split[kept] == s)) for s, k in enumerate(SPLIT_NAMES)}
     user, item, time, line, split = user[kept], item[kept], time[kept], line[kept], split[kept]
     if cfg.k_core is not None:
@@ -210,18 +213,7 @@ def given(cfg) -> Built:
             "repeated_pairs_removed": repeats,
             "items_only_in_valid_or_test": int(np.sum(~in_train)),
             "history_column": checked,
-            "files": {
-                k: {
-                    "format": p.format,
-                    "reader": p.reader,
-                    "lines_read": p.lines_read,
-                    "malformed_lines": p.malformed,
-                    "malformed_examples": p.malformed_examples,
-                    "damaged_input": p.damaged,
-                    "ratings_not_above_threshold": p.rating_filtered,
-                }
-                for k, p in parts.items()
-            },
+            "files": {k: {"format": p.format, **read_stats(p)} for k, p in parts.items()},
             "time_unit": (units or {"ordinal"}).pop(),
         },
         rows,

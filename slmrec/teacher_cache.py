@@ -145,11 +145,11 @@ class TeacherStates:
     def rows(self, index, device="cpu") -> dict:
         """{"states": [B tensors [n, d]] (one per aligned teacher layer), "final": [n, d] or None, "final_only":
         whether the rows are each example's final (readout) row alone}, in fp32."""
-        index = index.tolist()
-        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
+        index = np.asarray(index)
+        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()])
         raw_states = self.states[take]
         raw_final = self.final[take] if self.final is not None else None
-        starts = np.concatenate([[0], np.cumsum([self.offsets[i + 1] - self.offsets[i] for i in index])])
+        starts = np.concatenate([[0], np.cumsum(self.offsets[index + 1] - self.offsets[index])])  # in the batch's rows
         bad = np.flatnonzero(example_checks(raw_states, raw_final, starts, 0, len(index)) != self.checks[index])
         if len(bad):
             raise DataError(
