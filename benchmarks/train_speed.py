@@ -3,8 +3,9 @@
     before   the step before 2026-12-03: the instruction computed in every row, uniformly shuffled batches,
              sdpa attention, nn.Dropout's masks (instruction_once false, --group_by_length false,
              --attention sdpa)
-    once     the instruction computed once per batch and batches of like length, attention and masks as before
-    now      once, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout)
+    packed   the instruction once per batch and the rows' real tokens packed after it, no padding (slmrec/packing.py),
+             batches of like length; attention and masks as before
+    now      packed, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout)
 
 for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
 8-layer teacher, whose forward is then part of the step), on each dataset and in each precision.
@@ -13,11 +14,12 @@ for the teacher's step (8 layers, item loss) and the student's distillation step
 
 Columns: the mean step over the same number of batches drawn at random from each path's own epoch (its batches
 differ in length, so a mean, not a median); tokens the LM computes per history token over that whole epoch
-(from the examples' lengths: the instruction's P tokens per row or per batch, and each batch padded to its
-longest row); the epoch time that implies; and the step beside its floor counted on the history tokens alone:
-the step's matrix-product FLOPs (torch's FlopCounterMode) scaled to the history tokens, at the matmul rate this
-machine reaches on the layers' shapes (measured in the same run). Random LM weights and item table time the
-same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout 0.05).
+(from the examples' lengths: the instruction's P tokens in every row of a batch padded to its longest row, or
+once before the packed rows); the epoch time that implies; and the step beside its floor counted on the history
+tokens alone: the step's matrix-product FLOPs (torch's FlopCounterMode) scaled to the history tokens, at the
+matmul rate this machine reaches on the layers' shapes (measured in the same run). Random LM weights and item
+table time the same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout
+0.05); AdamW fused, as the Trainer's default.
 """
 
 import numpy as np
@@ -33,6 +35,7 @@ from slmrec.distill import DistillConfig, student_config
 from slmrec.efficiency import autocast_for, collate, train_step
 from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec, ELLMRecConfig, MaskDropout, training_attention
+from slmrec.packing import attention_name
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
 from slmrec.flags import coerce, parse_ints
 from slmrec.machine import hardware, peak_rss_mb
@@ -43,7 +46,7 @@ def configure(model, path, precision):
     """Set a model up as the path trains it (see the module docstring)."""
     model.cfg.instruction_once = path != "before"
     new = path == "now"
-    model.base_lm().set_attn_implementation(training_attention("auto" if new else "sdpa", precision))
+    model.base_lm().set_attn_implementation(attention_name(training_attention("auto" if new else "sdpa", precision)))
     for module in model.lm.modules():
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
             for name, d in module.lora_dropout.items():
@@ -60,11 +63,15 @@ def epoch_order(lengths, batch_size, grouped, seed):
     return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
 
-def tokens_per_history_token(lengths, batches, prompt, suffix, once):
-    """What the LM computes over an epoch, per history token: each batch padded to its longest row, the
-    instruction's `prompt` tokens in every row or once per batch."""
-    computed = sum((prompt if once else prompt * len(b)) + len(b) * (lengths[b].max() + suffix) for b in batches)
-    return computed / lengths.sum()
+def batch_tokens(lengths, prompt, packed):
+    """The tokens the LM computes for a batch of examples of these history lengths: the instruction's `prompt`
+    tokens once and the real tokens packed after it, or the instruction in every row, padded to the longest."""
+    return prompt + lengths.sum() if packed else len(lengths) * (prompt + lengths.max())
+
+
+def tokens_per_history_token(lengths, batches, prompt, packed):
+    """What the LM computes over an epoch, per history token."""
+    return sum(batch_tokens(lengths[b], prompt, packed) for b in batches) / lengths.sum()
 
 
 def lm_share(counter, step_tokens, history_tokens):
@@ -84,7 +91,7 @@ def main(
     steps: int = 12,
     seed: int = 0,
     lora_dropout: float = 0.05,
-    paths="before,once,now",
+    paths="before,packed,now",
     models="teacher,student",
 ):
     """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
@@ -130,21 +137,21 @@ def main(
                     continue
                 before = None
                 for path_name in coerce("paths", paths, list):
-                    once = path_name != "before"
+                    packed = path_name != "before"
                     for m in (model, kd) if kd is not None else (model,):
                         configure(m, path_name, precision)
-                    epoch = epoch_order(lengths, batch_size, once, seed)
+                    epoch = epoch_order(lengths, batch_size, packed, seed)
                     drawn = np.random.default_rng(seed).choice(len(epoch), steps + 1, replace=False)
                     batches = [collate([examples[int(i)] for i in epoch[j]]) for j in drawn]
                     step = train_step(model, batches, autocast_for(precision, "cpu"), kd, dcfg if kd else None)
                     step_s = seconds(step, steps, warmup=1, stat="mean")
-                    ratio = tokens_per_history_token(lengths, epoch, P, 0, once)
+                    ratio = tokens_per_history_token(lengths, epoch, P, packed)
                     # FLOPs of one more step (the first drawn batch), and that batch's token counts
                     b = epoch[drawn[(steps + 1) % len(drawn)]]
                     counter = FlopCounterMode(display=False)
                     with counter:
                         step()
-                    step_tokens = (P if once else P * len(b)) + len(b) * lengths[b].max()
+                    step_tokens = batch_tokens(lengths[b], P, packed)
                     floor_flops = lm_share(counter, step_tokens, lengths[b].sum())
                     # the step's floor scaled to the epoch's mean batch: FLOPs per history token x its tokens
                     floor = floor_flops / lengths[b].sum() * lengths.sum() / len(epoch) / rate

@@ -31,7 +31,8 @@ def autocast_for(precision, device):
 def train_step(model, batches, autocast, teacher=None, dcfg=None, states=None):
     """One optimiser step per call, cycling through batches ({"input_ids", "labels"[, "index"]}); with a
     teacher, the distillation step of distill.py (eq. 6), its teacher states read from `states` if given."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=True)  # the Trainer's default optimiser (adamw_torch_fused)
     pairs = block_pairs(teacher.cfg.num_layers, model.cfg.num_layers, dcfg.blocks) if teacher else None
     state = {"i": 0}
 

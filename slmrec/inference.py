@@ -20,6 +20,7 @@ on padding. Each option can be switched off, so benchmarks/inference_speed.py me
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from torch import nn
 from .backbone import decoder_layers
 from .decoder import Decoder, supports
 from .errors import DataError
-from .model import cache_kwarg, check_same_data, load_ellmrec
+from .model import check_same_data, load_ellmrec
 from .seqrec import load_seqrec
 from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
@@ -191,6 +192,11 @@ class FastELLMRec:
             index = torch.where(j < n, L - n + j, torch.where(j < n + S, j - n + L, 0))
             h = self.forward(take_columns(source, index), lengths + S - 1)
             return m.item_scores(h.float())
+
+
+def cache_kwarg(lm):
+    """transformers renamed forward's past_key_values to cache (5.x); the name this version takes."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 class TransformersForward:

@@ -8,8 +8,8 @@ Prompt layout for a history of n real items, left-padded to L:
 The padding is masked out of attention and position ids count real tokens only, so every real token sees the
 same keys at the same positions (the instruction at 0..P-1, the items from P) as with all padding at the far
 left of the sequence (SPEC §2). The instruction is the same for every row and causal attention keeps it from
-seeing the rest, so training computes its keys and values once per batch and every row attends to them
-(instruction_cache); the fast scoring path (slmrec/inference.py) does the same once for all batches. The
+seeing the rest, so training computes it once per batch and packs the rows' real tokens after it, padding-free
+(slmrec/packing.py); the fast scoring path (slmrec/inference.py) computes it once for all batches. The
 response marker is there only when it is the readout (`readout="response"`, the paper's); with
 `readout="last_item"` the user is read at the last history item's position.
 
@@ -22,15 +22,14 @@ Two training objectives share the model, told apart by the labels' shape:
 """
 
 import dataclasses
-import inspect
 import logging
 from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import DynamicCache
 
+from . import packing
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
 from .batches import trim_padding
@@ -66,8 +65,9 @@ class ELLMRecConfig:
     # auto: eager where training computes in bf16 or fp16 on a CPU, whose flash-attention backward is slower there,
     # sdpa elsewhere (benchmarks/README.md, "Training speed")
     attention: str = "auto"
-    # training computes the instruction's states once per batch, every row attending to them (model._lm); False:
-    # in every row, as the original did (the reference tests/test_train_step.py and benchmarks/train_speed.py use)
+    # the LM computes the instruction once per batch and the rows' real tokens packed after it, no padding
+    # (model._lm, slmrec/packing.py); False: the instruction in every row of a padded batch, as the original did
+    # (the reference tests/test_train_step.py and benchmarks/train_speed.py use)
     instruction_once: bool = True
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
@@ -108,7 +108,7 @@ class ELLMRec(nn.Module):
         self.register_buffer("item_embedding", item_embedding.float().clone())
         for p in lm.parameters():
             p.requires_grad_(False)
-        lm.set_attn_implementation(training_attention(cfg.attention, precision))
+        lm.set_attn_implementation(packing.attention_name(training_attention(cfg.attention, precision)))
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -160,37 +160,30 @@ class ELLMRec(nn.Module):
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         return embeds, mask, position_ids
 
-    def instruction_cache(self, batch_size):
-        """The instruction's keys and values in every layer, computed once (with gradients while training) and
-        shared by the batch's rows: a cache the LM's forward continues from."""
-        table = self.lm.get_input_embeddings()
-        out = self.lm(inputs_embeds=table(self.prefix_ids)[None], use_cache=True)
-        cache = out.to_tuple()[1]
-        return DynamicCache(
-            [
-                (layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
-                for layer in cache.layers
-            ]
-        )
-
-    def _lm(self, history, cache):
-        """The LM's hidden states [B, T, d] of the prompt after the instruction (see embed), continuing from the
-        instruction's cache (instruction_cache), or with None computing the instruction in every row (the
-        reference: every real token sees the same keys at the same positions, so the same states to rounding)."""
+    def _lm(self, history):
+        """The LM's hidden states [B, T, d] of the prompt after the instruction (see embed), and a function that
+        brings a decoder layer's output into the same layout. With instruction_once, one padding-free sequence
+        (slmrec/packing.py): the instruction once, then every row's real tokens; else the instruction in every
+        row of the padded batch (the reference: every real token sees the same keys at the same positions, so
+        the same states to rounding)."""
         embeds, mask, position_ids = self.embed(history)
-        P = len(self.prefix_ids)
-        if cache is None:
-            table = self.lm.get_input_embeddings()
+        P, table = len(self.prefix_ids), self.lm.get_input_embeddings()
+        if not self.cfg.instruction_once:
             embeds = torch.cat([table(self.prefix_ids).expand(len(history), -1, -1), embeds], 1)
             out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
-            return out.last_hidden_state[:, P:]
-        return self.lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=position_ids[:, P:],
-            use_cache=True,
-            **{cache_kwarg(self.base_lm()): cache},
-        ).last_hidden_state
+            return out.last_hidden_state[:, P:], lambda s: s[:, P:]
+        B, T, d = embeds.shape
+        pack = packing.layout(mask[:, P:].bool(), P)
+        embeds = torch.cat([table(self.prefix_ids), embeds.reshape(B * T, d).index_select(0, pack.flat)])
+        positions = torch.cat([position_ids[0, :P], position_ids[:, P:].flatten().index_select(0, pack.flat)])
+        out = self.lm(
+            inputs_embeds=embeds[None],
+            attention_mask=pack.rows,  # 4-D: transformers passes it on as it is
+            position_ids=positions[None],
+            use_cache=False,
+            packing=pack,
+        )
+        return pack.gather(out.last_hidden_state), pack.gather
 
     def _read(self, x, L, every_position):
         """The readout position of x [B, T, d] ([B, d]); with every_position, each history column's position
@@ -204,13 +197,10 @@ class ELLMRec(nn.Module):
         """User states after the final norm at the readout position [B, d1] (with every_position, at every
         history position, see _read); with layer_states, also every decoder layer's output (before any
         norm) at the same positions, a list of num_layers tensors."""
-        once = self.cfg.instruction_once
-        cache = self.instruction_cache(len(history)) if once else None  # before the layer hooks record
         self._states = [] if layer_states else None
         try:
-            x = self._lm(history, cache)
-            P = 0 if once else len(self.prefix_ids)
-            states = [s[:, P:] for s in self._states] if layer_states else None
+            x, layout = self._lm(history)
+            states = [layout(s) for s in self._states] if layer_states else None
         finally:
             self._states = None
         L = history.shape[1]
@@ -341,11 +331,6 @@ def _with_lora(lm, lora, targets):
             f"matches no projection of the LM's layers; they are {', '.join(names)}"
         )
     return get_peft_model(lm, lora)
-
-
-def cache_kwarg(lm):
-    """transformers renamed forward's past_key_values to cache (5.x); the name this version takes."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def check_same_data(cfg: ELLMRecConfig, data, where):

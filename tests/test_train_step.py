@@ -1,6 +1,6 @@
-"""Training computes the instruction once per batch (ELLMRec.instruction_cache): the same loss, gradients and layer
-states as the instruction computed in every row, and as the prompt laid out with all padding at the far left
-(SPEC §2), built here by hand."""
+"""Training computes the instruction once per batch and packs the rows' real tokens after it (slmrec/packing.py):
+the same loss, gradients and layer states as the instruction computed in every row of a padded batch, and as the
+prompt laid out with all padding at the far left (SPEC §2), built here by hand; no row sees another's tokens."""
 
 import dataclasses
 
@@ -40,10 +40,11 @@ def grads(model, labels):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("readout", ["last_item", "response"])
 @pytest.mark.parametrize("labels", [EVERY, LAST], ids=["every_position", "last_target"])
-def test_loss_gradients_and_states_equal_the_per_row_instruction(tiny_lm_dir, readout, labels):
-    once, rows = pair(tiny_lm_dir, readout=readout)
+def test_loss_gradients_and_states_equal_the_per_row_instruction(tiny_lm_dir, readout, labels, attention):
+    once, rows = pair(tiny_lm_dir, readout=readout, attention=attention)
     (a, ga), (b, gb) = grads(once, labels), grads(rows, labels)
     torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
     assert ga.keys() == gb.keys() and any("lora_A" in n for n in ga)
@@ -97,6 +98,34 @@ def test_a_row_attending_to_another_instruction_is_caught(tiny_lm_dir):
         once.prefix_ids = once.prefix_ids.flip(0)
         wrong = once.encode(HISTORY)
     assert (right - wrong).abs().max() > 1e-3
+
+
+def test_a_row_sees_no_other_rows_tokens(tiny_lm_dir, monkeypatch):
+    """Another row's items leave a row's states as they were; with a layout that gathers each row's attention
+    from the row before it, they do not."""
+    from slmrec import packing
+
+    once, _ = pair(tiny_lm_dir)
+    once.eval()
+    other = HISTORY.clone()
+    other[1] = torch.tensor([7, 7, 3, 2, 9, 9])
+    keep = torch.arange(len(HISTORY)) != 1
+
+    def states():
+        with torch.no_grad():
+            return once.encode(HISTORY, every_position=True)[keep], once.encode(other, every_position=True)[keep]
+
+    torch.testing.assert_close(*states())
+    layout = packing.layout
+
+    def leaky(real, prefix):
+        pack = layout(real, prefix)
+        pack.index = pack.index.roll(1, 0)
+        return pack
+
+    monkeypatch.setattr(packing, "layout", leaky)
+    mine, changed = states()
+    assert (mine - changed).abs().max() > 1e-3
 
 
 def test_length_groups_know_each_examples_length_and_stay_random(tiny_dataset):
