@@ -5,7 +5,8 @@
              --attention sdpa)
     packed   the instruction once per batch and the rows' real tokens packed after it, no padding (slmrec/packing.py),
              batches of like length; attention and masks as before
-    now      packed, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout)
+    now      packed, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout, the adapters
+             taking a bf16 input without peft's cast to fp32)
 
 for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
 8-layer teacher, whose forward is then part of the step), on each dataset and in each precision.
@@ -49,6 +50,7 @@ def configure(model, path, precision):
     model.base_lm().set_attn_implementation(attention_name(training_attention("auto" if new else "sdpa", precision)))
     for module in model.lm.modules():
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            module.cast_input_dtype_enabled = not new  # peft's cast of a bf16 input to the adapter's fp32 before
             for name, d in module.lora_dropout.items():
                 module.lora_dropout[name] = MaskDropout(d.p) if new else torch.nn.Dropout(d.p)
 

@@ -119,6 +119,10 @@ class ELLMRec(nn.Module):
         self.lm = _with_lora(lm, lora, cfg.lora_targets)
         for module in self.lm.modules():
             if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
+                # LoRA takes the projection's input as it comes: peft would cast a bf16 input (down_proj's, under
+                # autocast) up to the adapter's fp32 for autocast to cast it back; MaskDropout's fp32 mask makes
+                # the same fp32 product from it.
+                module.cast_input_dtype_enabled = False
                 for name, dropout in module.lora_dropout.items():
                     if isinstance(dropout, nn.Dropout):
                         module.lora_dropout[name] = MaskDropout(dropout.p)
@@ -302,7 +306,8 @@ class MaskDropout(nn.Module):
     """LoRA's dropout with its mask drawn from 15 random bits an element, two elements from each 32-bit draw of
     torch's generator, where nn.Dropout draws a float per element: a third of the time on a CPU
     (benchmarks/README.md, "Training speed"). An element is dropped with probability round(p * 2^15) / 2^15
-    (p = 0.05: 0.04999) and the kept ones scaled to keep the mean, as nn.Dropout does."""
+    (p = 0.05: 0.04999) and the kept ones scaled to keep the mean, as nn.Dropout does. The scaled mask is fp32,
+    so a bf16 input's product is the fp32 one peft's cast to the adapter's dtype would have given."""
 
     def __init__(self, p):
         super().__init__()
@@ -314,7 +319,7 @@ class MaskDropout(nn.Module):
         n = x.numel()
         bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_().view(torch.int16)[:n]
         keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
-        return x * (keep.to(x.dtype) * (2**15 / (2**15 - self.threshold)))  # one product to differentiate
+        return x * torch.where(keep, 2**15 / (2**15 - self.threshold), 0.0)  # one product to differentiate
 
     def extra_repr(self):
         return f"p={self.p}"

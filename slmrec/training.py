@@ -56,8 +56,9 @@ class TrainConfig:
     # item, as the test does (|I| scores per user: on a large catalogue it costs more than the training)
     full_ranking_valid: bool = False
     # training batches of examples of like history length (transformers' LengthGroupedSampler: random groups of
-    # 50 batches, each sorted by length, so the order stays random and seeded), each trimmed to its longest row
-    # (the models' trim_padding); false: uniformly shuffled batches
+    # 50 batches, each sorted by length, so the order stays random and seeded): the LMs compute no padding
+    # either way (slmrec/packing.py), but their attention gathers each row to the batch's longest, and a batch
+    # of the sequential models is trimmed to its longest row; false: uniformly shuffled batches
     group_by_length: bool = True
 
     def __post_init__(self):  # flags are checked when the config is made, before any work

@@ -158,6 +158,36 @@ def test_length_groups_know_each_examples_length_and_stay_random(tiny_dataset):
     assert not torch.equal(grouped, again)  # a new order every epoch
 
 
+def test_lora_without_peft_casts_computes_the_same_bf16_step(tiny_lm_dir):
+    """The adapters take a bf16 input as it comes (ELLMRec sets peft's cast_input_dtype_enabled off): under bf16
+    autocast the loss and every gradient equal those with peft's cast to fp32, the same masks drawn."""
+    model = ELLMRec(
+        ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, **PROMPT),
+        torch.randn(21, 8, generator=torch.Generator().manual_seed(1)),
+        precision="bf16",
+    ).train()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    lora = [m for m in model.lm.modules() if hasattr(m, "cast_input_dtype_enabled")]
+
+    def run(cast):
+        for m in lora:
+            m.cast_input_dtype_enabled = cast
+        model.zero_grad()
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(HISTORY, EVERY)["loss"]
+        loss.backward()
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    (a, ga), (b, gb) = run(False), run(True)
+    assert len(lora) == 2 * 3 and a == b
+    for n in ga:
+        assert torch.equal(ga[n], gb[n]), n
+
+
 def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_dir):
     from slmrec.model import MaskDropout, training_attention
 
