@@ -25,6 +25,7 @@ from slmrec.efficiency import autocast_for, sample_batches, train_step
 from slmrec.examples import ExampleConfig, Indexed, training_examples
 from slmrec.losses import block_pairs
 from slmrec.model import ELLMRec, ELLMRecConfig
+from slmrec.packing import attention_name
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
 from slmrec.flags import coerce, parse_ints
 from slmrec.machine import hardware
@@ -95,7 +96,7 @@ def main(
                 model = ELLMRec(cfg, table, backbone=load_backbone(base_model, n), precision=precision)
                 name = f"{'teacher' if n == t_layers else 'student'}, {n} layers, item loss"
             for m in (model, t_model) if t_model is not None else (model,):
-                m.base_lm().set_attn_implementation(attention)
+                m.base_lm().set_attn_implementation(attention_name(attention))
             batches = sample_batches(batch_examples, batch_size, steps + 3)
             step = train_step(model, batches, autocast_for(precision, "cpu"), t_model, dcfg, states)
             step_s = seconds(step, steps, warmup=2)

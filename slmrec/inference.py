@@ -34,6 +34,7 @@ from .backbone import decoder_layers
 from .decoder import Decoder, supports
 from .errors import DataError
 from .model import check_same_data, load_ellmrec
+from .packing import attention_name
 from .seqrec import load_seqrec
 from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
@@ -141,8 +142,8 @@ class FastELLMRec:
             model.base_lm().to(self.dtype)
         else:
             model.cast_frozen(self.dtype)
-        if cfg.attention != "keep":
-            model.base_lm().set_attn_implementation(cfg.attention)
+        if cfg.attention != "keep":  # the packed wrapper (model.encode's) is that attention for a padded batch
+            model.base_lm().set_attn_implementation(attention_name(cfg.attention))
         table = model.lm.get_input_embeddings()
         with torch.inference_mode(), autocast(device, self.dtype):
             prefix = table(model.prefix_ids)
