@@ -100,6 +100,23 @@ def test_a_row_attending_to_another_instruction_is_caught(tiny_lm_dir):
     assert (right - wrong).abs().max() > 1e-3
 
 
+def test_the_packed_layout_by_hand():
+    """Two rows after an instruction of 2 tokens: [pad, a, b] and [c, d, e] pack as [i0 i1 a b c d e]."""
+    from slmrec import packing
+
+    pack = packing.layout(torch.tensor([[False, True, True], [True, True, True]]), 2)
+    assert pack.flat.tolist() == [1, 2, 3, 4, 5]
+    assert pack.index.tolist() == [[0, 2, 3], [4, 5, 6]]
+    # b (row 0, column 2) sees i0, i1, a and itself; not the padding column, nothing of row 1
+    assert pack.rows[0, 0, 2].tolist() == [True, True, False, True, True]
+    assert pack.rows[1, 0, 1].tolist() == [True, True, True, True, False]
+    assert pack.causal[0, 0].tolist() == [[True, False], [True, True]]
+    x = torch.arange(7.0)[:, None]
+    assert pack.gather(x)[..., 0].tolist() == [[0.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    additive = pack.mask("causal", torch.float32)
+    assert additive[0, 0, 0, 1] == torch.finfo(torch.float32).min and additive[0, 0, 1].eq(0).all()
+
+
 def test_a_row_sees_no_other_rows_tokens(tiny_lm_dir, monkeypatch):
     """Another row's items leave a row's states as they were; with a layout that gathers each row's attention
     from the row before it, they do not."""
