@@ -23,18 +23,20 @@ Two training objectives share the model, told apart by the labels' shape:
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from torch.nn import functional as F
 
 from . import packing
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
 from .batches import trim_padding
 from .losses import item_loss
-from .precision import compute_dtype
+from .precision import compute_dtype, cpu_measurement
 from .errors import FlagError
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,8 @@ class ELLMRecConfig:
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     # transformers' attention in training: sdpa (torch's kernel), eager (the same function rounded differently), or
-    # auto: eager where training computes in bf16 or fp16 on a CPU, whose flash-attention backward is slower there,
-    # sdpa elsewhere (benchmarks/README.md, "Training speed")
+    # auto: in bf16 or fp16 on a CPU the faster of the two, measured once per CPU (training_attention), sdpa
+    # elsewhere (benchmarks/README.md, "Training speed")
     attention: str = "auto"
     # the LM computes the instruction once per batch and the rows' real tokens packed after it, no padding
     # (model._lm, slmrec/packing.py); False: the instruction in every row of a padded batch, as the original did
@@ -295,11 +297,43 @@ class ELLMRec(nn.Module):
 
 
 def training_attention(attention, precision=None) -> str:
-    """ELLMRecConfig.attention with auto resolved for a run computing in `precision` (None: fp32)."""
+    """ELLMRecConfig.attention with auto resolved for a run computing in `precision` (None: fp32): on a CPU in
+    bf16 or fp16, the faster of eager and SDPA for a training step's attention, measured once per CPU (torch's
+    CPU flash-attention backward is the slower on some CPUs in bf16, benchmarks/README.md, "Training speed");
+    SDPA elsewhere."""
     if attention != "auto":
         return attention
-    low = precision is not None and compute_dtype(precision) is not None
-    return "eager" if low and not torch.cuda.is_available() else "sdpa"
+    dtype = None if precision is None else compute_dtype(precision)
+    if dtype is None or torch.cuda.is_available():
+        return "sdpa"
+    speedup = cpu_measurement(f"eager_over_sdpa_{dtype}".replace("torch.", ""), lambda: _eager_speedup(dtype))
+    return "eager" if speedup is None or speedup > 1 else "sdpa"
+
+
+def _eager_speedup(dtype, reps=10) -> float:
+    """SDPA's time over eager attention's for the forward and backward of a packed step's per-row attention
+    (16 rows of 32 tokens after a 26-token instruction, SmolLM2's 9 query and 3 key-value heads of 64)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(16, 9, 32, 64, generator=g).to(dtype).requires_grad_()
+    k, v = (torch.randn(16, 3, 58, 64, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    mask = torch.ones(32, 58, dtype=torch.bool).tril(26)
+    additive = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+
+    def eager():
+        w = q @ k.repeat_interleave(3, 1).transpose(2, 3) * 0.125 + additive
+        return torch.softmax(w, -1, dtype=torch.float32).to(dtype) @ v.repeat_interleave(3, 1)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125, enable_gqa=True)
+
+    times = {}
+    for name, fn in (("eager", eager), ("sdpa", sdpa)):
+        for i in range(reps + 2):
+            if i == 2:
+                t = time.perf_counter()
+            fn().sum().backward()
+        times[name] = time.perf_counter() - t
+    return times["sdpa"] / times["eager"]
 
 
 class MaskDropout(nn.Module):

@@ -29,14 +29,26 @@ def native_bf16() -> bool:
     flags = info.split()
     if "avx512_bf16" not in flags and "amx_bf16" not in flags:
         return False
-    head = info.split("\n\n")[0]
+    return cpu_measurement("bf16_over_fp32", _bf16_speedup, info) >= BF16_MIN_SPEEDUP
+
+
+def cpu_measurement(name, measure, info=None):
+    """measure() timed once per CPU model, flags and torch version and kept in the project cache under `name`,
+    so every run on a machine decides alike; None off Linux (no cheap way to name the CPU)."""
+    if info is None:
+        try:
+            info = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    head, flags = info.split("\n\n")[0], info.split()
     key = hashlib.sha256(f"{head.split('flags')[0]}{sorted(set(flags))}{torch.__version__}".encode()).hexdigest()[:16]
-    path = cache_dir() / "bf16_speed.json"
+    path = cache_dir() / "cpu_speed.json"
     known = load_json(path) if path.is_file() else {}
-    if key not in known:
-        known[key] = {"bf16_over_fp32": _bf16_speedup(), "cpu": _cpu_name(head), "torch": torch.__version__}
+    entry = known.setdefault(key, {"cpu": _cpu_name(head), "torch": torch.__version__})
+    if name not in entry:
+        entry[name] = measure()
         save_json(known, path)
-    return known[key]["bf16_over_fp32"] >= BF16_MIN_SPEEDUP
+    return entry[name]
 
 
 BF16_MIN_SPEEDUP = 1.2  # bf16 must be clearly faster: it also rounds

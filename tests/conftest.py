@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="session")
 def project_cache(tmp_path_factory):
-    """The project cache (converted GGUF models, the bf16 speed measurement) in a temporary folder, so tests
+    """The project cache (converted GGUF models, the CPU speed measurements) in a temporary folder, so tests
     neither read nor fill the user's ~/.cache/slmrec."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SLMREC_CACHE", str(tmp_path_factory.mktemp("slmrec_cache")))

@@ -205,6 +205,23 @@ def test_lora_without_peft_casts_computes_the_same_bf16_step(tiny_lm_dir):
         assert torch.equal(ga[n], gb[n]), n
 
 
+def test_auto_attention_is_this_cpus_faster_one_measured_once(tmp_path, monkeypatch):
+    """In bf16 on a CPU, --attention auto takes eager or SDPA as the measurement kept for this CPU says; the
+    measurement runs once (none off Linux, where auto is eager); fp32 stays SDPA."""
+    from slmrec import model as m
+
+    real, calls = m._eager_speedup, []
+    for speedup, choice in ((1.6, "eager"), (0.7, "sdpa")):
+        monkeypatch.setenv("SLMREC_CACHE", str(tmp_path / choice))
+        monkeypatch.setattr(m, "_eager_speedup", lambda dtype, s=speedup: calls.append(dtype) or s)
+        on_linux = m.cpu_measurement("probe", lambda: 1) is not None
+        got = [m.training_attention("auto", "bf16") for _ in range(3)]
+        assert got == [choice if on_linux else "eager"] * 3
+    assert calls == [torch.bfloat16] * (2 if on_linux else 0)
+    assert m.training_attention("auto", "fp32") == "sdpa"
+    assert 0 < real(torch.float32, reps=1)  # the real measurement runs
+
+
 def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_dir):
     from slmrec.model import MaskDropout, training_attention
 
