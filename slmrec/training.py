@@ -1,5 +1,6 @@
 """transformers.Trainer wired to the project's evaluator and checkpoint format, shared by every model."""
 
+import contextlib
 import json
 import logging
 import math
@@ -284,29 +285,77 @@ def fit_and_test(
     the caller measured before training). run: the output folder and resume mode, as open_run_dir checked
     them before the caller loaded anything."""
     output_dir = run.path
-    with run_lock(output_dir):  # one run per folder
+    with _opened_run(cfg, run, run_config) as checkpoint:
+        args = training_arguments(cfg, output_dir, len(train_dataset))
+        callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
+        # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=train_dataset,
+            data=data,
+            max_len=max_len,
+            full_ranking_valid=cfg.full_ranking_valid,
+            group_by_length=cfg.group_by_length,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+        log.info(
+            "training on %s, %d process(es), %d examples, validation every %d steps",
+            args.device,
+            args.world_size,
+            len(train_dataset),
+            args.eval_steps,
+        )
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.time() - trainer.started
+        # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
+        trainer.save_model(str(output_dir))
+        model.eval()
+        with trainer.accelerator.autocast():
+            test = evaluate(
+                data=data,
+                split="test",
+                max_len=max_len,
+                batch_size=cfg.eval_batch_size,
+                device=args.device,
+                per_user=True,
+                progress=True,
+                **ranking(model, trainer.precision, args.device, data.num_rows("test")),
+            )
+        ranks = test.pop("ranks")
+        test["best_step"] = _best_step(trainer)
+        test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
+        test["peak_rss_mb"] = peak_rss_mb()  # this process's own peak memory: training, validation and the test
+        if trainer.is_world_process_zero():
+            # Per-user ranks allow paired comparisons between models on the same users.
+            save_npz(
+                output_dir / "test_ranks.npz",
+                candidates=np.asarray(ranks["candidates"]),
+                full=np.asarray(ranks["full"]),
+            )
+            save_json(test, output_dir / "test_metrics.json")
+            trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
+        _end_training(trainer)
+        return test
+
+
+@contextlib.contextmanager
+def _opened_run(cfg, run: RunDir, run_config):
+    """The run's folder, locked (one run per folder), its settings recorded (run_config.json) and the checkpoint
+    to resume from (or None) yielded. A resume that fails before saving a checkpoint of its own leaves the
+    recorded settings as they were, so the run's own flags still resume it."""
+    output_dir = run.path
+    with run_lock(output_dir):
         run_config, checkpoint = _resume_point(cfg, output_dir, run_config, run.resume)
         output_dir.mkdir(parents=True, exist_ok=True)
         config_file = output_dir / "run_config.json"
         before = config_file.read_bytes() if checkpoint is not None and config_file.is_file() else None
         save_json(run_config, config_file)
         try:
-            return _train_and_test(
-                model,
-                data,
-                train_dataset,
-                cfg,
-                output_dir,
-                max_len,
-                run_config,
-                checkpoint,
-                trainer_cls,
-                extra_metrics,
-                **trainer_kwargs,
-            )
+            yield checkpoint
         except BaseException:
-            # A resume that fails before saving a checkpoint of its own leaves the run's settings as they were,
-            # so the run's own flags still resume it.
             if before is not None and newest_complete_checkpoint(output_dir) == checkpoint:
                 config_file.write_bytes(before)
             raise
@@ -343,72 +392,6 @@ def _resume_point(cfg, output_dir, run_config, mode) -> tuple:
             log.warning("resuming %s with changed settings (--resume force): %s", checkpoint, "; ".join(changes))
             run_config["resumed_with_changes"] = changes
     return run_config, checkpoint
-
-
-def _train_and_test(
-    model,
-    data,
-    train_dataset,
-    cfg,
-    output_dir,
-    max_len,
-    run_config,
-    checkpoint,
-    trainer_cls,
-    extra_metrics,
-    **trainer_kwargs,
-) -> dict:
-    args = training_arguments(cfg, output_dir, len(train_dataset))
-    callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])
-    # The Trainer insists on an eval_dataset; RecTrainer.evaluate ignores it and ranks data's validation split.
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=train_dataset,
-        data=data,
-        max_len=max_len,
-        full_ranking_valid=cfg.full_ranking_valid,
-        group_by_length=cfg.group_by_length,
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
-    log.info(
-        "training on %s, %d process(es), %d examples, validation every %d steps",
-        args.device,
-        args.world_size,
-        len(train_dataset),
-        args.eval_steps,
-    )
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - trainer.started
-    # With load_best_model_at_end the model now holds the best checkpoint (or the last, if none was saved).
-    trainer.save_model(str(output_dir))
-    model.eval()
-    with trainer.accelerator.autocast():
-        test = evaluate(
-            data=data,
-            split="test",
-            max_len=max_len,
-            batch_size=cfg.eval_batch_size,
-            device=args.device,
-            per_user=True,
-            progress=True,
-            **ranking(model, trainer.precision, args.device, data.num_rows("test")),
-        )
-    ranks = test.pop("ranks")
-    test["best_step"] = _best_step(trainer)
-    test.update(_seconds(trainer, test["best_step"], train_seconds), **(extra_metrics or {}))
-    test["peak_rss_mb"] = peak_rss_mb()  # this process's own peak memory: training, validation and the test
-    if trainer.is_world_process_zero():
-        # Per-user ranks allow paired comparisons between models on the same users.
-        save_npz(
-            output_dir / "test_ranks.npz", candidates=np.asarray(ranks["candidates"]), full=np.asarray(ranks["full"])
-        )
-        save_json(test, output_dir / "test_metrics.json")
-        trainer.log({f"test_{k}": v for k, v in flatten(test).items()})
-    _end_training(trainer)
-    return test
 
 
 def _end_training(trainer):
