@@ -6,7 +6,8 @@
     packed   the instruction once per batch and the rows' real tokens packed after it, no padding (slmrec/packing.py),
              batches of like length; attention and masks as before
     now      packed, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout, the adapters
-             taking a bf16 input without peft's cast to fp32)
+             taking a bf16 input without peft's cast to fp32), through the fused forward (slmrec/fused.py)
+    compiled now through torch.compile (--compile true)
 
 for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
 8-layer teacher, whose forward is then part of the step), on each dataset and in each precision.
@@ -18,10 +19,13 @@ differ in length, so a mean, not a median); tokens the LM computes per history t
 (from the examples' lengths: the instruction's P tokens in every row of a batch padded to its longest row, or
 once before the packed rows); the epoch time that implies; and the step beside its floor counted on the history
 tokens alone: the step's matrix-product FLOPs (torch's FlopCounterMode) scaled to the history tokens, at the
-matmul rate this machine reaches on the layers' shapes (measured in the same run). Random LM weights and item
+matmul rate this machine reaches on the layers' shapes (measured in the same run); the first step's time (with
+torch.compile, the compilation). Random LM weights and item
 table time the same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout
 0.05); AdamW fused, as the Trainer's default.
 """
+
+import time
 
 import numpy as np
 import torch
@@ -46,7 +50,8 @@ from slmrec.timing import linear_shapes, matmul_rate, seconds
 def configure(model, path, precision):
     """Set a model up as the path trains it (see the module docstring)."""
     model.cfg.instruction_once = path != "before"
-    new = path == "now"
+    new = path in ("now", "compiled")
+    model.cfg.fused, model.cfg.compile = new, path == "compiled"
     model.base_lm().set_attn_implementation(attention_name(training_attention("auto" if new else "sdpa", precision)))
     for module in model.lm.modules():
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
@@ -93,7 +98,7 @@ def main(
     steps: int = 12,
     seed: int = 0,
     lora_dropout: float = 0.05,
-    paths="before,packed,now",
+    paths="before,packed,now,compiled",
     models="teacher,student",
 ):
     """data: prepared datasets, comma-separated; precisions: default bf16 (where the CPU computes it natively)
@@ -109,9 +114,9 @@ def main(
     )
     print(
         "| data | step | precision | path | step s | tokens per history token | epoch (steps) | epoch h | "
-        "matmul TFLOP/s here | history floor s | of floor | speed-up | peak RSS MB |"
+        "matmul TFLOP/s here | history floor s | of floor | speed-up | first step s | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in coerce("data", data, list):
         dataset = PreparedData(path)
         examples = training_examples(dataset, 50, ExampleConfig())
@@ -146,11 +151,16 @@ def main(
                     drawn = np.random.default_rng(seed).choice(len(epoch), steps + 1, replace=False)
                     batches = [collate([examples[int(i)] for i in epoch[j]]) for j in drawn]
                     step = train_step(model, batches, autocast_for(precision, "cpu"), kd, dcfg if kd else None)
-                    step_s = seconds(step, steps, warmup=1, stat="mean")
+                    start = time.perf_counter()
+                    step()  # the warm-up step: with torch.compile, the compilation
+                    first = time.perf_counter() - start
+                    step_s = seconds(step, steps, warmup=0, stat="mean")
                     ratio = tokens_per_history_token(lengths, epoch, P, packed)
                     # FLOPs of one more step (the first drawn batch), and that batch's token counts
                     b = epoch[drawn[(steps + 1) % len(drawn)]]
                     counter = FlopCounterMode(display=False)
+                    for m in (model, kd) if kd is not None else (model,):
+                        configure(m, "packed" if packed else "before", precision)  # transformers' modules count
                     with counter:
                         step()
                     step_tokens = batch_tokens(lengths[b], P, packed)
@@ -162,7 +172,7 @@ def main(
                     print(
                         f"| {dataset.path.name} | {name} | {precision} | {path_name} | "
                         f"{step_s:.3f} | {ratio:.2f} | {len(epoch):,} | {step_s * len(epoch) / 3600:.2f} | "
-                        f"{rate / 1e12:.2f} | {floor:.3f} | {floor / step_s:.0%} | {speedup} | "
+                        f"{rate / 1e12:.2f} | {floor:.3f} | {floor / step_s:.0%} | {speedup} | {first:.1f} | "
                         f"{peak_rss_mb():.0f} |",
                         flush=True,
                     )

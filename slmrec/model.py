@@ -31,7 +31,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.nn import functional as F
 
-from . import packing
+from . import fused, packing
+from .fused import MaskDropout
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
 from .batches import trim_padding
@@ -71,6 +72,12 @@ class ELLMRecConfig:
     # (model._lm, slmrec/packing.py); False: the instruction in every row of a padded batch, as the original did
     # (the reference tests/test_train_step.py and benchmarks/train_speed.py use)
     instruction_once: bool = True
+    # the packed step through slmrec/fused.py (fewer operators, the same computation) where the LM allows it;
+    # False: transformers' forward of the packed batch
+    fused: bool = True
+    # the fused forward through torch.compile: minutes to compile, then a faster step (benchmarks/README.md,
+    # "Training speed"), for long runs
+    compile: bool = False
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
     quantization: str | None = None
@@ -138,7 +145,7 @@ class ELLMRec(nn.Module):
         ids = lambda text, special: torch.tensor(tokenizer(text, add_special_tokens=special)["input_ids"])
         self.register_buffer("prefix_ids", ids(cfg.instruction, True), persistent=False)
         self.register_buffer("suffix_ids", ids(cfg.response, False), persistent=False)
-        self._states = None
+        self._states, self._fused = None, None
         for layer in decoder_layers(self.base_lm()):
             layer.register_forward_hook(self._capture)
         if precision is not None:
@@ -182,6 +189,10 @@ class ELLMRec(nn.Module):
         pack = packing.layout(mask[:, P:].bool(), P)
         embeds = torch.cat([table(self.prefix_ids), embeds.reshape(B * T, d).index_select(0, pack.flat)])
         positions = torch.cat([position_ids[0, :P], position_ids[:, P:].flatten().index_select(0, pack.flat)])
+        if self.cfg.fused and fused.supports(self.base_lm()):
+            if self._fused is None or (self._fused.lm, self._fused.compiled) != (self.base_lm(), self.cfg.compile):
+                self._fused = fused.FusedForward(self.base_lm(), self.cfg.compile)
+            return pack.gather(self._fused(embeds[None], positions[None], pack, self._states)), pack.gather
         out = self.lm(
             inputs_embeds=embeds[None],
             attention_mask=pack.rows,  # 4-D: transformers passes it on as it is
@@ -334,29 +345,6 @@ def _eager_speedup(dtype, reps=10) -> float:
             fn().sum().backward()
         times[name] = time.perf_counter() - t
     return times["sdpa"] / times["eager"]
-
-
-class MaskDropout(nn.Module):
-    """LoRA's dropout with its mask drawn from 15 random bits an element, two elements from each 32-bit draw of
-    torch's generator, where nn.Dropout draws a float per element: a third of the time on a CPU
-    (benchmarks/README.md, "Training speed"). An element is dropped with probability round(p * 2^15) / 2^15
-    (p = 0.05: 0.04999) and the kept ones scaled to keep the mean, as nn.Dropout does. The scaled mask is fp32,
-    so a bf16 input's product is the fp32 one peft's cast to the adapter's dtype would have given."""
-
-    def __init__(self, p):
-        super().__init__()
-        self.p, self.threshold = p, round(p * 2**15)
-
-    def forward(self, x):
-        if not self.training or self.threshold == 0:
-            return x
-        n = x.numel()
-        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_().view(torch.int16)[:n]
-        keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
-        return x * torch.where(keep, 2**15 / (2**15 - self.threshold), 0.0)  # one product to differentiate
-
-    def extra_repr(self):
-        return f"p={self.p}"
 
 
 def _with_lora(lm, lora, targets):

@@ -16,7 +16,7 @@ def pair(lm_dir, **kw):
     """Two models with the same weights (LoRA's B random, so every LoRA weight gets a gradient), the
     instruction once per batch and in every row."""
     table = torch.randn(21, 8, generator=torch.Generator().manual_seed(1))
-    cfg = ELLMRecConfig(base_model=str(lm_dir), num_layers=4, max_len=6, lora_dropout=0.0, **PROMPT, **kw)
+    cfg = ELLMRecConfig(base_model=str(lm_dir), num_layers=4, max_len=6, **{"lora_dropout": 0.0, **PROMPT, **kw})
     once = ELLMRec(cfg, table)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -177,9 +177,10 @@ def test_length_groups_know_each_examples_length_and_stay_random(tiny_dataset):
 
 def test_lora_without_peft_casts_computes_the_same_bf16_step(tiny_lm_dir):
     """The adapters take a bf16 input as it comes (ELLMRec sets peft's cast_input_dtype_enabled off): under bf16
-    autocast the loss and every gradient equal those with peft's cast to fp32, the same masks drawn."""
+    autocast the loss and every gradient equal those with peft's cast to fp32, the same masks drawn (both through
+    transformers' forward: the fused one requires the cast off)."""
     model = ELLMRec(
-        ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, **PROMPT),
+        ELLMRecConfig(base_model=str(tiny_lm_dir), num_layers=2, max_len=6, lora_dropout=0.25, fused=False, **PROMPT),
         torch.randn(21, 8, generator=torch.Generator().manual_seed(1)),
         precision="bf16",
     ).train()
@@ -241,3 +242,83 @@ def test_lora_dropout_draws_cheap_masks_with_nn_dropouts_distribution(tiny_lm_di
     assert torch.equal(masks[0].eval()(x), x)
     assert training_attention("auto", None) == "sdpa" == training_attention("auto", "fp32")
     assert training_attention("sdpa", "bf16") == "sdpa"
+
+
+def fused_pair(lm_dir, **kw):
+    """The same model through slmrec/fused.py and through transformers' forward of the same packed batch."""
+    fast, _ = pair(lm_dir, **kw)
+    slow = ELLMRec(dataclasses.replace(fast.cfg, fused=False), fast.item_embedding)
+    slow.load_state_dict(fast.state_dict())
+    return fast, slow.train()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("labels", [EVERY, LAST], ids=["every_position", "last_target"])
+def test_the_fused_forward_is_transformers_forward(tiny_lm_dir, labels, attention, monkeypatch):
+    from slmrec import fused
+
+    fast, slow = fused_pair(tiny_lm_dir, readout="response", attention=attention)
+    calls, real = [], fused.FusedForward.forward
+    monkeypatch.setattr(fused.FusedForward, "forward", lambda self, *a: calls.append(1) or real(self, *a))
+    (a, ga), (b, gb) = grads(fast, labels), grads(slow, labels)
+    assert len(calls) == 1  # the fast model's step went through it, the other's did not
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+    for n in ga:
+        assert ga[n].abs().max() > 0, n
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
+    for s, t in zip(a["states"], b["states"]):
+        torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_forward_draws_peft_s_dropout_masks(tiny_lm_dir):
+    """LoRA's dropout in the fused forward: a step's random bits drawn at once, split in the order transformers'
+    forward draws them one projection at a time, so from one seed both drop the same elements (fp32); from
+    another seed the step differs."""
+    fast, slow = fused_pair(tiny_lm_dir, lora_dropout=0.25)
+
+    def loss(model, seed):
+        torch.manual_seed(seed)
+        return model(HISTORY, EVERY)["loss"]
+
+    with torch.no_grad():
+        torch.testing.assert_close(loss(fast, 0), loss(slow, 0), rtol=1e-5, atol=1e-6)
+        assert (loss(fast, 0) - loss(fast, 1)).abs() > 1e-4
+        assert (loss(fast.eval(), 0) - loss(fast, 1)).abs() < 1e-7  # no dropout in eval
+
+
+def test_the_fused_forward_only_where_it_computes_the_same(tiny_lm_dir):
+    """Projections with peft's input cast, a merged or disabled adapter, or the LM set to an attention other than
+    the packed one go through transformers' forward."""
+    from slmrec import fused
+
+    model, _ = pair(tiny_lm_dir)
+    lm = model.base_lm()
+    assert fused.supports(lm)
+    up = lm.layers[0].mlp.up_proj
+    for attr, value in (("cast_input_dtype_enabled", True), ("disable_adapters", True)):
+        old = getattr(up, attr)
+        setattr(up, attr, value) if attr != "disable_adapters" else up.enable_adapters(False)
+        assert not fused.supports(lm), attr
+        setattr(up, attr, old) if attr != "disable_adapters" else up.enable_adapters(True)
+    assert fused.supports(lm)
+    lm.set_attn_implementation("sdpa")
+    assert not fused.supports(lm)
+
+
+def test_the_compiled_forward_computes_the_eager_one(tiny_lm_dir):
+    """--compile: the fused forward through torch.compile gives the eager step's loss and gradients (fp32, to
+    the compiler's rounding), LoRA's dropout masks included; a gradient off by 1% would fail."""
+    fast, _ = fused_pair(tiny_lm_dir, lora_dropout=0.25)
+    compiled = ELLMRec(dataclasses.replace(fast.cfg, compile=True), fast.item_embedding)
+    compiled.load_state_dict(fast.state_dict())
+
+    def step(model, seed):
+        torch.manual_seed(seed)
+        return grads(model.train(), EVERY)
+
+    for seed in (0, 1):  # the second step reuses the compiled graph
+        (a, ga), (b, gb) = step(fast, seed), step(compiled, seed)
+        torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+        for n in ga:
+            torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
+            assert not torch.allclose(ga[n] * 1.01, gb[n], rtol=1e-4, atol=1e-6) or ga[n].abs().max() == 0

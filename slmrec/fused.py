@@ -1,0 +1,183 @@
+"""The LM's forward over a packed training batch (slmrec/packing.py) with fewer operators than transformers'
+modules: at a packed step's token count a step is thousands of small operators, and their per-call cost, not
+the products, is most of it on a CPU (benchmarks/README.md, "Training speed"). Per decoder layer:
+
+  - q, k and v in one product, gate and up in one, over their frozen weights concatenated once (a copy, made
+    again when a weight changes); each LoRA adapter adds its own update to its projection's slice, with its own
+    dropout mask, in peft's order (base + B(A(dropout(x))) * scaling);
+  - the norms, the rotary phases, the attention (the registered packed attention the LM is set to) and the MLP
+    computed as transformers' LLaMA modules compute them, without the module calls around them.
+
+So the loss and every gradient are transformers' to rounding (tests/test_train_step.py checks them against the
+instruction-in-every-row reference and against transformers' forward of the same packed batch). LLaMA-architecture
+decoders with plain or LoRA projections only (`supports`); anything else trains through transformers' forward.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import decoder
+from .backbone import decoder_layers
+from .packing import attention_name
+
+QKV = ("q_proj", "k_proj", "v_proj")
+GATE_UP = ("gate_proj", "up_proj")
+
+
+def _projections(layer):
+    a, m = layer.self_attn, layer.mlp
+    return {**{n: getattr(a, n) for n in (*QKV, "o_proj")}, **{n: getattr(m, n) for n in (*GATE_UP, "down_proj")}}
+
+
+def _base(projection):
+    return projection.get_base_layer() if hasattr(projection, "get_base_layer") else projection
+
+
+def _adapters(projection):
+    """[(name, A, B, dropout, scaling)] of a projection's active LoRA adapters (none for a plain nn.Linear)."""
+    if not hasattr(projection, "lora_A"):
+        return []
+    names = [n for n in projection.active_adapters if n in projection.lora_A]
+    return [
+        (n, projection.lora_A[n], projection.lora_B[n], projection.lora_dropout[n], projection.scaling[n])
+        for n in names
+    ]
+
+
+def random_bits(n, device=None):
+    """n random 15-bit values (int16 whose low 15 bits are uniform), two from each 32-bit draw of torch's
+    generator."""
+    return torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_().view(torch.int16)[:n]
+
+
+class MaskDropout(nn.Module):
+    """LoRA's dropout with its mask drawn from 15 random bits an element (random_bits), where nn.Dropout draws a
+    float per element: a third of the time on a CPU (benchmarks/README.md, "Training speed"). An element is
+    dropped with probability round(p * 2^15) / 2^15 (p = 0.05: 0.04999) and the kept ones scaled to keep the
+    mean, as nn.Dropout does. The scaled mask is fp32, so a bf16 input's product is the fp32 one peft's cast to
+    the adapter's dtype would have given. bits: the values to use (FusedForward draws a step's at once)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p, self.threshold = p, round(p * 2**15)
+
+    def active(self):
+        return self.training and self.threshold > 0
+
+    def forward(self, x, bits=None):
+        if not self.active():
+            return x
+        bits = random_bits(x.numel(), x.device) if bits is None else bits
+        keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
+        return x * torch.where(keep, 2**15 / (2**15 - self.threshold), 0.0)  # one product to differentiate
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def _plain(projection) -> bool:
+    """A frozen nn.Linear without a bias, or peft's LoRA Linear around one with unmerged, enabled plain
+    adapters (no DoRA, no adapter bias) that take the input as it comes."""
+    base = _base(projection)
+    if type(base) is not nn.Linear or base.bias is not None or base.weight.requires_grad:
+        return False
+    if base is projection:
+        return True
+    if projection.merged or projection.disable_adapters or getattr(projection, "cast_input_dtype_enabled", True):
+        return False  # ELLMRec turns peft's input cast off
+    names = [n for n in projection.active_adapters if n in projection.lora_A]
+    return not any(projection.use_dora.get(n, False) for n in names) and all(
+        type(projection.lora_A[n]) is nn.Linear and projection.lora_B[n].bias is None for n in names
+    )
+
+
+def supports(lm) -> bool:
+    """lm: the LlamaModel, with peft's LoRA layers in it (not merged), set to the packed attention."""
+    return (
+        decoder.supports(lm)
+        and lm.config._attn_implementation in (attention_name("eager"), attention_name("sdpa"))
+        and all(_plain(p) for layer in decoder_layers(lm) for p in _projections(layer).values())
+    )
+
+
+def _project(x, weight, projections, bits):
+    """x through the projections whose frozen weights are concatenated in `weight`, one output each, with its
+    LoRA updates added as peft adds them; bits: {(projection, adapter): MaskDropout's random bits}."""
+    outs = F.linear(x, weight).split([_base(p).out_features for p in projections], -1)
+    done = []
+    for out, projection in zip(outs, projections):
+        for name, A, B, dropout, scaling in _adapters(projection):
+            mask = bits.get((id(projection), name))
+            out = out + B(A(dropout(x) if mask is None else dropout(x, mask))) * scaling
+        done.append(out)
+    return done
+
+
+class FusedForward:
+    """forward(embeds [1, S, d], positions [1, S], packing, capture) -> the final-norm states [1, S, d]; capture:
+    a list to which each decoder layer's output is appended, or None. Holds the concatenated frozen weights
+    (not a module: they are not the model's state and are never saved)."""
+
+    def __init__(self, lm, compile=False):
+        self.lm, self.compiled = lm, compile
+        self._weights, self._key = None, None
+        self._forward = torch.compile(self.forward, dynamic=True) if compile else self.forward
+
+    def __call__(self, embeds, positions, packing, capture=None):
+        # sizes that happen to be equal in one batch (the packed length and a [B, T] size) are not assumed equal
+        # by the compiler, which would compile again at the next batch where they are not
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return self._forward(embeds, positions, packing, capture, self.weights(), self.bits(embeds.shape[1]))
+
+    def bits(self, S):
+        """The step's random bits for every active MaskDropout, drawn at once (one generator call, not one a
+        projection; under torch.compile the masks' draws would split the graph)."""
+        drops = [
+            ((id(p), name), S * _base(p).in_features)
+            for layer in decoder_layers(self.lm)
+            for p in _projections(layer).values()
+            for name, _, _, dropout, _ in _adapters(p)
+            if isinstance(dropout, MaskDropout) and dropout.active()
+        ]
+        if not drops:
+            return {}
+        values = random_bits(sum(n for _, n in drops), self.lm.norm.weight.device).split([n for _, n in drops])
+        return {key: v for (key, _), v in zip(drops, values)}
+
+    def weights(self):
+        layers = [_projections(layer) for layer in decoder_layers(self.lm)]
+        frozen = [_base(p).weight for ps in layers for n, p in ps.items() if n in QKV + GATE_UP]
+        key = [(w.data_ptr(), w.dtype, w._version) for w in frozen]
+        if key != self._key:
+            cat = lambda ps, names: torch.cat([_base(ps[n]).weight for n in names]).detach()
+            self._weights = [(cat(ps, QKV), cat(ps, GATE_UP)) for ps in layers]
+            self._key = key
+        return self._weights
+
+    def forward(self, embeds, positions, packing, capture, weights, bits):
+        lm = self.lm
+        attend = ALL_ATTENTION_FUNCTIONS[lm.config._attn_implementation]
+        cos, sin = (t[:, None] for t in lm.rotary_emb(embeds, positions))  # [1, 1, S, D], fp32 as transformers'
+        x, S = embeds, embeds.shape[1]
+        for layer, (qkv, gate_up) in zip(decoder_layers(lm), weights):
+            a, m = layer.self_attn, layer.mlp
+            h = decoder.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+            q, k, v = (
+                t.view(1, S, -1, a.head_dim).transpose(1, 2)
+                for t in _project(h, qkv, [a.q_proj, a.k_proj, a.v_proj], bits)
+            )
+            q, k = decoder.rotate(q, cos, sin), decoder.rotate(k, cos, sin)
+            dropout = a.attention_dropout if a.training else 0.0
+            out, _ = attend(a, q, k, v, packing.rows, packing=packing, dropout=dropout, scaling=a.scaling)
+            out = out.reshape(1, S, -1)
+            x = x + _project(out, _base(a.o_proj).weight, [a.o_proj], bits)[0]
+            h = decoder.rms_norm(
+                x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+            )
+            gate, up = _project(h, gate_up, [m.gate_proj, m.up_proj], bits)
+            x = x + _project(F.silu(gate) * up, _base(m.down_proj).weight, [m.down_proj], bits)[0]
+            if capture is not None:
+                capture.append(x)
+        return decoder.rms_norm(x, lm.norm.weight, lm.norm.variance_epsilon)
