@@ -19,6 +19,10 @@ def item_loss(scores, labels):
     return F.cross_entropy(scores, labels)
 
 
+# item_loss in one or two loops over the scores instead of a pass for each of its operators (--compile)
+compiled_item_loss = torch.compile(item_loss, dynamic=True)
+
+
 def block_pairs(teacher_layers: int, student_layers: int, blocks: int):
     """[(teacher layer, student layer)] for k = 1..B, 1-based; B must divide both depths."""
     if blocks < 1 or teacher_layers % blocks or student_layers % blocks:
@@ -60,9 +64,9 @@ def norm_loss(teacher_states, student_states, variant="squared"):
     return torch.stack(terms).mean()
 
 
-def multi_supervision_loss(adapter_scores, labels):
+def multi_supervision_loss(adapter_scores, labels, loss=item_loss):
     """L_ms = 1/(B-1) sum_{k<B} CE(y, W_a^(k) h_s^(kn) E^T) (eq. 5): the item loss of each adapter head."""
-    return torch.stack([item_loss(s, labels) for s in adapter_scores]).mean()
+    return torch.stack([loss(s, labels) for s in adapter_scores]).mean()
 
 
 def logit_kd_loss(teacher_scores, student_scores, temperature=1.0):

@@ -36,7 +36,7 @@ from .fused import MaskDropout
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
 from .batches import trim_padding
-from .losses import item_loss
+from .losses import compiled_item_loss, item_loss
 from .precision import compute_dtype, cpu_measurement
 from .errors import FlagError
 
@@ -267,7 +267,7 @@ class ELLMRec(nn.Module):
         DDP sees every use."""
         sup = self.supervised(input_ids, labels, layer_states)
         scores = self.item_scores(sup["h"])
-        out = {"loss": item_loss(scores, sup["labels"])}
+        out = {"loss": self.item_loss(scores, sup["labels"])}
         if layer_states:
             adapter_scores = [
                 self.item_scores(sup["states"][l - 1], head) for l, head in zip(self.cfg.adapter_layers, self.adapters)
@@ -276,6 +276,10 @@ class ELLMRec(nn.Module):
                 scores=scores, adapter_scores=adapter_scores, **{k: sup[k] for k in ("states", "labels", "final")}
             )
         return out
+
+    def item_loss(self, scores, labels):
+        """losses.item_loss; with --compile, compiled (one or two loops over the scores, not one an operator)."""
+        return (compiled_item_loss if self.cfg.compile else item_loss)(scores, labels)
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}
