@@ -69,6 +69,8 @@ def main(
     overrides = {k: v for k, v in {"lora_r": lora_r, "lora_alpha": lora_alpha}.items() if v is not None}
     scfg = student_config(teacher_model.cfg, num_layers, dcfg, **overrides)
     student = ELLMRec(scfg, teacher_model.item_embedding, precision=cfg.precision)
+    # --compile: the live teacher's forward is part of the step too
+    student.compile_training = teacher_model.compile_training = cfg.compile
     if run_dir.resume != "no" and dcfg.kd_mode == "online":
         _restore_online_teacher(teacher_model, output_dir)
     examples = training_examples(dataset, scfg.max_len, examples_cfg)

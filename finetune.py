@@ -36,6 +36,7 @@ def main(data: str, item_embedding: str, output_dir: str, resume: str = "false",
         model_cfg, data_fingerprint=dataset.fingerprint, embedding_digest=embedding_digest(item_embedding)
     )
     model = ELLMRec(model_cfg, table, precision=cfg.precision)
+    model.compile_training = cfg.compile
     examples = training_examples(dataset, model_cfg.max_len, examples_cfg)
     run_config = {
         "script": "finetune.py",

@@ -19,7 +19,8 @@ from slmrec.batches import history_batches, trim_padding
 from slmrec.cli import run
 from slmrec.data import PreparedData
 from slmrec.flags import parse_ints
-from slmrec.inference import InferenceConfig, can_compile
+from slmrec.inference import InferenceConfig
+from slmrec.machine import can_compile
 from slmrec.machine import hardware, peak_rss_mb
 from slmrec.onnx_graph import ONNX
 from slmrec.prepare import DEFAULT_DATA

@@ -51,7 +51,7 @@ def configure(model, path, precision):
     """Set a model up as the path trains it (see the module docstring)."""
     model.cfg.instruction_once = path != "before"
     new = path in ("now", "compiled")
-    model.cfg.fused, model.cfg.compile = new, path == "compiled"
+    model.cfg.fused, model.compile_training = new, path == "compiled"
     model.base_lm().set_attn_implementation(attention_name(training_attention("auto" if new else "sdpa", precision)))
     for module in model.lm.modules():
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):

@@ -125,8 +125,9 @@ def newest_complete_checkpoint(output_dir):
 
 # The budget a resumed run may change (to train for longer); any other change is refused without --resume force.
 EXTENDABLE = ("train.max_steps", "train.epochs", "train.patience")
-# Where the run happens and paths to the same files (their fingerprints and digests are compared) may change.
-UNCOMPARED = ("hardware", "data", "item_embedding", "resumed_with_changes")
+# Where the run happens, whether its step is compiled (the same computation) and paths to the same files (their
+# fingerprints and digests are compared) may change.
+UNCOMPARED = ("hardware", "train.compile", "data", "item_embedding", "resumed_with_changes")
 
 
 def _flat(d, prefix=""):
@@ -143,7 +144,7 @@ def settings_changed(previous: dict, current: dict) -> list:
     return [
         f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
         for k in keys
-        if k.split(".")[0] not in UNCOMPARED and before.get(k) != now.get(k)
+        if k.split(".")[0] not in UNCOMPARED and k not in UNCOMPARED and before.get(k) != now.get(k)
     ]
 
 

@@ -1,16 +1,20 @@
-"""The LM's forward over a packed training batch (slmrec/packing.py) with fewer operators than transformers'
-modules: at a packed step's token count a step is thousands of small operators, and their per-call cost, not
-the products, is most of it on a CPU (benchmarks/README.md, "Training speed"). Per decoder layer:
+"""The LM's forward over a packed training batch (slmrec/packing.py), over the model's own parameters, written as
+one function of tensors: with fewer operators than transformers' modules, and one that torch.compile takes whole
+(`--compile true`; through transformers' modules and peft's layers the graph splits, and compiling them gained
+nothing). Per decoder layer:
 
   - q, k and v in one product, gate and up in one, over their frozen weights concatenated once (a copy, made
     again when a weight changes); each LoRA adapter adds its own update to its projection's slice, with its own
     dropout mask, in peft's order (base + B(A(dropout(x))) * scaling);
+  - the masks' random bits for the whole step drawn in one call and split in the order transformers' forward
+    draws them, one projection after another, so a seed drops the same elements either way;
   - the norms, the rotary phases, the attention (the registered packed attention the LM is set to) and the MLP
-    computed as transformers' LLaMA modules compute them, without the module calls around them.
+    computed as transformers' LLaMA modules compute them.
 
 So the loss and every gradient are transformers' to rounding (tests/test_train_step.py checks them against the
-instruction-in-every-row reference and against transformers' forward of the same packed batch). LLaMA-architecture
-decoders with plain or LoRA projections only (`supports`); anything else trains through transformers' forward.
+instruction-in-every-row reference and against transformers' forward of the same packed batch, and the compiled
+step against this one). LLaMA-architecture decoders with plain or LoRA projections only (`supports`); anything
+else trains through transformers' forward. What each gains: benchmarks/README.md, "Training speed".
 """
 
 import torch

@@ -19,11 +19,8 @@ on padding. Each option can be switched off, so benchmarks/inference_speed.py me
 
 import contextlib
 import dataclasses
-import importlib.util
 import inspect
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +37,7 @@ from .checkpoints import MODEL_CONFIG, CheckpointError, read_model_config
 from .precision import compute_dtype, resolve_precision
 from .errors import FlagError
 from .export import is_export, load_export
-from .machine import compute_device
+from .machine import can_compile, compute_device
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +94,6 @@ def autocast(device, dtype):
 # Compiling saves a fraction of a millisecond per user in bf16 on a CPU and nothing measurable in fp32, so its
 # start-up pays only over a pass of this many users or more (benchmarks/README.md, "Inference speed").
 COMPILE_MIN_USERS = 100_000
-
-
-def can_compile(device) -> bool:
-    """Whether torch.compile's inductor can build kernels here: C++ on a CPU (a compiler must be installed),
-    Triton on a GPU."""
-    if torch.device(device).type == "cpu":
-        return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
-    return importlib.util.find_spec("triton") is not None
 
 
 def auto_compile(cfg: InferenceConfig, users: int, device) -> InferenceConfig:

@@ -1,10 +1,12 @@
 """The machine a command runs on: the device it computes on (chosen here, once), its name for records and
 benchmarks, peak memory, and allocation that respects the memory there is."""
 
+import importlib.util
 import math
 import mmap
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,6 +17,14 @@ from .errors import FlagError
 def compute_device() -> str:
     """Where models run: the GPU when torch sees one, else the CPU. Every command asks here, so the choice is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def can_compile(device) -> bool:
+    """Whether torch.compile's inductor can build kernels here: C++ on a CPU (a compiler must be installed),
+    Triton on a GPU."""
+    if torch.device(device).type == "cpu":
+        return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    return importlib.util.find_spec("triton") is not None
 
 
 def hardware():

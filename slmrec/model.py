@@ -75,9 +75,6 @@ class ELLMRecConfig:
     # the packed step through slmrec/fused.py (fewer operators, the same computation) where the LM allows it;
     # False: transformers' forward of the packed batch
     fused: bool = True
-    # the fused forward through torch.compile: minutes to compile, then a faster step (benchmarks/README.md,
-    # "Training speed"), for long runs
-    compile: bool = False
     adapter_layers: list = field(default_factory=list)  # layers with an extra item head W_a (SLMRec's L_ms)
     dtype: str = "auto"
     quantization: str | None = None
@@ -146,6 +143,7 @@ class ELLMRec(nn.Module):
         self.register_buffer("prefix_ids", ids(cfg.instruction, True), persistent=False)
         self.register_buffer("suffix_ids", ids(cfg.response, False), persistent=False)
         self._states, self._fused = None, None
+        self.compile_training = False  # TrainConfig.compile, set by the training scripts
         for layer in decoder_layers(self.base_lm()):
             layer.register_forward_hook(self._capture)
         if precision is not None:
@@ -190,8 +188,8 @@ class ELLMRec(nn.Module):
         embeds = torch.cat([table(self.prefix_ids), embeds.reshape(B * T, d).index_select(0, pack.flat)])
         positions = torch.cat([position_ids[0, :P], position_ids[:, P:].flatten().index_select(0, pack.flat)])
         if self.cfg.fused and fused.supports(self.base_lm()):
-            if self._fused is None or (self._fused.lm, self._fused.compiled) != (self.base_lm(), self.cfg.compile):
-                self._fused = fused.FusedForward(self.base_lm(), self.cfg.compile)
+            if self._fused is None or (self._fused.lm, self._fused.compiled) != (self.base_lm(), self.compile_training):
+                self._fused = fused.FusedForward(self.base_lm(), self.compile_training)
             return pack.gather(self._fused(embeds[None], positions[None], pack, self._states)), pack.gather
         out = self.lm(
             inputs_embeds=embeds[None],
@@ -279,7 +277,7 @@ class ELLMRec(nn.Module):
 
     def item_loss(self, scores, labels):
         """losses.item_loss; with --compile, compiled (one or two loops over the scores, not one an operator)."""
-        return (compiled_item_loss if self.cfg.compile else item_loss)(scores, labels)
+        return (compiled_item_loss if self.compile_training else item_loss)(scores, labels)
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}

@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from .errors import DataError, FlagError
 from .flags import split_flags
-from .inference import InferenceConfig, can_compile
-from .machine import compute_device
+from .inference import InferenceConfig
+from .machine import can_compile, compute_device
 from .export import is_export
 from .recommender import Recommender, Request, UnknownUser, answer_row, model_and_data, read_request
 

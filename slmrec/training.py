@@ -31,7 +31,7 @@ from .precision import resolve_precision
 from .errors import NonFiniteError
 from .errors import FlagError
 from .files import jsonable, load_json, run_lock, save_json, save_npz
-from .machine import hardware, peak_rss_mb
+from .machine import can_compile, compute_device, hardware, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class TrainConfig:
     # either way (slmrec/packing.py), but their attention gathers each row to the batch's longest, and a batch
     # of the sequential models is trimmed to its longest row; false: uniformly shuffled batches
     group_by_length: bool = True
+    # the LM-based models' training forward (slmrec/fused.py) and item loss through torch.compile: a few minutes
+    # to compile at the first step, then a faster step (benchmarks/README.md, "Training speed"); for long runs
+    compile: bool = False
 
     def __post_init__(self):  # flags are checked when the config is made, before any work
         for name in ("batch_size", "eval_batch_size", "logging_steps", "save_total_limit"):
@@ -72,6 +75,8 @@ class TrainConfig:
         if not self.learning_rate > 0 or not self.epochs > 0 or self.max_steps == 0:
             raise FlagError("--learning_rate and --epochs must be above 0, and --max_steps -1 (off) or above 0")
         resolve_precision(self.precision)
+        if self.compile and not can_compile(compute_device()):
+            raise FlagError("--compile true: torch.compile needs a C++ compiler (g++ or clang++), or Triton on a GPU")
 
 
 # The LM-based models' (teacher and student) training defaults over TrainConfig's: 4 epochs, the cosine

@@ -84,9 +84,10 @@ def test_without_a_cpp_compiler_nothing_compiles_by_default_and_asking_is_one_li
     """inductor builds C++ on a CPU: where no compiler is installed, the defaults (a large evaluation, serve.py)
     stay uncompiled instead of failing at their first batch, and --compile true is a flag error before any work."""
     import slmrec.inference as inference
+    from slmrec import machine
     from slmrec.serving import configs
 
-    monkeypatch.setattr(inference.shutil, "which", lambda name: None)
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None)
     cfg = inference.auto_compile(InferenceConfig(precision="bf16"), 10**6, "cpu")
     assert cfg.compile is False and configs({})[1].compile is False
     with pytest.raises(FlagError, match="C\\+\\+ compiler"):

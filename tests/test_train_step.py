@@ -306,11 +306,12 @@ def test_the_fused_forward_only_where_it_computes_the_same(tiny_lm_dir):
 
 
 def test_the_compiled_forward_computes_the_eager_one(tiny_lm_dir):
-    """--compile: the fused forward through torch.compile gives the eager step's loss and gradients (fp32, to
-    the compiler's rounding), LoRA's dropout masks included; a gradient off by 1% would fail."""
+    """--compile true: the fused forward and the item loss through torch.compile give the eager step's loss and
+    gradients (fp32, to the compiler's rounding), LoRA's dropout masks included; a gradient off by 1% would fail."""
     fast, _ = fused_pair(tiny_lm_dir, lora_dropout=0.25)
-    compiled = ELLMRec(dataclasses.replace(fast.cfg, compile=True), fast.item_embedding)
+    compiled = ELLMRec(fast.cfg, fast.item_embedding)
     compiled.load_state_dict(fast.state_dict())
+    compiled.compile_training = True
 
     def step(model, seed):
         torch.manual_seed(seed)
@@ -322,3 +323,19 @@ def test_the_compiled_forward_computes_the_eager_one(tiny_lm_dir):
         for n in ga:
             torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
             assert not torch.allclose(ga[n] * 1.01, gb[n], rtol=1e-4, atol=1e-6) or ga[n].abs().max() == 0
+
+
+def test_compile_is_refused_before_any_work_without_a_compiler_and_may_change_on_resume(monkeypatch):
+    from slmrec import machine, training
+    from slmrec.checkpoints import settings_changed
+    from slmrec.errors import FlagError
+    from slmrec.training import TrainConfig
+
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None)
+    monkeypatch.setattr(training, "compute_device", lambda: "cpu")
+    with pytest.raises(FlagError, match="--compile true: torch.compile needs a C"):
+        TrainConfig(compile=True)
+    TrainConfig(compile=False)
+    before = {"train": {"compile": False, "seed": 1}}
+    assert settings_changed(before, {"train": {"compile": True, "seed": 1}}) == []
+    assert settings_changed(before, {"train": {"compile": True, "seed": 2}}) == ["train.seed: 1 -> 2"]
