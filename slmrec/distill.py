@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from .examples import ExampleConfig
 from .inference import autocast
-from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
+from .losses import NORM_VARIANTS, block_pairs, cosine_loss, logit_kd_loss, norm_loss
 from .model import ELLMRec, ELLMRecConfig, load_ellmrec
 from .teacher_cache import TeacherStates, cache_key, load_or_build
 from .checkpoints import load_checkpoint_config, save_model
@@ -116,7 +116,7 @@ def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
     if needs_teacher(d):
         t = cached if cached is not None else live_teacher_rows(teacher, d, pairs, x, y, model.training)
         if d.kd_mode == "online":
-            terms["teacher_ce"] = teacher.item_loss(teacher.item_scores(t["final"]), t["labels"])
+            terms["teacher_ce"] = teacher.item_loss(t["final"], t["labels"])
         final = out["final"] if d.feature_positions == "final" else slice(None)
         # Online, the feature terms train the student towards the teacher, not the teacher towards it.
         t_feats = [s.detach() if t["final_only"] else s[final].detach() for s in t["states"]]
@@ -126,9 +126,11 @@ def distill_loss(model, teacher, d: DistillConfig, pairs, x, y, cached=None):
         if d.lambda_norm > 0:
             terms["norm"] = norm_loss(t_feats, s_feats, d.norm_variant)
         if d.lambda_kl > 0:
-            terms["kl"] = logit_kd_loss(teacher.item_scores(t["final"]).detach(), out["scores"], d.temperature)
-    if d.lambda_ms > 0 and out["adapter_scores"]:
-        terms["ms"] = multi_supervision_loss(out["adapter_scores"], out["labels"], model.item_loss)
+            terms["kl"] = logit_kd_loss(
+                teacher.item_scores(t["final"]).detach(), model.item_scores(out["h"]), d.temperature
+            )
+    if d.lambda_ms > 0 and model.adapters:
+        terms["ms"] = model.multi_supervision_loss(out["states"], out["labels"])
     weights = {
         "ce": 1.0,
         "teacher_ce": 1.0,

@@ -11,16 +11,48 @@ import torch.nn.functional as F
 from .errors import FlagError
 
 
-def item_loss(scores, labels):
-    """Cross-entropy over all items (paper eq. 1), scores [n, items + 1]; column 0 is padding and never a
-    prediction."""
-    scores = scores.clone()
-    scores[:, 0] = float("-inf")
-    return F.cross_entropy(scores, labels)
+# Items whose scores one step of frozen_item_loss holds: rows x ITEM_BLOCK fp32 scores that stay in a core's cache
+ITEM_BLOCK = 2048
 
 
-# item_loss in one or two loops over the scores instead of a pass for each of its operators (--compile)
-compiled_item_loss = torch.compile(item_loss, dynamic=True)
+class _FrozenTableCE(torch.autograd.Function):
+    """forward(q [n, d], table [|I|, d], targets [n] in 0..|I|-1) -> mean cross-entropy of q @ table.T. The
+    table does not train, so the only gradient, (softmax(q @ table.T) @ table - table[target]) / n, is summed in
+    the same pass over blocks of items as the log-sum-exp (an online softmax, as flash attention sums its
+    output): two matmuls a block, and the n x |I| scores never in memory at once."""
+
+    @staticmethod
+    def forward(ctx, q, table, targets):
+        n = len(q)
+        top = q.new_full((n, 1), float("-inf"), dtype=torch.float32)
+        total, expected = q.new_zeros((n, 1), dtype=torch.float32), q.new_zeros((n, q.shape[1]), dtype=torch.float32)
+        for block in table.split(ITEM_BLOCK):
+            scores = (q @ block.T).float()
+            new_top = torch.maximum(top, scores.amax(1, keepdim=True))
+            p, rescale = (scores - new_top).exp_(), (top - new_top).exp_()
+            total = total * rescale + p.sum(1, keepdim=True)
+            expected = expected * rescale + p.to(block.dtype) @ block
+            top = new_top
+        target = table[targets].float()
+        ctx.save_for_backward((expected / total - target) / n)
+        ctx.dtype = q.dtype
+        return ((top + total.log()).squeeze(1) - (q.float() * target).sum(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.dtype), None, None
+
+
+def frozen_item_loss(q, table, targets):
+    """Cross-entropy over all items (paper eq. 1) of the projected states q [n, d] against a frozen item table
+    [|I|, d] (padding left out, targets 0..|I|-1): F.cross_entropy(q @ table.T, targets) to rounding, in a pass
+    over blocks of items. At Clothing's 340 k items the score matrix of a batch's positions is hundreds of MB
+    that the plain loss writes and reads several times (benchmarks/frozen_item_loss.py); a table of one block
+    (ml-100k's) is scored whole."""
+    if len(table) <= ITEM_BLOCK:  # one block: torch's own loss on the scores is the same pass, with fewer calls
+        return F.cross_entropy((q @ table.T).float(), targets)
+    return _FrozenTableCE.apply(q, table, targets)
 
 
 def block_pairs(teacher_layers: int, student_layers: int, blocks: int):
@@ -62,11 +94,6 @@ def norm_loss(teacher_states, student_states, variant="squared"):
             d = d / t.pow(2).sum(-1).clamp(min=1e-12)
         terms.append(d.mean())
     return torch.stack(terms).mean()
-
-
-def multi_supervision_loss(adapter_scores, labels, loss=item_loss):
-    """L_ms = 1/(B-1) sum_{k<B} CE(y, W_a^(k) h_s^(kn) E^T) (eq. 5): the item loss of each adapter head."""
-    return torch.stack([loss(s, labels) for s in adapter_scores]).mean()
 
 
 def logit_kd_loss(teacher_scores, student_scores, temperature=1.0):

@@ -36,7 +36,7 @@ from .fused import MaskDropout
 from .backbone import decoder_layers, load_backbone
 from .checkpoints import CheckpointError, load_checkpoint_files, load_trained_weights
 from .batches import trim_padding
-from .losses import compiled_item_loss, item_loss
+from .losses import frozen_item_loss
 from .precision import compute_dtype, cpu_measurement
 from .errors import FlagError
 
@@ -112,6 +112,7 @@ class ELLMRec(nn.Module):
         d0, d1 = cfg.item_dim, lm.config.hidden_size
         # Frozen and saved with the checkpoint, so a trained model scores without the pickle.
         self.register_buffer("item_embedding", item_embedding.float().clone())
+        self._table, self._table_key = None, None  # item_table's cast
         for p in lm.parameters():
             p.requires_grad_(False)
         lm.set_attn_implementation(packing.attention_name(training_attention(cfg.attention, precision)))
@@ -260,24 +261,35 @@ class ELLMRec(nn.Module):
         return {"h": h[rows], "states": [s[rows] for s in states], "labels": labels[rows], "final": final[rows]}
 
     def forward(self, input_ids, labels, layer_states=False):
-        """{"loss"}; with layer_states also the supervised rows' "scores", "labels", "final" flags, every
-        layer's "states" and the "adapter_scores" of the adapter heads. Distillation goes through here, so
-        DDP sees every use."""
+        """{"loss"}; with layer_states also the supervised rows' final states "h", "labels", "final" flags and
+        every layer's "states". Distillation goes through here, so DDP sees every use."""
         sup = self.supervised(input_ids, labels, layer_states)
-        scores = self.item_scores(sup["h"])
-        out = {"loss": self.item_loss(scores, sup["labels"])}
+        out = {"loss": self.item_loss(sup["h"], sup["labels"])}
         if layer_states:
-            adapter_scores = [
-                self.item_scores(sup["states"][l - 1], head) for l, head in zip(self.cfg.adapter_layers, self.adapters)
-            ]
-            out.update(
-                scores=scores, adapter_scores=adapter_scores, **{k: sup[k] for k in ("states", "labels", "final")}
-            )
+            out.update(sup)
         return out
 
-    def item_loss(self, scores, labels):
-        """losses.item_loss; with --compile, compiled (one or two loops over the scores, not one an operator)."""
-        return (compiled_item_loss if self.compile_training else item_loss)(scores, labels)
+    def item_loss(self, h, labels, head=None):
+        """The cross-entropy over all items (paper eq. 1) of states h [n, d1] projected by a head (default W_out),
+        labels 1..|I|, without the [n, |I|] scores (losses.frozen_item_loss)."""
+        q = (head or self.w_out)(h)
+        return frozen_item_loss(q, self.item_table(q.dtype), labels - 1)
+
+    def multi_supervision_loss(self, states, labels):
+        """L_ms = 1/(B-1) sum_{k<B} CE(y, W_a^(k) h_s^(kn) E^T) (eq. 5): the item loss of each adapter head on the
+        states [n, d1] of its layer (states: every layer's, as forward returns them)."""
+        return torch.stack(
+            [self.item_loss(states[l - 1], labels, head) for l, head in zip(self.cfg.adapter_layers, self.adapters)]
+        ).mean()
+
+    def item_table(self, dtype):
+        """The item table without its padding row, in the dtype the item loss computes in: cast once, not at every
+        loss as autocast would (a buffer is never in autocast's cache), and again only when the buffer changes."""
+        e = self.item_embedding
+        key = (e.data_ptr(), e._version, dtype)
+        if self._table_key != key:
+            self._table, self._table_key = e[1:].to(dtype).contiguous(), key
+        return self._table
 
     def checkpoint_config(self):
         return {"model_type": "ellmrec", **dataclasses.asdict(self.cfg)}

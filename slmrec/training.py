@@ -61,7 +61,7 @@ class TrainConfig:
     # either way (slmrec/packing.py), but their attention gathers each row to the batch's longest, and a batch
     # of the sequential models is trimmed to its longest row; false: uniformly shuffled batches
     group_by_length: bool = True
-    # the LM-based models' training forward (slmrec/fused.py) and item loss through torch.compile: a few minutes
+    # the LM-based models' training forward (slmrec/fused.py) through torch.compile: a few minutes
     # to compile at the first step, then a faster step (benchmarks/README.md, "Training speed"); for long runs
     compile: bool = False
 

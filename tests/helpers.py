@@ -1,6 +1,7 @@
 """What several test modules share: the tiny training budget, a tiny E-LLMRec, a student beside its teacher."""
 
 import torch
+import torch.nn.functional as F
 
 from slmrec.backbone import load_backbone
 from slmrec.distill import student_config
@@ -20,6 +21,12 @@ TINY_TRAIN = dict(
     precision="fp32",
     **SHORT_PROMPT,
 )
+
+
+def item_loss(scores, labels):
+    """The plain item loss, which the model computes without its scores (losses.frozen_item_loss): cross-entropy
+    over scores [n, items + 1] whose column 0 (padding) is never a prediction."""
+    return F.cross_entropy(scores[:, 1:], labels - 1)
 
 
 def tiny_model(lm_dir, num_items=20, num_layers=4, **kw):

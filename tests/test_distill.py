@@ -12,13 +12,13 @@ from conftest import synthetic_rows, write_amazon_csv
 from slmrec.prepare import PrepareConfig, prepare
 from slmrec.distill import DistillConfig, DistillTrainer, caches_teacher, distill_loss, student_config, teacher_states
 from slmrec.examples import ExampleConfig, training_examples
-from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, multi_supervision_loss, norm_loss
+from slmrec.losses import block_pairs, cosine_loss, logit_kd_loss, norm_loss
 from slmrec.model import ELLMRec, load_ellmrec
 from slmrec.metrics import METRICS
 from slmrec.checkpoints import CheckpointError
 from slmrec.training import TrainConfig, training_arguments
 from slmrec.errors import FlagError
-from helpers import TINY_TRAIN, student_and_teacher
+from helpers import TINY_TRAIN, student_and_teacher, tiny_model
 
 
 # ---------------------------------------------------------------- the loss terms, by hand
@@ -52,16 +52,24 @@ def test_feature_losses_match_hand_written_sums(blocks):
 
 
 @pytest.mark.parametrize("blocks", [2, 4])
-def test_multi_supervision_is_the_mean_item_loss_of_the_intermediate_heads(blocks):
+def test_multi_supervision_is_the_mean_item_loss_of_the_intermediate_heads(tiny_lm_dir, blocks):
+    teacher = tiny_model(tiny_lm_dir, num_layers=4)
+    student = ELLMRec(student_config(teacher.cfg, 4, DistillConfig("", blocks=blocks)), teacher.item_embedding)
     g = torch.Generator().manual_seed(0)
-    scores = [torch.randn(3, 7, generator=g) for _ in range(blocks - 1)]
+    for head in student.adapters:
+        torch.nn.init.normal_(head.weight, generator=g)
+    states = [torch.randn(3, student.base_lm().config.hidden_size, generator=g) for _ in range(4)]
     labels = torch.tensor([1, 4, 6])
     expected = 0.0
-    for sc in scores:
+    assert student.cfg.adapter_layers == [4 // blocks * k for k in range(1, blocks)]
+    for layer, head in zip(student.cfg.adapter_layers, student.adapters):
+        with torch.no_grad():
+            scores = head(states[layer - 1]) @ student.item_embedding.T
         for b, y in enumerate(labels.tolist()):
-            row = sc[b, 1:].tolist()  # column 0 (padding) never competes
-            expected += (math.log(sum(math.exp(v) for v in row)) - sc[b, y].item()) / (3 * (blocks - 1))
-    assert multi_supervision_loss(scores, labels).item() == pytest.approx(expected, rel=1e-5)
+            row = scores[b, 1:].tolist()  # column 0 (padding) never competes
+            expected += (math.log(sum(math.exp(v) for v in row)) - scores[b, y].item()) / (3 * (blocks - 1))
+    with torch.no_grad():
+        assert student.multi_supervision_loss(states, labels).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_logit_kd_is_kl_of_item_distributions():

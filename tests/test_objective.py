@@ -5,12 +5,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from slmrec.distill import DistillConfig, distill_loss, student_config
 from slmrec.examples import ExampleConfig, NextItemDataset, UserTargetDataset, WindowDataset, training_examples
-from slmrec.losses import block_pairs, norm_loss
-from slmrec.model import ELLMRec, item_loss
-from helpers import tiny_model
+from slmrec import losses
+from slmrec.losses import block_pairs, frozen_item_loss, norm_loss
+from slmrec.model import ELLMRec
+from helpers import item_loss, tiny_model
 
 WINDOW = torch.tensor([[0, 0, 3, 7, 1, 9], [4, 2, 8, 5, 6, 10]])  # two left-padded windows, max_len 6
 LABELS = torch.tensor([[0, 0, 7, 1, 9, 12], [2, 8, 5, 6, 10, 11]])  # the next item at every position
@@ -149,3 +151,43 @@ def test_readout_is_checked_before_the_lm_loads():
 
     with pytest.raises(ValueError, match="readout"):
         ELLMRec(ELLMRecConfig(base_model="/nowhere", readout="middle"), torch.zeros(3, 2))
+
+
+# the plain loss on the same scores, which bf16 rounds to 8 bits as it is: the two then differ by the rounding of
+# the softmax-weighted sum of items (8 bits) and of the target's score
+BF16_TOL = 8 * 2**-8
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, BF16_TOL)])
+@pytest.mark.parametrize("scale", [1.0, 60.0])  # 60: scores in the hundreds, which a softmax without its max overflows
+@pytest.mark.parametrize("block", [7, 30])  # several blocks of items, the last one short; one block
+def test_frozen_item_loss_is_the_cross_entropy_over_the_table(monkeypatch, dtype, tol, scale, block):
+    monkeypatch.setattr(losses, "ITEM_BLOCK", block)
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(30, 8, generator=g).to(dtype)
+    q = (torch.randn(5, 8, generator=g) * scale).to(dtype).requires_grad_()
+    targets = torch.tensor([0, 29, 6, 7, 13])  # both ends of the table, both sides of a block's edge
+    got = frozen_item_loss(q, table, targets)
+    (2 * got).backward()
+    ref_q = q.detach().clone().requires_grad_()
+    scores = (ref_q @ table.T).float()
+    ref = F.cross_entropy(scores, targets)
+    (2 * ref).backward()
+    assert math.isfinite(got.item()) and got.item() == pytest.approx(ref.item(), rel=tol, abs=tol)
+    assert q.grad.dtype == dtype
+    assert torch.allclose(q.grad.float(), ref_q.grad.float(), rtol=tol, atol=tol)
+    # a real difference fails the same comparison: the loss of the targets one item over
+    wrong = F.cross_entropy(scores.detach(), (targets + 1) % 30).item()
+    assert wrong != pytest.approx(got.item(), rel=tol, abs=tol)
+
+
+def test_the_model_item_loss_leaves_the_padding_row_out(tiny_lm_dir):
+    model = randomised(tiny_model(tiny_lm_dir))
+    h = torch.randn(4, model.base_lm().config.hidden_size, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([1, 5, 19, 20])
+    model.item_loss(h, labels)  # the table's cast is made, then the table changes
+    with torch.no_grad():
+        model.item_embedding[0] = model.item_embedding[1:].sum(0)  # padding would score and take a real share
+        assert model.item_loss(h, labels).item() == pytest.approx(item_loss(model.item_scores(h), labels).item(), rel=1e-5)
+        with_padding = F.cross_entropy(model.item_scores(h), labels).item()
+    assert model.item_loss(h, labels).item() != pytest.approx(with_padding, rel=1e-5)

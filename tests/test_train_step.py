@@ -306,7 +306,7 @@ def test_the_fused_forward_only_where_it_computes_the_same(tiny_lm_dir):
 
 
 def test_the_compiled_forward_computes_the_eager_one(tiny_lm_dir):
-    """--compile true: the fused forward and the item loss through torch.compile give the eager step's loss and
+    """--compile true: the fused forward through torch.compile gives the eager step's loss and
     gradients (fp32, to the compiler's rounding), LoRA's dropout masks included; a gradient off by 1% would fail."""
     fast, _ = fused_pair(tiny_lm_dir, lora_dropout=0.25)
     compiled = ELLMRec(fast.cfg, fast.item_embedding)
