@@ -60,7 +60,11 @@ def main(repeats: int = 5, d1: int = 576, d: int = 64):
         for dtype in (torch.float32, torch.bfloat16):
             floor = 4 * rows * items * d / matmul_rate([(2048, 2048)], 2048, dtype)
             base = None
-            for label, loss in (("plain", plain), ("plain, compiled", compiled), ("frozen_item_loss", frozen_item_loss)):
+            for label, loss in (
+                ("plain", plain),
+                ("plain, compiled", compiled),
+                ("frozen_item_loss", frozen_item_loss),
+            ):
                 _, grad = step(loss, dtype)
                 s = seconds(lambda: step(loss, dtype), repeats)
                 base = base or s

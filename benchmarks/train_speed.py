@@ -2,11 +2,12 @@
 
     before   the step before 2026-12-03: the instruction computed in every row, uniformly shuffled batches,
              sdpa attention, nn.Dropout's masks (instruction_once false, --group_by_length false,
-             --attention sdpa)
+             --attention sdpa), the item loss on the whole score matrix
     packed   the instruction once per batch and the rows' real tokens packed after it, no padding (slmrec/packing.py),
-             batches of like length; attention and masks as before
+             batches of like length; attention, masks and item loss as before
     now      packed, with the defaults' attention (--attention auto) and LoRA masks (MaskDropout, the adapters
-             taking a bf16 input without peft's cast to fp32), through the fused forward (slmrec/fused.py)
+             taking a bf16 input without peft's cast to fp32), through the fused forward (slmrec/fused.py), the
+             item loss without the score matrix (losses.frozen_item_loss, 2026-12-04)
     compiled now through torch.compile (--compile true)
 
 for the teacher's step (8 layers, item loss) and the student's distillation step (4 layers, eq. 6 with the live
@@ -32,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from frozen_item_loss import plain
 from slmrec.prepare import DEFAULT_DATA
 from slmrec.backbone import load_backbone
 from slmrec.cli import run
@@ -52,6 +54,10 @@ def configure(model, path, precision):
     model.cfg.instruction_once = path != "before"
     new = path in ("now", "compiled")
     model.cfg.fused, model.compile_training = new, path == "compiled"
+    if new:
+        vars(model).pop("item_loss", None)
+    else:  # the loss as it was: every item's score, then torch's cross-entropy
+        model.item_loss = lambda h, labels, head=None: plain((head or model.w_out)(h), model.item_embedding, labels)
     model.base_lm().set_attn_implementation(attention_name(training_attention("auto" if new else "sdpa", precision)))
     for module in model.lm.modules():
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):

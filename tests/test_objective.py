@@ -188,6 +188,8 @@ def test_the_model_item_loss_leaves_the_padding_row_out(tiny_lm_dir):
     model.item_loss(h, labels)  # the table's cast is made, then the table changes
     with torch.no_grad():
         model.item_embedding[0] = model.item_embedding[1:].sum(0)  # padding would score and take a real share
-        assert model.item_loss(h, labels).item() == pytest.approx(item_loss(model.item_scores(h), labels).item(), rel=1e-5)
+        assert model.item_loss(h, labels).item() == pytest.approx(
+            item_loss(model.item_scores(h), labels).item(), rel=1e-5
+        )
         with_padding = F.cross_entropy(model.item_scores(h), labels).item()
     assert model.item_loss(h, labels).item() != pytest.approx(with_padding, rel=1e-5)
