@@ -63,7 +63,8 @@ def configure(model, path, precision):
         if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
             module.cast_input_dtype_enabled = not new  # peft's cast of a bf16 input to the adapter's fp32 before
             for name, d in module.lora_dropout.items():
-                module.lora_dropout[name] = MaskDropout(d.p) if new else torch.nn.Dropout(d.p)
+                p = getattr(d, "p", 0.0)  # peft puts an nn.Identity where --lora_dropout is 0
+                module.lora_dropout[name] = MaskDropout(p) if new else torch.nn.Dropout(p)
 
 
 def epoch_order(lengths, batch_size, grouped, seed):
