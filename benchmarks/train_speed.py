@@ -20,12 +20,14 @@ differ in length, so a mean, not a median); tokens the LM computes per history t
 (from the examples' lengths: the instruction's P tokens in every row of a batch padded to its longest row, or
 once before the packed rows); the epoch time that implies; and the step beside its floor counted on the history
 tokens alone: the step's matrix-product FLOPs (torch's FlopCounterMode) scaled to the history tokens, at the
-matmul rate this machine reaches on the layers' shapes (measured in the same run); the first step's time (with
-torch.compile, the compilation). Random LM weights and item
-table time the same as trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout
+matmul rate this machine reaches on the layers' shapes, measured between the path's timed steps (one pass over
+the shapes after each step, the median), so a drift in the VM's speed moves the step and its floor alike; the
+first step's time (with torch.compile, the compilation). Random LM weights and item table time the same as
+trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout
 0.05); AdamW fused, as the Trainer's default.
 """
 
+import statistics
 import time
 
 import numpy as np
@@ -65,6 +67,7 @@ def configure(model, path, precision):
             for name, d in module.lora_dropout.items():
                 p = getattr(d, "p", 0.0)  # peft puts an nn.Identity where --lora_dropout is 0
                 module.lora_dropout[name] = MaskDropout(p) if new else torch.nn.Dropout(p)
+    model.train(model.training)  # the new dropout modules take the model's mode (the live teacher's is eval)
 
 
 def epoch_order(lengths, batch_size, grouped, seed):
@@ -94,6 +97,15 @@ def lm_share(counter, step_tokens, history_tokens):
     counts = counter.get_flop_counts()
     lm = sum(sum(v.values()) for k, v in counts.items() if k.endswith(".lm") and k.count(".") == 1)
     return lm * history_tokens / step_tokens + (counter.get_total_flops() - lm)
+
+
+def timed_with_rate(step, steps, shapes, tokens, dtype):
+    """(the mean of `steps` calls of step, the matmul rate on `shapes` at `tokens` measured after each call)."""
+    times, rates = [], []
+    for _ in range(steps):
+        times.append(seconds(step, 1, warmup=0))
+        rates.append(matmul_rate(shapes, tokens, dtype, repeats=1))
+    return statistics.fmean(times), statistics.median(rates)
 
 
 def main(
@@ -145,7 +157,7 @@ def main(
             for p in frozen.parameters():
                 p.requires_grad_(False)
             P = len(teacher.prefix_ids)
-            rate = matmul_rate(linear_shapes(teacher), int(batch_size * np.mean(lengths)), dtype)
+            shapes, tokens = linear_shapes(teacher), int(batch_size * np.mean(lengths))
             for name, model, kd in (("teacher", teacher, None), ("student + live teacher", student, frozen)):
                 if name.split()[0] not in coerce("models", models, list):
                     continue
@@ -161,7 +173,7 @@ def main(
                     start = time.perf_counter()
                     step()  # the warm-up step: with torch.compile, the compilation
                     first = time.perf_counter() - start
-                    step_s = seconds(step, steps, warmup=0, stat="mean")
+                    step_s, rate = timed_with_rate(step, steps, shapes, tokens, dtype)
                     ratio = tokens_per_history_token(lengths, epoch, P, packed)
                     # FLOPs of one more step (the first drawn batch), and that batch's token counts
                     b = epoch[drawn[(steps + 1) % len(drawn)]]

@@ -55,16 +55,22 @@ def _buffers(**tensors):
 
 
 def rms_norm(x, weight, eps):
-    """transformers' LlamaRMSNorm: the statistics in fp32, the product with the weight in the input's dtype."""
+    """transformers' LlamaRMSNorm: the statistics in fp32, the product with the weight in the input's dtype. An
+    fp32 input with an fp32 weight (training's residual stream under autocast) goes through torch's fused
+    kernel, which computes the same values in fewer passes; in a lower precision it would round differently."""
+    if x.dtype == weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
 
 
 def rotate(x, cos, sin):
-    """Rotary position embedding of x [..., T, head_dim] with tables [T, head_dim] (rotate_half's convention)."""
+    """Rotary position embedding of x [..., T, head_dim] with tables [T, head_dim] (rotate_half's convention,
+    x * cos + rotate_half(x) * sin): rotate_half's sign moved onto the table, which is [T, head_dim] where x is
+    every head's, and the product with it added in one pass (addcmul)."""
     half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+    return torch.addcmul(x * cos, x.roll(half, -1), torch.cat([-sin[..., :half], sin[..., half:]], -1))
 
 
 class Decoder(nn.Module):

@@ -4,10 +4,13 @@ one function of tensors: with fewer operators than transformers' modules, and on
 nothing). Per decoder layer:
 
   - q, k and v in one product, gate and up in one, over their frozen weights concatenated once (a copy, made
-    again when a weight changes); each LoRA adapter adds its own update to its projection's slice, with its own
-    dropout mask, in peft's order (base + B(A(dropout(x))) * scaling);
-  - the masks' random bits for the whole step drawn in one call and split in the order transformers' forward
-    draws them, one projection after another, so a seed drops the same elements either way;
+    again when a weight changes), on the input cast once to autocast's dtype (autocast would cast it again for
+    every product that reads it); q and k cast so after the rotary phases, before attention gathers them;
+  - each LoRA adapter's update added to its projection's slice inside the product that computes it (addmm), its
+    dropout a product with a 0/1 mask and its rescaling folded into the adapter's scaling, so no pass over the
+    projection's output is spent on either; peft's order otherwise (base + B(A(dropout(x))) * scaling);
+  - the masks drawn before the forward, one projection after another in the order transformers' forward draws
+    them, so a seed drops the same elements either way (and torch.compile's graph is not split by the draws);
   - the norms, the rotary phases, the attention (the registered packed attention the LM is set to) and the MLP
     computed as transformers' LLaMA modules compute them.
 
@@ -17,6 +20,9 @@ step against this one). LLaMA-architecture decoders with plain or LoRA projectio
 else trains through transformers' forward. What each gains: benchmarks/README.md, "Training speed".
 """
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,31 +57,42 @@ def _adapters(projection):
 
 
 def random_bits(n, device=None):
-    """n random 15-bit values (int16 whose low 15 bits are uniform), two from each 32-bit draw of torch's
-    generator."""
-    return torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_().view(torch.int16)[:n]
+    """n random 16-bit values, uniform over 0..2^16-1. On a CPU a numpy uint16 array from numpy's PCG64DXSM, four
+    values a 64-bit draw, seeded by one draw of torch's generator (so torch.manual_seed and a resumed run's
+    restored RNG state decide them): torch's CPU generator yields 32 bits a draw at a fraction of the rate
+    (benchmarks/README.md, "Training speed"). Elsewhere an int32 tensor from torch's generator on that device."""
+    if torch.device(device or "cpu").type != "cpu":
+        return torch.randint(0, 2**16, (n,), dtype=torch.int32, device=device)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    return np.random.PCG64DXSM(seed).random_raw((n + 3) // 4).view(np.uint16)[:n]
 
 
 class MaskDropout(nn.Module):
-    """LoRA's dropout with its mask drawn from 15 random bits an element (random_bits), where nn.Dropout draws a
-    float per element: a third of the time on a CPU (benchmarks/README.md, "Training speed"). An element is
-    dropped with probability round(p * 2^15) / 2^15 (p = 0.05: 0.04999) and the kept ones scaled to keep the
-    mean, as nn.Dropout does. The scaled mask is fp32, so a bf16 input's product is the fp32 one peft's cast to
-    the adapter's dtype would have given. bits: the values to use (FusedForward draws a step's at once)."""
+    """LoRA's dropout with its mask drawn from 16 random bits an element (random_bits), where nn.Dropout draws a
+    float per element. An element is dropped with probability round(p * 2^16) / 2^16 (p = 0.05: 0.0500031) and
+    the kept ones scaled to keep the mean, as nn.Dropout does; the product with the scale rounds as peft's fp32
+    product cast to autocast's dtype does."""
 
     def __init__(self, p):
         super().__init__()
-        self.p, self.threshold = p, round(p * 2**15)
+        self.p, self.threshold = p, min(round(p * 2**16), 2**16 - 1)
+        self.scale = 2**16 / (2**16 - self.threshold)
 
     def active(self):
         return self.training and self.threshold > 0
 
-    def forward(self, x, bits=None):
+    def keep(self, shape, dtype, device=None):
+        """A keep mask of this shape: 1 or 0 in dtype, to multiply by (on a CPU the comparison runs in numpy and
+        the cast from uint8, where torch's bool kernels take several times as long)."""
+        bits = random_bits(math.prod(shape), device)
+        if isinstance(bits, np.ndarray):
+            return torch.from_numpy((bits >= self.threshold).view(np.uint8)).to(dtype).view(shape)
+        return (bits >= self.threshold).to(dtype).view(shape)
+
+    def forward(self, x):
         if not self.active():
             return x
-        bits = random_bits(x.numel(), x.device) if bits is None else bits
-        keep = (bits.view(x.shape) & 0x7FFF) >= self.threshold
-        return x * torch.where(keep, 2**15 / (2**15 - self.threshold), 0.0)  # one product to differentiate
+        return x * self.keep(x.shape, x.dtype, x.device) * self.scale
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -106,16 +123,28 @@ def supports(lm) -> bool:
     )
 
 
-def _project(x, weight, projections, bits):
-    """x through the projections whose frozen weights are concatenated in `weight`, one output each, with its
-    LoRA updates added as peft adds them; bits: {(projection, adapter): MaskDropout's random bits}."""
+def _autocast(x):
+    """x in the dtype autocast would cast it to for a product (as it is without autocast): cast once where
+    autocast would cast it again for every product that reads it."""
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
+def _project(x, weight, projections, keeps):
+    """x [1, S, d] through the projections whose frozen weights are concatenated in `weight`, one output each,
+    with its LoRA updates added; keeps: {(projection, adapter): its MaskDropout's keep mask [S, d], in the
+    dtype x is cast to}."""
+    x = _autocast(x)[0]
     outs = F.linear(x, weight).split([_base(p).out_features for p in projections], -1)
     done = []
     for out, projection in zip(outs, projections):
         for name, A, B, dropout, scaling in _adapters(projection):
-            mask = bits.get((id(projection), name))
-            out = out + B(A(dropout(x) if mask is None else dropout(x, mask))) * scaling
-        done.append(out)
+            keep = keeps.get((id(projection), name))
+            if keep is None:
+                out = torch.addmm(out, A(dropout(x)), B.weight.t(), alpha=scaling)
+            else:
+                out = torch.addmm(out, A(x * keep), B.weight.t(), alpha=scaling * dropout.scale)
+        done.append(out[None])
     return done
 
 
@@ -133,22 +162,19 @@ class FusedForward:
         # sizes that happen to be equal in one batch (the packed length and a [B, T] size) are not assumed equal
         # by the compiler, which would compile again at the next batch where they are not
         with torch.fx.experimental._config.patch(use_duck_shape=False):
-            return self._forward(embeds, positions, packing, capture, self.weights(), self.bits(embeds.shape[1]))
+            return self._forward(embeds, positions, packing, capture, self.weights(), self.keeps(embeds))
 
-    def bits(self, S):
-        """The step's random bits for every active MaskDropout, drawn at once (one generator call, not one a
-        projection; under torch.compile the masks' draws would split the graph)."""
-        drops = [
-            ((id(p), name), S * _base(p).in_features)
+    def keeps(self, embeds):
+        """The step's keep mask for every active MaskDropout, in the order transformers' forward draws them."""
+        S, device = embeds.shape[1], embeds.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else embeds.dtype
+        return {
+            (id(p), name): dropout.keep((S, _base(p).in_features), dtype, device)
             for layer in decoder_layers(self.lm)
             for p in _projections(layer).values()
             for name, _, _, dropout, _ in _adapters(p)
             if isinstance(dropout, MaskDropout) and dropout.active()
-        ]
-        if not drops:
-            return {}
-        values = random_bits(sum(n for _, n in drops), self.lm.norm.weight.device).split([n for _, n in drops])
-        return {key: v for (key, _), v in zip(drops, values)}
+        }
 
     def weights(self):
         layers = [_projections(layer) for layer in decoder_layers(self.lm)]
@@ -160,7 +186,7 @@ class FusedForward:
             self._key = key
         return self._weights
 
-    def forward(self, embeds, positions, packing, capture, weights, bits):
+    def forward(self, embeds, positions, packing, capture, weights, keeps):
         lm = self.lm
         attend = ALL_ATTENTION_FUNCTIONS[lm.config._attn_implementation]
         cos, sin = (t[:, None] for t in lm.rotary_emb(embeds, positions))  # [1, 1, S, D], fp32 as transformers'
@@ -170,18 +196,19 @@ class FusedForward:
             h = decoder.rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
             q, k, v = (
                 t.view(1, S, -1, a.head_dim).transpose(1, 2)
-                for t in _project(h, qkv, [a.q_proj, a.k_proj, a.v_proj], bits)
+                for t in _project(h, qkv, [a.q_proj, a.k_proj, a.v_proj], keeps)
             )
-            q, k = decoder.rotate(q, cos, sin), decoder.rotate(k, cos, sin)
+            # the fp32 phases make fp32 q and k, which attention's products would cast (after the packing's gathers)
+            q, k = _autocast(decoder.rotate(q, cos, sin)), _autocast(decoder.rotate(k, cos, sin))
             dropout = a.attention_dropout if a.training else 0.0
             out, _ = attend(a, q, k, v, packing.rows, packing=packing, dropout=dropout, scaling=a.scaling)
             out = out.reshape(1, S, -1)
-            x = x + _project(out, _base(a.o_proj).weight, [a.o_proj], bits)[0]
+            x = x + _project(out, _base(a.o_proj).weight, [a.o_proj], keeps)[0]
             h = decoder.rms_norm(
                 x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
             )
-            gate, up = _project(h, gate_up, [m.gate_proj, m.up_proj], bits)
-            x = x + _project(F.silu(gate) * up, _base(m.down_proj).weight, [m.down_proj], bits)[0]
+            gate, up = _project(h, gate_up, [m.gate_proj, m.up_proj], keeps)
+            x = x + _project(F.silu(gate) * up, _base(m.down_proj).weight, [m.down_proj], keeps)[0]
             if capture is not None:
                 capture.append(x)
         return decoder.rms_norm(x, lm.norm.weight, lm.norm.variance_epsilon)

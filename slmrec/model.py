@@ -88,6 +88,8 @@ class ELLMRecConfig:
             raise FlagError(f"--readout must be one of {READOUTS}, not {self.readout!r}")
         if self.max_len < 1 or self.num_layers < 1:
             raise FlagError(f"--max_len and --num_layers must be at least 1, not {self.max_len}, {self.num_layers}")
+        if not 0 <= self.lora_dropout < 1:
+            raise FlagError(f"--lora_dropout must be in [0, 1), not {self.lora_dropout}")
 
 
 # Set by the scripts from the data, the embeddings and the distillation config, never by a flag.
@@ -127,8 +129,8 @@ class ELLMRec(nn.Module):
         for module in self.lm.modules():
             if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
                 # LoRA takes the projection's input as it comes: peft would cast a bf16 input (down_proj's, under
-                # autocast) up to the adapter's fp32 for autocast to cast it back; MaskDropout's fp32 mask makes
-                # the same fp32 product from it.
+                # autocast) up to the adapter's fp32 for autocast to cast it back; MaskDropout's product with
+                # its scale rounds to the same values.
                 module.cast_input_dtype_enabled = False
                 for name, dropout in module.lora_dropout.items():
                     if isinstance(dropout, nn.Dropout):

@@ -65,6 +65,20 @@ def attention_name(inner: str) -> str:
     return f"slmrec_packed_{inner}"
 
 
+def grouped_eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' LLaMA eager attention (scaled scores plus the additive mask, an fp32 softmax cast back to the
+    query's dtype, dropout, the product with the values) without repeating the keys and values for every query
+    head they serve: the query heads of one key/value head are stacked as rows of one product."""
+    B, H, T, D = query.shape
+    kv = key.shape[1]
+    w = (query.reshape(B, kv, H // kv * T, D) @ key.transpose(2, 3)) * scaling  # [B, kv, G * T, keys]
+    if attention_mask is not None:  # [B or 1, 1, T, keys], the same for every head
+        w = (w.unflatten(2, (H // kv, T)) + attention_mask[:, :, None]).flatten(2, 3)
+    w = torch.softmax(w, -1, dtype=torch.float32).to(query.dtype)
+    w = torch.nn.functional.dropout(w, p=dropout, training=module.training)
+    return (w @ value).view(B, H, T, D).transpose(1, 2).contiguous(), w
+
+
 def _inner_function(module, inner):
     if inner == "eager":  # each model file's own eager function (transformers keeps it out of the registry)
         return sys.modules[type(module).__module__].eager_attention_forward
@@ -76,6 +90,8 @@ def _packed(inner):
         fn = _inner_function(module, inner)
         if packing is None:
             return fn(module, query, key, value, attention_mask, **kwargs)
+        if inner == "eager" and getattr(getattr(module, "config", None), "model_type", None) in ("llama", "mistral"):
+            fn = grouped_eager
         P, (B, T) = packing.prefix, packing.index.shape
         idx = packing.index.flatten()
         per_row = lambda t: t[0].index_select(1, idx).unflatten(1, (B, T)).transpose(0, 1)  # [B, h, T, D]

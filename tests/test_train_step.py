@@ -4,6 +4,7 @@ prompt laid out with all padding at the far left (SPEC §2), built here by hand;
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -284,6 +285,107 @@ def test_the_fused_forward_draws_peft_s_dropout_masks(tiny_lm_dir):
         torch.testing.assert_close(loss(fast, 0), loss(slow, 0), rtol=1e-5, atol=1e-6)
         assert (loss(fast, 0) - loss(fast, 1)).abs() > 1e-4
         assert (loss(fast.eval(), 0) - loss(fast, 1)).abs() < 1e-7  # no dropout in eval
+
+
+def test_the_fused_forward_is_transformers_forward_in_bf16_with_dropout(tiny_lm_dir):
+    """Under bf16 autocast with LoRA's dropout, the fused forward (the input cast once, each update added in its
+    product with the dropout's scale folded in) gives transformers' loss and gradients from one seed to bf16's
+    rounding; every gradient from another seed (other masks) is farther off than that."""
+    fast, slow = fused_pair(tiny_lm_dir, lora_dropout=0.25)
+    for m in (fast, slow):
+        m.cast_frozen(torch.bfloat16)
+
+    def step(model, seed):
+        torch.manual_seed(seed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return grads(model, EVERY)
+
+    (a, ga), (b, gb), (_, gc) = step(fast, 0), step(slow, 0), step(fast, 1)
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=2e-3, atol=0)
+    for n in ga:  # relative errors: about 1% from one seed, 9-120% from another
+        same, other = ((g[n] - gb[n]).norm() / gb[n].norm() for g in (ga, gc))
+        assert same < 0.03 and other > 0.06, (n, same, other)
+
+
+def test_grouped_eager_attention_is_transformers_eager_attention():
+    """The packed eager attention's inner function for LLaMA-architecture LMs (query heads stacked per key/value
+    head, no repeated keys and values) against transformers' eager_attention_forward: outputs and the gradients
+    of q, k and v to fp32's rounding, with grouped-query heads and a padding mask; query heads paired with the
+    wrong key/value head are caught."""
+    import types
+
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from slmrec.packing import grouped_eager
+
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(3, 6, 5, 8, generator=g).requires_grad_()  # 6 query heads, 2 key/value heads
+    k, v = (torch.randn(3, 2, 9, 8, generator=g).requires_grad_() for _ in range(2))
+    keep = torch.ones(5, 9, dtype=torch.bool).tril(4)[None, None].repeat(3, 1, 1, 1)
+    keep[1, :, :, :2] = False  # a row with padding
+    mask = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    module = types.SimpleNamespace(num_key_value_groups=3, training=True)
+    (a, _), (b, _) = (f(module, q, k, v, mask, scaling=0.3) for f in (grouped_eager, eager_attention_forward))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    out = torch.randn(a.shape, generator=g)
+    for x, y in zip(torch.autograd.grad(a, (q, k, v), out), torch.autograd.grad(b, (q, k, v), out)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    swapped = torch.cat([q[:, 3:], q[:, :3]], 1)  # heads 0-2 against the second key/value head
+    c, _ = grouped_eager(module, swapped, k, v, mask, scaling=0.3)
+    assert not torch.allclose(torch.cat([c[:, :, 3:], c[:, :, :3]], 2), b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_transformers_llama_rms_norm(dtype):
+    """decoder.rms_norm (torch's fused kernel for an fp32 input and weight, the written-out formula otherwise)
+    against transformers' LlamaRMSNorm: values and the input's gradient to the dtype's rounding; a norm with
+    another eps is caught."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from slmrec.decoder import rms_norm
+
+    ref = LlamaRMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(64, generator=torch.Generator().manual_seed(3)))
+    x = (torch.randn(2, 7, 64, generator=torch.Generator().manual_seed(4)) * 3).to(dtype).requires_grad_()
+    g = torch.randn(2, 7, 64, generator=torch.Generator().manual_seed(5))
+    ours, theirs = rms_norm(x, ref.weight.detach(), 1e-5), ref(x)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(ours, theirs, **tol)
+    (a,), (b,) = (torch.autograd.grad(y, x, g.to(y.dtype)) for y in (ours, theirs))
+    torch.testing.assert_close(a, b, **tol)
+    assert not torch.allclose(rms_norm(x, ref.weight.detach(), 1.0), theirs, **tol)
+
+
+def test_lora_dropout_masks_use_16_bits_an_element_and_follow_torch_s_seed():
+    """MaskDropout's keep masks: every 16-bit value can be drawn (four a 64-bit draw), the drop rate is
+    round(p * 2^16) / 2^16, the mask is 0 or 1 in the dtype asked for, and torch's seed decides it; p outside
+    [0, 1) is refused up front."""
+    from slmrec.errors import FlagError
+    from slmrec.fused import MaskDropout, random_bits
+
+    bits = random_bits(1_000_003)
+    assert bits.dtype == np.uint16 and bits.shape == (1_000_003,)
+    assert bits.min() == 0 and bits.max() == 2**16 - 1
+    drop = MaskDropout(0.05)
+    assert drop.threshold == 3277
+    torch.manual_seed(0)
+    keep = drop.keep((1000, 1000), torch.bfloat16)
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+    rate = 1 - keep.float().mean().item()
+    assert abs(rate - 3277 / 2**16) < 4 * (0.05 * 0.95 / keep.numel()) ** 0.5
+    torch.manual_seed(0)
+    assert torch.equal(drop.keep((1000, 1000), torch.float32), keep.float())
+    assert not torch.equal(drop.keep((1000, 1000), torch.bfloat16), keep)  # the next draw differs
+    x = torch.randn(1000, 1000)
+    torch.manual_seed(1)
+    y = drop.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(y, torch.where(drop.keep(x.shape, x.dtype) > 0, x * (2**16 / (2**16 - 3277)), 0))
+    assert torch.equal(MaskDropout(0.0).train()(x), x)
+    for p in (1.0, -0.1):
+        with pytest.raises(FlagError, match="lora_dropout"):
+            ELLMRecConfig(lora_dropout=p)
 
 
 def test_the_fused_forward_only_where_it_computes_the_same(tiny_lm_dir):
