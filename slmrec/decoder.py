@@ -22,13 +22,16 @@ from torch import nn
 from .backbone import decoder_layers
 
 
+LLAMA_TYPES = ("llama", "mistral")  # model_type values whose layers compute as transformers' LLaMA modules
+
+
 def supports(lm) -> bool:
     """LLaMA-architecture decoders (LLaMA, SmolLM2, Mistral without sliding windows): no biases, SiLU MLP, rotary
     tables that do not depend on the sequence's length (not the dynamic or longrope kinds)."""
     c = lm.config
     rope = getattr(getattr(lm, "rotary_emb", None), "rope_type", None)
     return (
-        c.model_type in ("llama", "mistral")
+        c.model_type in LLAMA_TYPES
         and not getattr(c, "attention_bias", False)
         and not getattr(c, "mlp_bias", False)
         and c.hidden_act == "silu"

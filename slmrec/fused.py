@@ -123,11 +123,15 @@ def supports(lm) -> bool:
     )
 
 
-def _autocast(x):
-    """x in the dtype autocast would cast it to for a product (as it is without autocast): cast once where
-    autocast would cast it again for every product that reads it."""
+def _compute_dtype(x):
+    """The dtype autocast would cast x to for a product; x's own without autocast."""
     device = x.device.type
-    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _autocast(x):
+    """x in its compute dtype: cast once where autocast would cast it again for every product that reads it."""
+    return x.to(_compute_dtype(x))
 
 
 def _project(x, weight, projections, keeps):
@@ -166,8 +170,7 @@ class FusedForward:
 
     def keeps(self, embeds):
         """The step's keep mask for every active MaskDropout, in the order transformers' forward draws them."""
-        S, device = embeds.shape[1], embeds.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else embeds.dtype
+        S, device, dtype = embeds.shape[1], embeds.device, _compute_dtype(embeds)
         return {
             (id(p), name): dropout.keep((S, _base(p).in_features), dtype, device)
             for layer in decoder_layers(self.lm)

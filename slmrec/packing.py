@@ -18,6 +18,8 @@ import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from .decoder import LLAMA_TYPES
+
 
 @dataclass
 class Packing:
@@ -90,7 +92,7 @@ def _packed(inner):
         fn = _inner_function(module, inner)
         if packing is None:
             return fn(module, query, key, value, attention_mask, **kwargs)
-        if inner == "eager" and getattr(getattr(module, "config", None), "model_type", None) in ("llama", "mistral"):
+        if inner == "eager" and getattr(getattr(module, "config", None), "model_type", None) in LLAMA_TYPES:
             fn = grouped_eager
         P, (B, T) = packing.prefix, packing.index.shape
         idx = packing.index.flatten()
