@@ -24,7 +24,8 @@ matmul rate this machine reaches on the layers' shapes, measured between the pat
 the shapes after each step, the median), so a drift in the VM's speed moves the step and its floor alike; the
 first step's time (with torch.compile, the compilation). Random LM weights and item table time the same as
 trained ones; the models are SmolLM2's first 8 and 4 layers, LoRA on the MLP (dropout
-0.05); AdamW fused, as the Trainer's default.
+0.05); AdamW fused, as the Trainer's default; glibc's malloc keeping freed memory, as fit_and_test sets it for
+training (runtime.keep_freed_memory, since 2026-12-04; every path of a run alike).
 """
 
 import statistics
@@ -46,6 +47,7 @@ from slmrec.examples import ExampleConfig, training_examples
 from slmrec.model import ELLMRec, ELLMRecConfig, MaskDropout, training_attention
 from slmrec.packing import attention_name
 from slmrec.precision import compute_dtype, native_bf16, resolve_precision
+from slmrec.runtime import keep_freed_memory
 from slmrec.flags import coerce, parse_ints
 from slmrec.machine import hardware, peak_rss_mb
 from slmrec.timing import linear_shapes, matmul_rate, seconds
@@ -127,6 +129,7 @@ def main(
         coerce("precisions", precisions, list) if precisions else (["bf16"] if native_bf16() else []) + ["fp32"]
     )
     t_layers, s_layers = parse_ints(layers)
+    keep_freed_memory()
     print(
         f"training steps, batch {batch_size}, {base_model} {t_layers} and {s_layers} layers, LoRA dropout "
         f"{lora_dropout}, mean of {steps} steps per path, {hardware()}\n"

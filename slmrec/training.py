@@ -28,6 +28,7 @@ from .inference import FastELLMRec, InferenceConfig, auto_compile
 from .metrics import evaluate, flatten
 from .model import ELLMRec
 from .precision import resolve_precision
+from .runtime import keep_freed_memory
 from .errors import NonFiniteError
 from .errors import FlagError
 from .files import jsonable, load_json, run_lock, save_json, save_npz
@@ -290,6 +291,7 @@ def fit_and_test(
     the caller measured before training). run: the output folder and resume mode, as open_run_dir checked
     them before the caller loaded anything."""
     output_dir = run.path
+    keep_freed_memory()  # a step's freed buffers reused by the next, not faulted in again
     with _opened_run(cfg, run, run_config) as checkpoint:
         args = training_arguments(cfg, output_dir, len(train_dataset))
         callbacks = [ValidationLine()] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience > 0 else [])

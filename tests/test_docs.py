@@ -69,8 +69,8 @@ FIGURES = [
     ("−0.0025 ± 0.0030", "results/paired.md"),
     ("−0.0024 ± 0.0028", "results/paired.md"),
     ("+0.0037 ± 0.0042", "results/paired.md"),
-    ("5.1 hours", "docs/data.md"),
-    ("10.7 hours", "docs/data.md"),
+    ("4.4 hours", "docs/data.md"),
+    ("9.1 hours", "docs/data.md"),
 ]
 
 

@@ -6,6 +6,7 @@ import torch
 
 import extract_emb
 import train_sr_trad
+from slmrec import training
 from slmrec.embeddings import EmbeddingFileError, load_item_embedding
 from slmrec.metrics import METRICS
 from slmrec.seqrec import SeqRecConfig, build_seqrec, load_seqrec
@@ -14,9 +15,11 @@ from slmrec.checkpoints import CheckpointError
 TINY = dict(hidden_size=16, num_layers=1, num_heads=2, max_len=8, epochs=3, batch_size=8, eval_steps=4, logging_steps=4)
 
 
-def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
-    out = tmp_path / "sasrec"
+def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path, monkeypatch):
+    out, kept = tmp_path / "sasrec", []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: kept.append(True))
     train_sr_trad.main(str(tiny_dataset.path), str(out), **TINY)
+    assert kept  # a training run keeps a step's freed memory for the next (runtime.keep_freed_memory)
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert set(METRICS) <= metrics.keys() and set(METRICS) == metrics["full"].keys()
     assert all(0 <= metrics[k] <= 1 for k in METRICS)
@@ -32,7 +35,7 @@ def test_sasrec_trains_saves_and_exports(tiny_dataset, tmp_path):
     # Deterministic on CPU for a seed.
     train_sr_trad.main(str(tiny_dataset.path), str(tmp_path / "again"), **TINY)
     again = json.loads((tmp_path / "again/test_metrics.json").read_text())
-    timing = ("train_seconds", "seconds_to_best")  # wall clock: differs run to run
+    timing = ("train_seconds", "seconds_to_best", "peak_rss_mb")  # wall clock and the process's memory: measured
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}
 
 

@@ -3,6 +3,9 @@ the same loss, gradients and layer states as the instruction computed in every r
 prompt laid out with all padding at the far left (SPEC §2), built here by hand; no row sees another's tokens."""
 
 import dataclasses
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -441,3 +444,28 @@ def test_compile_is_refused_before_any_work_without_a_compiler_and_may_change_on
     before = {"train": {"compile": False, "seed": 1}}
     assert settings_changed(before, {"train": {"compile": True, "seed": 1}}) == []
     assert settings_changed(before, {"train": {"compile": True, "seed": 2}}) == ["train.seed: 1 -> 2"]
+
+
+FAULTS = """
+import resource, sys, torch
+from slmrec.runtime import keep_freed_memory
+assert keep_freed_memory() if sys.argv[1] == "kept" else True
+def one_step():  # a step's worth of buffers of mixed sizes (132 MB), made and freed
+    buffers = [torch.ones(n << 18) for n in [4, 8, 2, 12, 1, 6] * 4]
+    del buffers
+one_step()  # the heap's growth
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+one_step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_training_keeps_freed_memory_for_the_next_step_instead_of_faulting_it_in_again():
+    faults = {
+        arm: int(subprocess.run([sys.executable, "-c", FAULTS, arm], capture_output=True, text=True, check=True).stdout)
+        for arm in ("default", "kept")
+    }
+    pages = 132 * 2**20 // 4096
+    assert faults["default"] > pages / 2  # glibc handed the freed heap back: the next step faults it in again
+    assert faults["kept"] < pages / 8
