@@ -37,7 +37,8 @@ def keep_freed_memory(trim_mb=1024, mmap_mb=32) -> bool:
     twice its largest recent mmap-sized block and maps blocks above that size fresh every time, so each step of
     a model re-faults tens of MB (the jemalloc/tcmalloc advice for torch on CPUs, done in-process). At most
     trim_mb of freed memory is kept; blocks above mmap_mb are still mapped and unmapped. Returns whether it was
-    applied (glibc only; elsewhere nothing changes). What it saves: benchmarks/README.md, "Training speed"."""
+    applied (glibc only; elsewhere nothing changes). What it saves: benchmarks/README.md, "Freed memory kept for the
+    next step"."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
