@@ -1,4 +1,5 @@
-"""Process set-up every command does first: logging, seeds, and which process of a distributed run is the main one."""
+"""Process set-up: logging, seeds, which process of a distributed run is the main one, and how glibc keeps freed
+memory for a training run."""
 
 import ctypes
 import logging
